@@ -1,0 +1,380 @@
+"""fleche storages that keep values and call records in Redis.
+
+:class:`RedisBackend` is the :class:`fleche.storage.StorageBackend`: one Redis
+string per entry and a sharded sorted-set index (see :mod:`fleche_redis.keys`)
+that answers ``expand`` and ``shrink`` from one shard instead of listing the
+store.  :class:`ValueRedis` and :class:`CallRedis` compose it exactly like
+fleche's own storages, and importing :mod:`fleche_redis` registers both as
+storage type ``"redis"``::
+
+    from fleche.caches import Cache
+    from fleche_redis import ValueRedis, CallRedis
+
+    cache = Cache(
+        values=ValueRedis(url="redis://cache-host:6379/0", namespace="team-a"),
+        calls=CallRedis(url="redis://cache-host:6379/0", namespace="team-a"),
+    )
+
+or in ``fleche.toml`` (after ``import fleche_redis``)::
+
+    [shared]
+    values.type = "redis"
+    values.url = "redis://cache-host:6379/0"
+    values.namespace = "team-a"
+    calls.type = "redis"
+    calls.url = "redis://cache-host:6379/0"
+    calls.namespace = "team-a"
+
+Round trips: ``put``, ``get``, ``contains``, ``evict``, ``expand`` (prefix of
+four or more characters) and ``CallRedis.save`` cost one each whatever the
+size of the store; ``shrink(*keys)`` costs one pipelined trip for all keys.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import redis
+from fleche.call import DigestedCall
+from fleche.digest import Digest
+from fleche.security import get_secret_key, normalize_secret_key
+from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
+from fleche.storage.destructuring import DestructuringMixin
+
+from .codec import Codec
+from .connection import ClientSlot, client_from_url, redact_url, url_from_client
+from .errors import RedisStorageError, StorageUnavailable
+from .keys import SHARDS, InvalidDigestError, KeyLayout, check_digest, check_namespace, check_prefix
+from .scripts import LuaScript
+
+__all__ = ["RedisBackend", "ValueRedis", "CallRedis", "DEFAULT_URL"]
+
+DEFAULT_URL = "redis://localhost:6379/0"
+
+
+def _restore(cls: type, kwargs: dict[str, Any], secret_explicit: bool) -> RedisBackend:
+    obj = cls(**kwargs)
+    object.__setattr__(obj, "_secret_explicit", secret_explicit)
+    return obj
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisBackend(StorageBackend):
+    """Entries under digest keys in Redis, plus a sorted-set index per shard.
+
+    Configuration is the dataclass fields; the connection is built lazily in
+    each process (and again after ``fork``), and pickling sends only the
+    configuration, so a storage travels to worker processes and reconnects
+    there.
+
+    Args:
+        url: where Redis is; ``redis://``, ``rediss://``, ``unix://`` or
+            ``redis+cluster://host:port,...``.
+        namespace: prefix of every key written; storages in different
+            namespaces never see each other's entries.
+        client: a ready ``redis.Redis``, ``redis.RedisCluster`` or fakeredis
+            client to use instead of *url* (it must not decode responses).
+        serializer: ``"cloudpickle"`` (default), ``"pickle"`` or ``"dill"``.
+        compress: zlib-compress entries on write (reads detect either form).
+        secret_key: HMAC signing key(s) with fleche's semantics (bytes, hex
+            string, ``:``-separated hex keys, or a list); when omitted,
+            ``FLECHE_SECRET_KEY`` is used.  Entries that fail verification are
+            misses and are never unpickled.
+    """
+
+    keyspace: ClassVar[str] = "kv"
+    """Separates stores sharing a namespace; see :class:`~fleche_redis.keys.KeyLayout`."""
+
+    LIST_PAGE: ClassVar[int] = 1000
+    """Digests fetched per round trip while :meth:`list` streams an index shard."""
+
+    LIST_BATCH: ClassVar[int] = 16
+    """Shards whose first page :meth:`list` fetches in one pipelined round trip."""
+
+    PUT: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] data key, KEYS[2] index shard listing it (same hash slot)
+        -- ARGV[1] encoded entry, ARGV[2] digest
+        -- Writes the entry and its index member together.  The SET comes
+        -- first: under maxmemory only a script's first write can be refused,
+        -- so an OOM leaves neither.
+        redis.call('SET', KEYS[1], ARGV[1])
+        redis.call('ZADD', KEYS[2], 0, ARGV[2])
+        return 1
+        """
+    )
+
+    EVICT: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] data key, KEYS[2] index shard listing it
+        -- ARGV[1] digest
+        -- Removes the entry and its index member together; returns how many
+        -- data keys were deleted (0 when the entry was absent).
+        redis.call('ZREM', KEYS[2], ARGV[1])
+        return redis.call('DEL', KEYS[1])
+        """
+    )
+
+    url: str = DEFAULT_URL
+    namespace: str = "fleche"
+    client: Any = field(default=None, repr=False, compare=False)
+    serializer: str = "cloudpickle"
+    compress: bool = False
+    secret_key: Any = field(default=(), repr=False)
+
+    server: str = field(init=False, compare=False)
+    """The URL with its password redacted: safe for repr, logs and errors."""
+    _layout: KeyLayout = field(init=False, repr=False, compare=False)
+    _codec: Codec = field(init=False, repr=False, compare=False)
+    _slot: ClientSlot = field(init=False, repr=False, compare=False)
+    _secret_explicit: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        check_namespace(self.namespace)
+        if self.client is not None:
+            _refuse_decoding_client(self.client)
+            if self.url == DEFAULT_URL:
+                set_(self, "url", url_from_client(self.client, with_password=False) or _NO_ADDRESS)
+        explicit = bool(self.secret_key)
+        keys = normalize_secret_key(self.secret_key) if explicit else get_secret_key()
+        set_(self, "secret_key", tuple(keys))
+        set_(self, "_secret_explicit", explicit)
+        set_(self, "_codec", Codec(self.serializer, self.secret_key, self.compress))
+        set_(self, "_layout", KeyLayout(self.namespace, self.keyspace))
+        set_(self, "server", redact_url(self.url))
+        url = self.url
+        set_(self, "_slot", ClientSlot(lambda: client_from_url(url), given=self.client))
+
+    # -- process boundaries -------------------------------------------------
+
+    def __reduce__(self):
+        # Constructor arguments are the whole durable state (mixin fields
+        # included); the receiving process builds its own connection.
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "client"}
+        if self.client is not None:
+            url = url_from_client(self.client)
+            if url is None:
+                raise pickle.PicklingError(
+                    f"{type(self).__name__} was built on a client that cannot cross processes "
+                    f"(an in-process fakeredis?); build it with url=... to send it to workers"
+                )
+            kwargs["url"] = url
+        return (_restore, (type(self), kwargs, self._secret_explicit))
+
+    def redis(self) -> Any:
+        """This process's client (built on first use, rebuilt after ``fork``)."""
+        return self._slot.get()
+
+    def close(self) -> None:
+        """Close the connections this storage opened (a client passed in stays open)."""
+        self._slot.close()
+
+    def _fault(self, operation: str, exc: redis.RedisError) -> RedisStorageError:
+        unavailable = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+        cls = StorageUnavailable if unavailable else RedisStorageError
+        return cls(
+            f"Redis {operation} on {self.server} (namespace {self.namespace!r}) failed: "
+            f"{type(exc).__name__}: {exc}",
+            operation=operation,
+            server=self.server,
+        )
+
+    # -- StorageBackend -----------------------------------------------------
+
+    def put(self, value: Any, key: Digest) -> Digest:
+        key = check_digest(key)
+        data = self._codec.encode(value)
+        try:
+            self.PUT(self.redis(), (self._layout.data(key), self._layout.index_of(key)), (data, key))
+        except redis.RedisError as e:
+            raise self._fault("put", e) from e
+        return key
+
+    def get(self, key: Digest) -> Any:
+        key = check_digest(key)
+        try:
+            data = self.redis().get(self._layout.data(key))
+        except redis.RedisError as e:
+            raise self._fault("get", e) from e
+        if data is None:
+            raise KeyError(key)
+        return self._codec.decode(data, key=key)
+
+    def _contains(self, key: Digest) -> bool:
+        try:
+            key = check_digest(key)
+        except InvalidDigestError:
+            return False
+        try:
+            return bool(self.redis().exists(self._layout.data(key)))
+        except redis.RedisError as e:
+            raise self._fault("contains", e) from e
+
+    def _evict(self, key: Digest) -> None:
+        key = check_digest(key)
+        try:
+            self.EVICT(self.redis(), (self._layout.data(key), self._layout.index_of(key)), (key,))
+        except redis.RedisError as e:
+            raise self._fault("evict", e) from e
+
+    def list(self) -> Iterator[Digest]:
+        """Every stored digest, in sorted order, streamed page by page.
+
+        Holds at most ``LIST_BATCH * LIST_PAGE`` digests at a time.  Entries
+        written or evicted while the listing runs may or may not appear.
+        """
+        client = self.redis()
+        for start in range(0, len(SHARDS), self.LIST_BATCH):
+            batch = SHARDS[start:start + self.LIST_BATCH]
+            try:
+                pipe = client.pipeline(transaction=False)
+                for shard in batch:
+                    pipe.zrangebylex(self._layout.index(shard), "-", "+", start=0, num=self.LIST_PAGE)
+                pages = pipe.execute()
+            except redis.RedisError as e:
+                raise self._fault("list", e) from e
+            for shard, page in zip(batch, pages):
+                yield from self._stream_shard(client, shard, page)
+
+    def _stream_shard(self, client: Any, shard: str, page: list[bytes]) -> Iterator[Digest]:
+        index = self._layout.index(shard)
+        while True:
+            for member in page:
+                yield Digest(member.decode())
+            if len(page) < self.LIST_PAGE:
+                return
+            # Continue after the last member seen: a lexicographic cursor
+            # stays correct when members are added or removed meanwhile.
+            try:
+                page = client.zrangebylex(index, b"(" + page[-1], "+", start=0, num=self.LIST_PAGE)
+            except redis.RedisError as e:
+                raise self._fault("list", e) from e
+
+    def count(self) -> int:
+        """Number of indexed entries, from one pipelined ``ZCARD`` per shard."""
+        try:
+            pipe = self.redis().pipeline(transaction=False)
+            for shard in SHARDS:
+                pipe.zcard(self._layout.index(shard))
+            return sum(pipe.execute())
+        except redis.RedisError as e:
+            raise self._fault("count", e) from e
+
+    # -- prefixes -----------------------------------------------------------
+
+    def _prefix_candidates(self, prefix: str) -> list[Digest]:
+        """The two smallest indexed digests starting with *prefix*: one ``ZRANGEBYLEX``."""
+        try:
+            prefix = check_prefix(prefix)
+        except InvalidDigestError:
+            return []
+        low = b"[" + prefix.encode()
+        try:
+            found = self.redis().zrangebylex(self._layout.index_of(prefix), low, low + b"\xff", start=0, num=2)
+        except redis.RedisError as e:
+            raise self._fault("expand", e) from e
+        return [Digest(m.decode()) for m in found]
+
+    def _shrink(self, *keys: Digest | str) -> tuple[Digest, ...]:
+        """Shortest unambiguous prefixes from each key's sorted-set neighbours.
+
+        Only a key's immediate neighbours in the index can share a longer
+        prefix with it, and they live in its own shard (keys in other shards
+        differ within the first two characters, below the 4-character
+        minimum).  All lookups go out in one pipeline.
+        """
+        with ExitStack() as stack:
+            for k in keys:
+                stack.enter_context(self._operation_context(k))
+            digests = [check_digest(k) for k in keys]
+            try:
+                pipe = self.redis().pipeline(transaction=False)
+                for d in digests:
+                    index, member = self._layout.index_of(d), d.encode()
+                    pipe.zscore(index, member)
+                    pipe.zrevrangebylex(index, b"(" + member, "-", start=0, num=1)
+                    pipe.zrangebylex(index, b"(" + member, "+", start=0, num=1)
+                replies = pipe.execute()
+            except redis.RedisError as e:
+                raise self._fault("shrink", e) from e
+            out = []
+            for i, d in enumerate(digests):
+                score, left, right = replies[3 * i:3 * i + 3]
+                if score is None:
+                    raise KeyError(d)
+                neighbourhood = [m.decode() for m in left] + [d] + [m.decode() for m in right]
+                out.append(self._shrink_one(d, neighbourhood))
+            return tuple(out)
+
+    # -- configuration ------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        if self.url == _NO_ADDRESS:
+            raise TypeError(
+                f"{type(self).__name__} was built on an in-process client (fakeredis?) that has "
+                "no address, so it cannot be written as configuration"
+            )
+        config: dict[str, Any] = {
+            "type": "redis",
+            "url": self.url,
+            "namespace": self.namespace,
+            "serializer": self.serializer,
+            "compress": self.compress,
+        }
+        # Keys taken from FLECHE_SECRET_KEY stay in the environment.
+        if self._secret_explicit:
+            config["secret_key"] = [k.hex() for k in self.secret_key]
+        return config
+
+    def to_config(self) -> dict[str, Any]:
+        return self._config()
+
+
+_NO_ADDRESS = "client://"
+
+
+def _refuse_decoding_client(client: Any) -> None:
+    if isinstance(client, redis.RedisCluster):
+        decode = client.get_encoder().decode_responses
+    else:
+        pool = getattr(client, "connection_pool", None)
+        decode = pool is not None and pool.connection_kwargs.get("decode_responses", False)
+    if decode:
+        raise ValueError(
+            "the Redis client decodes responses to str; fleche-redis stores binary entries, "
+            "so build the client with decode_responses=False"
+        )
+
+
+@dataclass(frozen=True)
+class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
+    """Value storage in Redis; containers are destructured as in ``ValuePickleFile``."""
+
+    keyspace: ClassVar[str] = "v"
+
+    def to_config(self) -> dict[str, Any]:
+        return {**self._config(), "remaining_depth": self.remaining_depth}
+
+
+@dataclass(frozen=True)
+class CallRedis(CallMixin, RedisBackend):
+    """Call-record storage in Redis."""
+
+    keyspace: ClassVar[str] = "c"
+
+    def save(self, call: DigestedCall) -> Digest:
+        # One round trip: the script overwrites the record and re-adds its
+        # (identical) index member, so CallMixin's contains/evict pre-check
+        # would only add two.
+        key = call.to_lookup_key()
+        with self._operation_context(key):
+            return self.put(call, key)
+
+
+register_storage("redis", kind="value")(ValueRedis)
+register_storage("redis", kind="call")(CallRedis)

@@ -1,0 +1,178 @@
+"""Building Redis clients from URLs, lazily and once per process.
+
+A storage is configuration; its connection is process-local state.  A
+:class:`ClientSlot` builds the client on first use and builds a new one after
+``fork()``, so a child never talks through its parent's sockets, and a
+storage that was pickled into a worker connects there on its first call.
+
+URLs are redis-py's (``redis://``, ``rediss://``, ``unix://``) plus
+``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS)
+for a Redis Cluster, given any of its nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import redis
+
+__all__ = ["ClientSlot", "client_from_url", "url_from_client", "redact_url", "fork_generation"]
+
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+_fork_generation = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def fork_generation() -> int:
+    """A number that changes in a child process after every ``fork()``.
+
+    Cheaper than ``os.getpid()`` on every operation, and unlike a pid it cannot
+    be recycled.
+    """
+    return _fork_generation
+
+
+def redact_url(url: str) -> str:
+    """*url* with its password replaced by ``***`` (for repr, logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = quote(parts.username or "", safe="")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    # Cluster URLs carry more hosts after the first one.
+    rest = parts.netloc.split("@", 1)[1]
+    if "," in rest:
+        netloc = f"{user}:***@{rest}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def client_from_url(url: str, **options: Any) -> redis.Redis | redis.RedisCluster:
+    """A client for *url*; *options* go to the redis-py constructor.
+
+    Responses are always bytes (``decode_responses`` is forced off): stored
+    entries are binary.
+    """
+    options = {**options, "decode_responses": False}
+    scheme = urlsplit(url).scheme
+    if scheme in _CLUSTER_SCHEMES:
+        return _cluster_from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _cluster_from_url(url: str, **options: Any) -> redis.RedisCluster:
+    from redis.cluster import ClusterNode
+
+    parts = urlsplit(url)
+    base_scheme = _CLUSTER_SCHEMES[parts.scheme]
+    auth, _, hosts = parts.netloc.rpartition("@")
+    nodes = []
+    for hostport in hosts.split(","):
+        host, _, port = hostport.rpartition(":")
+        if not host:
+            host, port = port, "6379"
+        nodes.append(ClusterNode(host.strip("[]"), int(port)))
+    if not nodes:
+        raise ValueError(f"cluster URL names no nodes: {redact_url(url)}")
+    # Let redis-py parse credentials and query options from an ordinary URL
+    # naming the first node; then replace the single node by the full list.
+    first = f"{base_scheme}://{auth + '@' if auth else ''}{nodes[0].host}:{nodes[0].port}"
+    single = urlunsplit(urlsplit(first)._replace(query=parts.query))
+    kwargs = redis.connection.parse_url(single)
+    kwargs.pop("host", None)
+    kwargs.pop("port", None)
+    kwargs.pop("db", None)
+    if base_scheme == "rediss":
+        kwargs["ssl"] = True
+    kwargs.pop("connection_class", None)
+    return redis.RedisCluster(startup_nodes=nodes, **{**kwargs, **options})
+
+
+def url_from_client(client: Any, *, with_password: bool = True) -> str | None:
+    """A URL that reaches the same server as *client*, or ``None`` if there is none.
+
+    Used to pickle a storage that was given a ready client: the receiving
+    process connects to the same server by URL.  In-process fakes
+    (fakeredis) have no address and give ``None``.  With
+    ``with_password=False`` the credentials are left out (for display and
+    configuration).
+    """
+    def auth(kw: dict[str, Any]) -> str:
+        return _auth(kw) if with_password else ""
+
+    if isinstance(client, redis.RedisCluster):
+        nodes = client.get_nodes()
+        if not nodes:
+            return None
+        kw = nodes[0].redis_connection.connection_pool.connection_kwargs
+        scheme = "rediss+cluster" if kw.get("ssl") or "ssl_certfile" in kw else "redis+cluster"
+        hosts = ",".join(f"{n.host}:{n.port}" for n in nodes)
+        return f"{scheme}://{auth(kw)}{hosts}"
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or "server" in pool.connection_kwargs:  # fakeredis
+        return None
+    kw = pool.connection_kwargs
+    conn_cls = pool.connection_class
+    if issubclass(conn_cls, redis.UnixDomainSocketConnection):
+        return f"unix://{auth(kw)}{kw['path']}?db={kw.get('db', 0)}"
+    if "host" not in kw:
+        return None
+    scheme = "rediss" if issubclass(conn_cls, redis.SSLConnection) else "redis"
+    return f"{scheme}://{auth(kw)}{kw['host']}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def _auth(kw: dict[str, Any]) -> str:
+    user, password = kw.get("username"), kw.get("password")
+    if not user and not password:
+        return ""
+    return f"{quote(user or '', safe='')}:{quote(password or '', safe='')}@"
+
+
+class ClientSlot:
+    """Process-local home of one storage's client.
+
+    ``get()`` returns the client, building it on first use and again after a
+    fork.  A client handed in by the user is returned as is (redis-py's pools
+    already drop inherited connections after a fork).
+    """
+
+    __slots__ = ("_factory", "_client", "_generation", "_lock", "_given")
+
+    def __init__(self, factory: Callable[[], Any], given: Any = None) -> None:
+        self._factory = factory
+        self._given = given
+        self._client: Any = None
+        self._generation = -1
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        if self._given is not None:
+            return self._given
+        if self._generation != _fork_generation:
+            with self._lock:
+                if self._generation != _fork_generation:
+                    self._client = self._factory()
+                    self._generation = _fork_generation
+        return self._client
+
+    def close(self) -> None:
+        """Close the client this slot built (never one the user handed in)."""
+        with self._lock:
+            if self._client is not None and self._generation == _fork_generation:
+                self._client.close()
+            self._client = None
+            self._generation = -1

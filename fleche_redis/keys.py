@@ -1,0 +1,100 @@
+"""Key layout: which Redis key holds what, and which digests are acceptable.
+
+Everything fleche-redis writes lives under ``<namespace>:``, so the ACL key
+pattern ``~<namespace>:*`` confines a storage and two namespaces never see
+each other's entries.  Within a namespace, a *keyspace* letter separates the
+stores that may share it (``v`` values, ``c`` call records), because a value
+digest and a call digest are both 64 hex characters and could collide::
+
+    fleche:{v.3f}:3fa94c...e1      data of value 3fa94c...e1
+    fleche:{v.3f}:index            sorted set of every value digest starting "3f"
+
+The part in braces is a Redis Cluster *hash tag*: a data key and the index
+shard that lists it hash to the same slot, so one atomic script can write
+both, while the 256 shards of a keyspace hash to different slots and spread
+over every node of a cluster.
+
+Digests are validated here before they reach Redis: a key that is not 64
+lowercase hex characters is a :class:`InvalidDigestError` (a ``KeyError``),
+never a Redis error and never a pattern that could match other keys.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fleche.digest import DIGEST_LENGTH, Digest
+
+__all__ = ["InvalidDigestError", "KeyLayout", "SHARDS", "check_digest", "check_prefix", "check_namespace"]
+
+_HEX = re.compile(r"[0-9a-f]+")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.@/-]+(?::[A-Za-z0-9_.@/-]+)*")
+
+SHARD_CHARS = 2
+"""Leading digest characters that pick an index shard (256 shards)."""
+
+SHARDS: tuple[str, ...] = tuple(f"{i:02x}" for i in range(16**SHARD_CHARS))
+"""Every shard name, in lexicographic (= digest) order."""
+
+
+class InvalidDigestError(KeyError):
+    """A key that is not a (prefix of a) lowercase hex SHA-256 digest.
+
+    A ``KeyError`` so that every fleche code path treats it as a miss.
+    """
+
+
+def check_digest(key: object) -> Digest:
+    """Return *key* as a :class:`~fleche.digest.Digest` or raise :class:`InvalidDigestError`."""
+    if isinstance(key, str) and len(key) == DIGEST_LENGTH and _HEX.fullmatch(key):
+        return Digest(key)
+    raise InvalidDigestError(key)
+
+
+def check_prefix(prefix: object) -> str:
+    """Return *prefix* if it is a non-empty lowercase hex string of at most 64 characters."""
+    if isinstance(prefix, str) and 0 < len(prefix) <= DIGEST_LENGTH and _HEX.fullmatch(prefix):
+        return str(prefix)
+    raise InvalidDigestError(prefix)
+
+
+def check_namespace(namespace: object) -> str:
+    """Refuse namespaces that would break confinement or hash tags.
+
+    Braces would start a hash tag, glob characters would turn an ACL pattern
+    or a user's ``SCAN MATCH`` into a wildcard, and whitespace or an empty
+    segment would make keys ambiguous.
+    """
+    if isinstance(namespace, str) and _NAMESPACE.fullmatch(namespace):
+        return namespace
+    raise ValueError(
+        f"invalid namespace {namespace!r}: use letters, digits and _ . @ / - "
+        "(segments may be joined by ':'); braces, glob characters and spaces are not allowed"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """Key names for one keyspace (``v``, ``c``, ...) of one namespace."""
+
+    namespace: str
+    keyspace: str
+
+    def tag(self, shard: str) -> str:
+        return f"{{{self.keyspace}.{shard}}}"
+
+    def data(self, digest: str) -> str:
+        """Key of the entry stored under *digest* (already validated)."""
+        return f"{self.namespace}:{self.tag(digest[:SHARD_CHARS])}:{digest}"
+
+    def index(self, shard: str) -> str:
+        """Sorted set listing every stored digest that starts with *shard*."""
+        return f"{self.namespace}:{self.tag(shard)}:index"
+
+    def index_of(self, digest: str) -> str:
+        return self.index(digest[:SHARD_CHARS])
+
+    def key(self, digest: str, suffix: str) -> str:
+        """A per-entry helper key (lock, lease, channel) in the entry's own slot."""
+        return f"{self.namespace}:{self.tag(digest[:SHARD_CHARS])}:{suffix}:{digest}"

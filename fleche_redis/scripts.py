@@ -1,0 +1,36 @@
+"""Server-side Lua scripts, run by SHA with one fallback round trip.
+
+A :class:`LuaScript` is a module or class constant: it knows its SHA1 and is
+called with the client to run on, so one object serves every server and every
+process.  The common path is one ``EVALSHA``; a server that does not know the
+script yet (fresh start, ``SCRIPT FLUSH``, failover) answers ``NOSCRIPT`` and
+gets one ``EVAL``, which also caches the script there.  redis-py's own
+``Script`` needs three round trips for that case (``EVALSHA``, ``SCRIPT LOAD``,
+``EVALSHA``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+__all__ = ["LuaScript"]
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    source: str
+    sha: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+    def __call__(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)

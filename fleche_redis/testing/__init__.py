@@ -1,0 +1,5 @@
+"""Helpers for testing code that uses fleche-redis: private servers and fixtures."""
+
+from .server import RedisClusterProcesses, RedisServer, ServerStartError, free_port, redis_server_binary
+
+__all__ = ["RedisServer", "RedisClusterProcesses", "ServerStartError", "free_port", "redis_server_binary"]

@@ -1,0 +1,57 @@
+"""Counting Redis round trips, the one performance figure exact on a noisy machine.
+
+Every request a redis-py connection writes goes through
+``send_packed_command`` once: a single command, or a whole pipeline or
+MULTI/EXEC block.  Counting those calls counts round trips, for real servers
+and fakeredis alike::
+
+    with RoundTrips() as trips:
+        storage.get(key)
+    assert trips.count == 1
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from redis.connection import AbstractConnection
+
+__all__ = ["RoundTrips"]
+
+
+@dataclass
+class RoundTrips:
+    """Counts requests sent by every redis-py connection in this process while active.
+
+    ``commands`` keeps the first word of each request (``b"EVALSHA"``; a
+    pipeline shows its first command) to make failures readable.
+    """
+
+    count: int = 0
+    commands: list[bytes] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __enter__(self) -> RoundTrips:
+        self._original = AbstractConnection.send_packed_command
+        original = self._original
+        counter = self
+
+        def counting(conn, command, check_health=True):
+            first = command[0] if isinstance(command, (list, tuple)) else command
+            word = bytes(first).split(b"\r\n")[2] if bytes(first).startswith(b"*") else bytes(first)[:16]
+            with counter._lock:
+                counter.count += 1
+                counter.commands.append(word)
+            return original(conn, command, check_health)
+
+        AbstractConnection.send_packed_command = counting
+        return self
+
+    def __exit__(self, *exc) -> None:
+        AbstractConnection.send_packed_command = self._original
+
+    def reset(self) -> None:
+        with self._lock:
+            self.count = 0
+            self.commands.clear()
