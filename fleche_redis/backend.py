@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 
 import redis
 from fleche.call import DigestedCall
-from fleche.digest import Digest
+from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.security import get_secret_key, normalize_secret_key
 from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
 from fleche.storage.destructuring import DestructuringMixin
@@ -119,7 +119,7 @@ class RedisBackend(StorageBackend):
         """
     )
 
-    url: str = DEFAULT_URL
+    url: str = field(default=DEFAULT_URL, repr=False)  # may hold a password; see `server`
     namespace: str = "fleche"
     client: Any = field(default=None, repr=False, compare=False)
     serializer: str = "cloudpickle"
@@ -266,6 +266,13 @@ class RedisBackend(StorageBackend):
             raise self._fault("count", e) from e
 
     # -- prefixes -----------------------------------------------------------
+
+    def expand(self, key: Digest | str) -> Digest:
+        # fleche returns any string of 64+ characters unchanged; a storage
+        # keyed by hex digests refuses the ones that cannot be digests.
+        if isinstance(key, str) and len(key) >= DIGEST_LENGTH:
+            check_digest(key)
+        return super().expand(key)
 
     def _prefix_candidates(self, prefix: str) -> list[Digest]:
         """The two smallest indexed digests starting with *prefix*: one ``ZRANGEBYLEX``."""

@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 
-__all__ = ["ClientSlot", "client_from_url", "url_from_client", "redact_url", "fork_generation"]
+__all__ = ["ClientSlot", "client_from_url", "parse_cluster_url", "url_from_client", "redact_url", "fork_generation"]
 
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -46,19 +46,13 @@ def fork_generation() -> int:
 
 def redact_url(url: str) -> str:
     """*url* with its password replaced by ``***`` (for repr, logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    user = quote(parts.username or "", safe="")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    # Cluster URLs carry more hosts after the first one.
-    rest = parts.netloc.split("@", 1)[1]
-    if "," in rest:
-        netloc = f"{user}:***@{rest}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{hosts}{slash}{tail}"
 
 
 def client_from_url(url: str, **options: Any) -> redis.Redis | redis.RedisCluster:
@@ -68,38 +62,47 @@ def client_from_url(url: str, **options: Any) -> redis.Redis | redis.RedisCluste
     entries are binary.
     """
     options = {**options, "decode_responses": False}
-    scheme = urlsplit(url).scheme
+    parts = urlsplit(url)
+    # redis-py lets URL query options override keyword arguments.
+    query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("decode_responses="))
+    url = urlunsplit(parts._replace(query=query))
+    scheme = parts.scheme
     if scheme in _CLUSTER_SCHEMES:
         return _cluster_from_url(url, **options)
     return redis.Redis.from_url(url, **options)
 
 
-def _cluster_from_url(url: str, **options: Any) -> redis.RedisCluster:
-    from redis.cluster import ClusterNode
-
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """Split ``redis+cluster://[user:pw@]h1:p1,h2:p2[?opts]`` into nodes and client options."""
     parts = urlsplit(url)
     base_scheme = _CLUSTER_SCHEMES[parts.scheme]
     auth, _, hosts = parts.netloc.rpartition("@")
     nodes = []
-    for hostport in hosts.split(","):
+    for hostport in filter(None, hosts.split(",")):
         host, _, port = hostport.rpartition(":")
-        if not host:
-            host, port = port, "6379"
-        nodes.append(ClusterNode(host.strip("[]"), int(port)))
+        if not host or not port.isdigit():
+            host, port = hostport, "6379"
+        nodes.append((host.strip("[]"), int(port)))
     if not nodes:
         raise ValueError(f"cluster URL names no nodes: {redact_url(url)}")
     # Let redis-py parse credentials and query options from an ordinary URL
-    # naming the first node; then replace the single node by the full list.
-    first = f"{base_scheme}://{auth + '@' if auth else ''}{nodes[0].host}:{nodes[0].port}"
-    single = urlunsplit(urlsplit(first)._replace(query=parts.query))
-    kwargs = redis.connection.parse_url(single)
-    kwargs.pop("host", None)
-    kwargs.pop("port", None)
-    kwargs.pop("db", None)
+    # naming the first node, then drop what names that single node.
+    single = urlunsplit((base_scheme, (auth + "@" if auth else "") + "localhost", "", parts.query, ""))
+    options = redis.connection.parse_url(single)
+    for name in ("host", "port", "db", "connection_class", "path"):
+        options.pop(name, None)
     if base_scheme == "rediss":
-        kwargs["ssl"] = True
-    kwargs.pop("connection_class", None)
-    return redis.RedisCluster(startup_nodes=nodes, **{**kwargs, **options})
+        options["ssl"] = True
+    return nodes, options
+
+
+def _cluster_from_url(url: str, **options: Any) -> redis.RedisCluster:
+    from redis.cluster import ClusterNode
+
+    nodes, parsed = parse_cluster_url(url)
+    return redis.RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in nodes], **{**parsed, **options}
+    )
 
 
 def url_from_client(client: Any, *, with_password: bool = True) -> str | None:

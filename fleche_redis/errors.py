@@ -32,7 +32,9 @@ class FlecheRedisError(Exception):
 class RedisStorageError(FlecheRedisError):
     """Redis refused or failed an operation (``NOPERM``, ``OOM``, a script error, ...)."""
 
-    def __init__(self, message: str, *, operation: str, server: str) -> None:
+    # Defaults keep the exception picklable: worker processes send it back to
+    # the parent, and unpickling calls the class with the message alone.
+    def __init__(self, message: str, *, operation: str = "?", server: str = "?") -> None:
         super().__init__(message)
         self.operation = operation
         self.server = server

@@ -10,6 +10,7 @@ fakeredis with Lua.
 from __future__ import annotations
 
 import itertools
+import re
 import os
 
 import fakeredis
@@ -47,9 +48,7 @@ def redis_cluster():
 @pytest.fixture
 def namespace(request):
     """A namespace no other test uses."""
-    return f"t{next(_namespaces)}-{request.node.name[:40].replace('[', '.').replace(']', '').replace(' ', '')}".replace(
-        ":", "."
-    )
+    return f"t{next(_namespaces)}-" + re.sub(r"[^A-Za-z0-9_.-]", ".", request.node.name[:40])
 
 
 @pytest.fixture

@@ -1,0 +1,522 @@
+"""The storage conformance suite, shipped so every storage variant proves itself.
+
+Subclass a suite in a test module and provide one fixture, ``make_storage``:
+a callable that builds a fresh, empty storage from keyword arguments (extra
+storage options such as ``secret_key``).  Every test of the suite then runs
+against it::
+
+    class TestMyValueRedis(ValueStorageConformance):
+        @pytest.fixture
+        def make_storage(self, connection):
+            return lambda **kw: MyValueRedis(**connection, **kw)
+
+``StorageConformance`` holds what any fleche-redis storage must do (digest
+keys, prefixes, eviction, isolation, configuration, pickling, round-trip
+counts, threads); the value and call suites add their domain on top.
+Suites are plain classes (not ``Test*``), so importing them into a module
+does not collect them twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from typing import Any
+
+import pytest
+from fleche.call import Call, DigestedCall
+from fleche.config import storage_from_config, storage_to_config
+from fleche.digest import Digest, digest
+from fleche.storage import AmbiguousDigestError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ..backend import RedisBackend
+from .roundtrips import RoundTrips
+
+__all__ = ["StorageConformance", "ValueStorageConformance", "CallStorageConformance"]
+
+INVALID_KEYS = [
+    "",
+    "abc",
+    "z" * 64,
+    "A" * 64,
+    "a" * 63 + "*",
+    "*",
+    "[ab]" + "0" * 60,
+    "abc[",
+    "é" * 64,
+    "\xff" * 64,
+    "0" * 65,
+    "ab" + "\n" + "0" * 61,
+    "ab*",
+]
+
+
+def _key(prefix: str, fill: str = "0") -> Digest:
+    """A syntactically valid digest starting with *prefix*."""
+    return Digest(prefix + fill * (64 - len(prefix)))
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=50)
+    | st.binary(max_size=50)
+)
+values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=5)
+    | st.tuples(children, children)
+    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=20,
+)
+
+
+class StorageConformance:
+    """What every fleche-redis storage does, whatever it stores."""
+
+    @pytest.fixture
+    def storage(self, make_storage):
+        return make_storage()
+
+    def entry(self, i: int) -> Any:
+        """A storable entry, distinct for every *i*."""
+        raise NotImplementedError
+
+    def store(self, storage, i: int, key: Digest | None = None) -> Digest:
+        """Store entry *i* (under *key* if given) and return its key."""
+        raise NotImplementedError
+
+    def same(self, loaded: Any, i: int) -> bool:
+        return loaded == self.entry(i)
+
+    # -- keys ---------------------------------------------------------------
+
+    def test_missing_key_is_a_key_error(self, storage):
+        with pytest.raises(KeyError):
+            storage.load(_key("abcd"))
+        assert not storage.contains(_key("abcd"))
+
+    @pytest.mark.parametrize("bad", INVALID_KEYS)
+    def test_invalid_keys_are_key_errors(self, storage, bad):
+        self.store(storage, 1)
+        with pytest.raises(KeyError):
+            storage.load(bad)
+        assert storage.contains(bad) is False
+        with pytest.raises(KeyError):
+            storage.evict(bad)
+        with pytest.raises(KeyError):
+            storage.expand(bad)
+        with pytest.raises(KeyError):
+            storage.put(self.entry(2), bad)
+
+    def test_glob_characters_never_match_other_keys(self, storage):
+        key = self.store(storage, 1)
+        for pattern in (key[:4] + "*", key[:4] + "?", "[" + key[:3] + "]"):
+            with pytest.raises(KeyError):
+                storage.expand(pattern)
+        assert storage.contains(key)
+
+    def test_list_yields_every_key_once_in_order(self, storage):
+        keys = {self.store(storage, i) for i in range(25)}
+        listed = list(storage.list())
+        assert sorted(listed) == listed
+        assert set(listed) == keys and len(listed) == len(keys)
+        assert all(isinstance(k, Digest) for k in listed)
+        assert storage.count() == 25
+
+    def test_list_streams_in_pages(self, storage, monkeypatch):
+        monkeypatch.setattr(RedisBackend, "LIST_PAGE", 3)
+        keys = sorted(self.store(storage, i, _key(f"00{i:02x}")) for i in range(10))
+        it = iter(storage.list())
+        with RoundTrips() as trips:
+            first = next(it)
+        # Only the first batch of shards was fetched, not the whole index.
+        assert first == keys[0] and trips.count == 1
+        assert [first, *it] == keys
+
+    # -- prefixes -----------------------------------------------------------
+
+    def test_expand_unique_prefix(self, storage):
+        key = self.store(storage, 1, _key("abcd", "1"))
+        self.store(storage, 2, _key("abce", "2"))
+        assert storage.expand("abcd") == key
+        assert storage.expand(key[:10]) == key
+        assert isinstance(storage.expand("abcd"), Digest)
+
+    def test_expand_ambiguous_prefix(self, storage):
+        self.store(storage, 1, _key("abcd12", "1"))
+        self.store(storage, 2, _key("abcd13", "2"))
+        with pytest.raises(AmbiguousDigestError, match="need at least 6 characters"):
+            storage.expand("abcd")
+        assert storage.expand("abcd12") == _key("abcd12", "1")
+
+    def test_expand_too_short_or_missing(self, storage):
+        self.store(storage, 1, _key("abcd", "1"))
+        with pytest.raises(KeyError):
+            storage.expand("abc")
+        with pytest.raises(KeyError):
+            storage.expand("abce")
+        with pytest.raises(KeyError):
+            storage.expand("bbcd")
+
+    def test_expand_full_length_is_identity(self, storage):
+        assert storage.expand(_key("abcd")) == _key("abcd")
+
+    def test_load_and_contains_by_prefix(self, storage):
+        key = self.store(storage, 7)
+        assert self.same(storage.load(key[:8]), 7)
+        assert storage.contains(key[:8])
+
+    def test_shrink(self, storage):
+        a = self.store(storage, 1, _key("abcd12", "1"))
+        b = self.store(storage, 2, _key("abcd13", "2"))
+        c = self.store(storage, 3, _key("ffff", "3"))
+        d = self.store(storage, 4, _key("abc0", "4"))
+        assert storage.shrink(a) == "abcd12"
+        assert storage.shrink(a, b, c, d) == ("abcd12", "abcd13", "ffff", "abc0")
+        for k in (a, b, c, d):
+            assert storage.expand(storage.shrink(k)) == k
+
+    def test_shrink_missing_and_unshrinkable(self, storage):
+        with pytest.raises(KeyError):
+            storage.shrink(_key("abcd"))
+        self.store(storage, 1, _key("abcd", "0"))
+        self.store(storage, 2, Digest(_key("abcd", "0")[:-1] + "1"))
+        with pytest.raises(AmbiguousDigestError):
+            storage.shrink(_key("abcd", "0"))
+
+    def test_shrink_matches_fleche_reference(self, storage):
+        """Neighbours-in-shard gives the same answer as fleche's list-everything algorithm."""
+        from fleche.storage.base import KeyManagement
+
+        keys = [self.store(storage, i, Digest(digest(i)[:5] + "0" * 59)) for i in range(60)]
+        keys += [self.store(storage, 100 + i, Digest(k[:7] + "1" * 57)) for i, k in enumerate(keys[:10])]
+        reference = KeyManagement._shrink(storage, *keys)
+        assert storage.shrink(*keys) == reference
+
+    # -- eviction -----------------------------------------------------------
+
+    def test_evict(self, storage):
+        key = self.store(storage, 1)
+        storage.evict(key)
+        assert not storage.contains(key)
+        with pytest.raises(KeyError):
+            storage.load(key)
+        assert key not in set(storage.list())
+        with pytest.raises(KeyError):
+            storage.expand(key[:8])
+        storage.evict(key)  # evicting an absent entry is a no-op
+
+    def test_evict_by_prefix(self, storage):
+        key = self.store(storage, 1, _key("abcd", "1"))
+        other = self.store(storage, 2, _key("abce", "2"))
+        storage.evict("abcd")
+        assert not storage.contains(key)
+        assert storage.contains(other)
+
+    def test_evict_ambiguous_prefix_evicts_nothing(self, storage):
+        a = self.store(storage, 1, _key("abcd1", "1"))
+        b = self.store(storage, 2, _key("abcd2", "2"))
+        with pytest.raises(AmbiguousDigestError):
+            storage.evict("abcd")
+        assert storage.contains(a) and storage.contains(b)
+
+    # -- isolation, configuration, processes ----------------------------------
+
+    def test_namespaces_are_isolated(self, make_storage, storage):
+        other = make_storage(namespace=storage.namespace + "-other")
+        key = self.store(storage, 1)
+        assert not other.contains(key)
+        assert list(other.list()) == []
+        with pytest.raises(KeyError):
+            other.expand(key[:6])
+        self.store(other, 2, key)
+        assert self.same(storage.load(key), 1)
+        assert self.same(other.load(key), 2)
+        other.evict(key)
+        assert storage.contains(key)
+
+    def test_every_key_is_in_the_namespace(self, storage):
+        key = self.store(storage, 1)
+        raw = storage.redis()
+        written = {k.decode() for k in raw.scan_iter(match=f"{storage.namespace}:*")}
+        assert written == {storage._layout.data(key), storage._layout.index_of(key)}
+        assert all(k.startswith(storage.namespace + ":{") for k in written)
+
+    def test_config_round_trip(self, storage):
+        if storage.client is not None and storage.url == "client://":
+            with pytest.raises(TypeError, match="no address"):
+                storage.to_config()
+            return
+        config = storage_to_config(storage)
+        assert config["type"] == "redis"
+        assert "secret_key" not in config
+        kind = "value" if "remaining_depth" in config else "call"
+        rebuilt = storage_from_config(config, kind)
+        assert type(rebuilt) is type(storage)
+        assert rebuilt.to_config() == config
+        key = self.store(storage, 3)
+        assert self.same(rebuilt.load(key), 3)
+
+    def test_config_is_toml_safe(self, make_storage):
+        import json
+        import tomllib
+
+        storage = make_storage(secret_key=[b"k" * 32], compress=True)
+        if storage.url == "client://":
+            pytest.skip("in-process client has no configuration")
+        config = storage.to_config()
+        # JSON scalars and string lists are valid TOML values.
+        toml = "\n".join(f"{k} = {json.dumps(v)}" for k, v in config.items())
+        assert tomllib.loads(toml) == config
+        assert config["secret_key"] == [(b"k" * 32).hex()]
+
+    def test_pickle_round_trip(self, storage):
+        key = self.store(storage, 5)
+        if storage.url == "client://":
+            with pytest.raises(pickle.PicklingError, match="cannot cross processes"):
+                pickle.dumps(storage)
+            return
+        clone = pickle.loads(pickle.dumps(storage))
+        assert clone == storage
+        assert clone.redis() is not storage.redis()
+        assert self.same(clone.load(key), 5)
+
+    # -- round trips ----------------------------------------------------------
+
+    def test_round_trips_per_operation(self, storage):
+        keys = [self.store(storage, i) for i in range(20)]
+        key = keys[0]
+        storage.evict(self.store(storage, 99))  # load both scripts on the server
+        for prefix in (key[:4], key[:5], key[:12]):
+            with RoundTrips() as trips:
+                assert storage.expand(prefix) == key
+            assert trips.count == 1, trips.commands
+        cases = {
+            "put": lambda: storage.put(self.entry(0), key),
+            "get": lambda: storage.get(key),
+            "contains": lambda: storage.contains(key),
+            "evict": lambda: storage.evict(keys[1]),
+            "shrink": lambda: storage.shrink(*keys[2:]),
+        }
+        for name, op in cases.items():
+            with RoundTrips() as trips:
+                op()
+            assert trips.count == 1, (name, trips.commands)
+
+    def test_expand_round_trips_do_not_grow_with_the_store(self, storage):
+        key = self.store(storage, 0, _key("abcd", "1"))
+        storage.expand("abcd")
+        for i in range(1, 300):
+            self.store(storage, i, _key(f"ab{i:03x}", "2"))
+        with RoundTrips() as trips:
+            assert storage.expand("abcd") == key
+            storage.shrink(key)
+        assert trips.count == 2
+
+    # -- integrity ------------------------------------------------------------
+
+    def test_signed_entries_round_trip(self, make_storage):
+        storage = make_storage(secret_key=b"k" * 32)
+        key = self.store(storage, 4)
+        assert self.same(storage.load(key), 4)
+
+    def test_tampered_entry_is_a_logged_miss_and_never_unpickled(self, make_storage, caplog, tmp_path):
+        storage = make_storage(secret_key=b"k" * 32)
+        key = self.store(storage, 4)
+        marker = tmp_path / "pwned"
+
+        class Exploit:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+
+        storage.redis().set(storage._layout.data(key), pickle.dumps(Exploit()))
+        with caplog.at_level(logging.WARNING):
+            with pytest.raises(KeyError):
+                storage.load(key)
+        assert not marker.exists()
+        assert any("signature" in r.getMessage() for r in caplog.records)
+
+    def test_entry_signed_with_another_key_is_a_miss(self, make_storage):
+        writer = make_storage(secret_key=b"a" * 32)
+        reader = make_storage(secret_key=b"b" * 32, namespace=writer.namespace)
+        key = self.store(writer, 4)
+        with pytest.raises(KeyError):
+            reader.load(key)
+
+    def test_key_rotation_reads_old_entries(self, make_storage):
+        old, new = b"o" * 32, b"n" * 32
+        writer = make_storage(secret_key=old)
+        key = self.store(writer, 4)
+        rotated = make_storage(secret_key=[new, old], namespace=writer.namespace)
+        assert self.same(rotated.load(key), 4)
+
+    def test_secret_from_environment_is_not_written_to_config(self, make_storage, monkeypatch):
+        monkeypatch.setenv("FLECHE_SECRET_KEY", (b"e" * 32).hex())
+        storage = make_storage()
+        assert storage.secret_key == (b"e" * 32,)
+        if storage.url != "client://":
+            assert "secret_key" not in storage.to_config()
+            assert "eeee" not in repr(storage)
+
+    def test_undecodable_entry_is_a_logged_miss(self, storage, caplog):
+        key = self.store(storage, 4)
+        storage.redis().set(storage._layout.data(key), b"\x80\x05garbage")
+        with caplog.at_level(logging.WARNING):
+            with pytest.raises(KeyError):
+                storage.load(key)
+        assert any("could not be deserialized" in r.getMessage() for r in caplog.records)
+
+    def test_compressed_and_plain_entries_mix(self, make_storage):
+        plain = make_storage()
+        packed = make_storage(compress=True, namespace=plain.namespace)
+        a = self.store(plain, 1)
+        b = self.store(packed, 2)
+        assert self.same(packed.load(a), 1) and self.same(plain.load(b), 2)
+        raw = plain.redis().get(plain._layout.data(b))
+        assert raw[:1] == b"\x78"
+
+    # -- threads --------------------------------------------------------------
+
+    def test_concurrent_threads_on_the_same_keys(self, storage):
+        keys = [_key(f"{i:04x}") for i in range(8)]
+        churned = keys[-1]  # saved and evicted by every thread at once
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(8)
+
+        def work(t: int) -> None:
+            try:
+                barrier.wait()
+                for _ in range(25):
+                    for i, k in enumerate(keys[:-1]):
+                        self.store(storage, i, k)
+                        assert self.same(storage.load(k), i)
+                        assert storage.contains(k)
+                    self.store(storage, 7, churned)
+                    try:
+                        assert self.same(storage.load(churned), 7)
+                    except KeyError:
+                        pass  # another thread evicted it in between: a miss, never a wrong value
+                    storage.evict(churned)
+            except BaseException as e:  # surfaced below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors, errors[:3]
+        self.store(storage, 7, keys[-1])
+        assert sorted(storage.list()) == sorted(keys)
+
+
+class ValueStorageConformance(StorageConformance):
+    """Value storage: content-addressed, destructuring, any picklable value."""
+
+    def entry(self, i: int) -> Any:
+        return {"entry": i, "name": f"n{i}"}  # flat: one stored entry
+
+    def store(self, storage, i: int, key: Digest | None = None) -> Digest:
+        if key is None:
+            return storage.save(self.entry(i))
+        return storage.put(self.entry(i), key)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(value=values)
+    def test_round_trip_any_value(self, storage, value):
+        key = storage.save(value)
+        assert key == digest(value)
+        assert storage.load(key) == value
+
+    def test_round_trip_numpy(self, storage):
+        np = pytest.importorskip("numpy")
+        array = np.linspace(0, 1, 1000).reshape(10, 100)
+        key = storage.save(array)
+        assert np.array_equal(storage.load(key), array)
+
+    def test_destructuring_shares_sub_values(self, storage):
+        shared = list(range(10))
+        a = storage.save([1, shared])
+        b = storage.save([2, shared])
+        assert storage.load(a) == [1, shared] and storage.load(b) == [2, shared]
+        assert storage.count() == 3  # two outer lists and one shared inner list
+        assert storage.count_reuses()[digest(shared)] == 2
+
+    def test_remaining_depth_zero_stores_every_level(self, make_storage):
+        storage = make_storage(remaining_depth=0)
+        key = storage.save([1, [2, 3]])
+        assert storage.load(key) == [1, [2, 3]]
+        assert storage.count() == 5  # 1, 2, 3, [2, 3] and the outer list
+
+    def test_remaining_depth_in_config(self, make_storage):
+        storage = make_storage(remaining_depth=3)
+        if storage.url != "client://":
+            assert storage.to_config()["remaining_depth"] == 3
+
+
+class CallStorageConformance(StorageConformance):
+    """Call-record storage: ``DigestedCall`` records keyed by lookup digest."""
+
+    def entry(self, i: int) -> DigestedCall:
+        return DigestedCall(
+            name=f"module.func{i % 3}",
+            arguments={"x": digest(i), "y": digest(str(i))},
+            result=digest(i * 10),
+            metadata={"Runtime": {"seconds": 0.5 + i}, "Tags": {"project": "p", "n": i}},
+            module="module",
+            version=i % 2,
+            code_digest=digest("code"),
+        )
+
+    def store(self, storage, i: int, key: Digest | None = None) -> Digest:
+        if key is None:
+            return storage.save(self.entry(i))
+        return storage.put(self.entry(i), key)
+
+    def test_save_uses_the_lookup_key(self, storage):
+        call = self.entry(3)
+        assert storage.save(call) == call.to_lookup_key()
+        loaded = storage.load(call.to_lookup_key())
+        assert loaded == call
+        assert loaded.metadata == call.metadata
+        assert isinstance(loaded.result, Digest)
+
+    def test_save_overwrites_in_one_round_trip(self, storage):
+        call = self.entry(3)
+        storage.save(call)
+        updated = DigestedCall(**{**call.__dict__, "metadata": {"Tags": {"run": 2}}})
+        with RoundTrips() as trips:
+            storage.save(updated)
+        assert trips.count == 1
+        assert storage.load(call.to_lookup_key()).metadata == {"Tags": {"run": 2}}
+        assert storage.count() == 1
+
+    def test_query_by_name(self, storage):
+        for i in range(6):
+            storage.save(self.entry(i))
+        from fleche.call import QueryCall
+
+        found = list(storage.query(QueryCall(name="module.func1")))
+        assert sorted(c.metadata["Tags"]["n"] for c in found) == [1, 4]
+
+    def test_cache_memoizes_through_redis(self, make_storage):
+        from fleche.caches import Cache
+
+        from ..backend import ValueRedis
+
+        calls = make_storage()
+        values = ValueRedis(
+            url=calls.url, client=calls.client, namespace=calls.namespace, secret_key=calls.secret_key or ()
+        )
+        cache = Cache(values=values, calls=calls)
+        key = cache.save(Call("f", {"x": [1, 2]}, result={"ok": True}))
+        hit = cache.load(key)
+        assert hit.result == {"ok": True} and dict(hit.arguments) == {"x": [1, 2]}
+        cache.evict(key)
+        assert not cache.contains(key)

@@ -1,0 +1,70 @@
+"""Storage type "redis" in fleche's configuration system."""
+
+import fleche.config
+import pytest
+from fleche.call import Call
+from fleche.caches import Cache
+from fleche.storage import get_storage_constructor
+
+import fleche_redis
+from fleche_redis import CallRedis, ValueRedis
+
+
+def test_importing_registers_both_kinds():
+    assert get_storage_constructor("redis", "value") is ValueRedis
+    assert get_storage_constructor("redis", "call") is CallRedis
+
+
+def test_cache_from_config_round_trip(redis_server, namespace):
+    config = {
+        "values": {"type": "redis", "url": redis_server.url, "namespace": namespace, "compress": True},
+        "calls": {"type": "redis", "url": redis_server.url, "namespace": namespace},
+    }
+    cache = fleche.config.cache_from_config(config)
+    assert isinstance(cache, Cache)
+    assert isinstance(cache.values, ValueRedis) and isinstance(cache.calls, CallRedis)
+    key = cache.save(Call("f", {"x": 1}, result=[1, 2]))
+    assert cache.load(key).result == [1, 2]
+    written = fleche.config.cache_to_config(cache)
+    assert written["values"] == {
+        "type": "redis", "url": redis_server.url, "namespace": namespace,
+        "serializer": "cloudpickle", "compress": True, "remaining_depth": 1,
+    }
+    assert fleche.config.cache_from_config(written).load(key).result == [1, 2]
+
+
+def test_fleche_toml(tmp_path, monkeypatch, redis_server, namespace):
+    (tmp_path / "fleche.toml").write_text(
+        f"""
+[default]
+cache = "shared"
+root = true
+
+[shared]
+values.type = "redis"
+values.url = "{redis_server.url}"
+values.namespace = "{namespace}"
+values.secret_key = ["{(b"s" * 32).hex()}"]
+calls.type = "redis"
+calls.url = "{redis_server.url}"
+calls.namespace = "{namespace}"
+"""
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(fleche.config, "_live_caches", {})
+    cache = fleche.config.load_cache_config("shared")
+    assert cache.values.secret_key == (b"s" * 32,)
+    assert cache.calls.secret_key == ()
+    assert cache.values.to_config()["secret_key"] == [(b"s" * 32).hex()]
+
+
+def test_unknown_option_is_a_clear_error(redis_server):
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        fleche.config.storage_from_config({"type": "redis", "url": redis_server.url, "hostname": "x"}, "value")
+
+
+def test_public_names():
+    for name in ("RedisBackend", "ValueRedis", "CallRedis", "RedisStorageError", "StorageUnavailable"):
+        assert hasattr(fleche_redis, name)
