@@ -155,7 +155,9 @@ class RedisBackend(StorageBackend):
     def __reduce__(self):
         # Constructor arguments are the whole durable state (mixin fields
         # included); the receiving process builds its own connection.
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "client"}
+        kwargs = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name != "client"
+        }
         if self.client is not None:
             url = url_from_client(self.client)
             if url is None:
@@ -190,7 +192,9 @@ class RedisBackend(StorageBackend):
         key = check_digest(key)
         data = self._codec.encode(value)
         try:
-            self.PUT(self.redis(), (self._layout.data(key), self._layout.index_of(key)), (data, key))
+            self.PUT(
+                self.redis(), (self._layout.data(key), self._layout.index_of(key)), (data, key)
+            )
         except redis.RedisError as e:
             raise self._fault("put", e) from e
         return key
@@ -230,15 +234,17 @@ class RedisBackend(StorageBackend):
         """
         client = self.redis()
         for start in range(0, len(SHARDS), self.LIST_BATCH):
-            batch = SHARDS[start:start + self.LIST_BATCH]
+            batch = SHARDS[start : start + self.LIST_BATCH]
             try:
                 pipe = client.pipeline(transaction=False)
                 for shard in batch:
-                    pipe.zrangebylex(self._layout.index(shard), "-", "+", start=0, num=self.LIST_PAGE)
+                    pipe.zrangebylex(
+                        self._layout.index(shard), "-", "+", start=0, num=self.LIST_PAGE
+                    )
                 pages = pipe.execute()
             except redis.RedisError as e:
                 raise self._fault("list", e) from e
-            for shard, page in zip(batch, pages):
+            for shard, page in zip(batch, pages, strict=True):
                 yield from self._stream_shard(client, shard, page)
 
     def _stream_shard(self, client: Any, shard: str, page: list[bytes]) -> Iterator[Digest]:
@@ -282,7 +288,9 @@ class RedisBackend(StorageBackend):
             return []
         low = b"[" + prefix.encode()
         try:
-            found = self.redis().zrangebylex(self._layout.index_of(prefix), low, low + b"\xff", start=0, num=2)
+            found = self.redis().zrangebylex(
+                self._layout.index_of(prefix), low, low + b"\xff", start=0, num=2
+            )
         except redis.RedisError as e:
             raise self._fault("expand", e) from e
         return [Digest(m.decode()) for m in found]
@@ -311,7 +319,7 @@ class RedisBackend(StorageBackend):
                 raise self._fault("shrink", e) from e
             out = []
             for i, d in enumerate(digests):
-                score, left, right = replies[3 * i:3 * i + 3]
+                score, left, right = replies[3 * i : 3 * i + 3]
                 if score is None:
                     raise KeyError(d)
                 neighbourhood = [m.decode() for m in left] + [d] + [m.decode() for m in right]

@@ -40,21 +40,35 @@ def _demo(args: argparse.Namespace) -> int:
     with _url_or_embedded(args.url) as (url, description):
         print(f"Redis: {description}")
         first, second = run_demo(
-            url, workers=args.workers, tasks=args.tasks, samples=args.samples,
-            namespace=args.namespace, keep=args.keep,
+            url,
+            workers=args.workers,
+            tasks=args.tasks,
+            samples=args.samples,
+            namespace=args.namespace,
+            keep=args.keep,
         )
     return 0 if first.results == second.results and second.computed == 0 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleche-redis", description="Shared fleche caches in Redis.")
+    parser = argparse.ArgumentParser(
+        prog="fleche-redis", description="Shared fleche caches in Redis."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="memoize a workload across worker processes through one Redis cache")
-    demo.add_argument("--url", help="Redis URL (default: $REDIS_URL, else a private embedded server)")
+    demo = sub.add_parser(
+        "demo", help="memoize a workload across worker processes through one Redis cache"
+    )
+    demo.add_argument(
+        "--url", help="Redis URL (default: $REDIS_URL, else a private embedded server)"
+    )
     demo.add_argument("--workers", type=int, default=4)
     demo.add_argument("--tasks", type=int, default=16)
-    demo.add_argument("--samples", type=int, default=1_000_000, help="random samples per task (its cost)")
-    demo.add_argument("--namespace", help="key namespace (default: a fresh one, removed afterwards)")
+    demo.add_argument(
+        "--samples", type=int, default=1_000_000, help="random samples per task (its cost)"
+    )
+    demo.add_argument(
+        "--namespace", help="key namespace (default: a fresh one, removed afterwards)"
+    )
     demo.add_argument("--keep", action="store_true", help="keep the demo's entries in Redis")
     demo.set_defaults(func=_demo)
     return parser

@@ -101,16 +101,22 @@ class Codec:
                 data = zlib.decompress(data)
             payload = self.signer.loads(data)
         except SignatureError as e:
-            logger.warning("entry %s failed signature verification (%s); treating it as a miss", key, e)
+            logger.warning(
+                "entry %s failed signature verification (%s); treating it as a miss", key, e
+            )
             raise UndecodableEntry(key, "signature verification failed") from None
         except zlib.error as e:
-            logger.warning("entry %s is not valid compressed data (%s); treating it as a miss", key, e)
+            logger.warning(
+                "entry %s is not valid compressed data (%s); treating it as a miss", key, e
+            )
             raise UndecodableEntry(key, "corrupt compressed data") from None
         try:
             return self.loads(payload)
         except Exception as e:
             logger.warning(
                 "entry %s could not be deserialized (%s: %s); treating it as a miss",
-                key, type(e).__name__, e,
+                key,
+                type(e).__name__,
+                e,
             )
             raise UndecodableEntry(key, "cannot deserialize") from None

@@ -20,7 +20,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 
-__all__ = ["ClientSlot", "client_from_url", "parse_cluster_url", "url_from_client", "redact_url", "fork_generation"]
+__all__ = [
+    "ClientSlot",
+    "client_from_url",
+    "parse_cluster_url",
+    "url_from_client",
+    "redact_url",
+    "fork_generation",
+]
 
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -64,7 +71,9 @@ def client_from_url(url: str, **options: Any) -> redis.Redis | redis.RedisCluste
     options = {**options, "decode_responses": False}
     parts = urlsplit(url)
     # redis-py lets URL query options override keyword arguments.
-    query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("decode_responses="))
+    query = "&".join(
+        q for q in parts.query.split("&") if q and not q.startswith("decode_responses=")
+    )
     url = urlunsplit(parts._replace(query=query))
     scheme = parts.scheme
     if scheme in _CLUSTER_SCHEMES:
@@ -87,7 +96,9 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
         raise ValueError(f"cluster URL names no nodes: {redact_url(url)}")
     # Let redis-py parse credentials and query options from an ordinary URL
     # naming the first node, then drop what names that single node.
-    single = urlunsplit((base_scheme, (auth + "@" if auth else "") + "localhost", "", parts.query, ""))
+    single = urlunsplit(
+        (base_scheme, (auth + "@" if auth else "") + "localhost", "", parts.query, "")
+    )
     options = redis.connection.parse_url(single)
     for name in ("host", "port", "db", "connection_class", "path"):
         options.pop(name, None)
@@ -114,6 +125,7 @@ def url_from_client(client: Any, *, with_password: bool = True) -> str | None:
     ``with_password=False`` the credentials are left out (for display and
     configuration).
     """
+
     def auth(kw: dict[str, Any]) -> str:
         return _auth(kw) if with_password else ""
 

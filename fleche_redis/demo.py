@@ -45,27 +45,48 @@ def _run_round(pool, task, tasks: int, samples: int, round_: int) -> RoundReport
     results = list(pool.map(task, range(tasks), [samples] * tasks, [round_] * tasks))
     seconds = time.perf_counter() - start
     computed = sum(1 for r in results if r["round"] == round_)
-    return RoundReport(computed, tasks - computed, seconds, tuple((r["seed"], r["pi"]) for r in results))
+    return RoundReport(
+        computed, tasks - computed, seconds, tuple((r["seed"], r["pi"]) for r in results)
+    )
 
 
-def run_demo(url: str, *, workers: int = 4, tasks: int = 16, samples: int = 1_000_000,
-             namespace: str | None = None, keep: bool = False, say=print) -> tuple[RoundReport, RoundReport]:
+def run_demo(
+    url: str,
+    *,
+    workers: int = 4,
+    tasks: int = 16,
+    samples: int = 1_000_000,
+    namespace: str | None = None,
+    keep: bool = False,
+    say=print,
+) -> tuple[RoundReport, RoundReport]:
     namespace = namespace or f"fleche-redis-demo-{secrets.token_hex(3)}"
-    cache = Cache(values=ValueRedis(url=url, namespace=namespace), calls=CallRedis(url=url, namespace=namespace))
+    cache = Cache(
+        values=ValueRedis(url=url, namespace=namespace),
+        calls=CallRedis(url=url, namespace=namespace),
+    )
     say(f"namespace: {namespace}")
-    say(f"workload: {tasks} Monte Carlo simulations of {samples:,} samples on {workers} worker processes")
+    say(
+        f"workload: {tasks} Monte Carlo simulations of {samples:,} samples on {workers} worker processes"
+    )
     with fleche.cache(cache), fleche.meta():
         task = fleche.BoundWrapper.bind(simulate)
     try:
         with ProcessPoolExecutor(workers) as pool:
             first = _run_round(pool, task, tasks, samples, 1)
-            say(f"round 1: {first.computed:3d} computed, {first.reused:3d} reused  {first.seconds:7.2f} s")
+            say(
+                f"round 1: {first.computed:3d} computed, {first.reused:3d} reused  {first.seconds:7.2f} s"
+            )
             second = _run_round(pool, task, tasks, samples, 2)
-            say(f"round 2: {second.computed:3d} computed, {second.reused:3d} reused  {second.seconds:7.2f} s")
+            say(
+                f"round 2: {second.computed:3d} computed, {second.reused:3d} reused  {second.seconds:7.2f} s"
+            )
         same = "yes" if first.results == second.results else "NO"
         saved = first.seconds - second.seconds
-        say(f"time saved in round 2: {saved:.2f} s ({first.seconds / max(second.seconds, 1e-9):.0f}x faster); "
-            f"identical results: {same}")
+        say(
+            f"time saved in round 2: {saved:.2f} s ({first.seconds / max(second.seconds, 1e-9):.0f}x faster); "
+            f"identical results: {same}"
+        )
         say(f"stored in Redis: {cache.calls.count()} call records, {cache.values.count()} values")
         return first, second
     finally:

@@ -26,7 +26,14 @@ from dataclasses import dataclass
 
 from fleche.digest import DIGEST_LENGTH, Digest
 
-__all__ = ["InvalidDigestError", "KeyLayout", "SHARDS", "check_digest", "check_prefix", "check_namespace"]
+__all__ = [
+    "InvalidDigestError",
+    "KeyLayout",
+    "SHARDS",
+    "check_digest",
+    "check_prefix",
+    "check_namespace",
+]
 
 _HEX = re.compile(r"[0-9a-f]+")
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.@/-]+(?::[A-Za-z0-9_.@/-]+)*")

@@ -10,8 +10,8 @@ fakeredis with Lua.
 from __future__ import annotations
 
 import itertools
-import re
 import os
+import re
 
 import fakeredis
 import pytest

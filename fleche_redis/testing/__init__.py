@@ -1,5 +1,17 @@
 """Helpers for testing code that uses fleche-redis: private servers and fixtures."""
 
-from .server import RedisClusterProcesses, RedisServer, ServerStartError, free_port, redis_server_binary
+from .server import (
+    RedisClusterProcesses,
+    RedisServer,
+    ServerStartError,
+    free_port,
+    redis_server_binary,
+)
 
-__all__ = ["RedisServer", "RedisClusterProcesses", "ServerStartError", "free_port", "redis_server_binary"]
+__all__ = [
+    "RedisServer",
+    "RedisClusterProcesses",
+    "ServerStartError",
+    "free_port",
+    "redis_server_binary",
+]

@@ -69,9 +69,11 @@ scalars = (
 )
 values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.tuples(children, children)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -195,7 +197,9 @@ class StorageConformance:
         from fleche.storage.base import KeyManagement
 
         keys = [self.store(storage, i, Digest(digest(i)[:5] + "0" * 59)) for i in range(60)]
-        keys += [self.store(storage, 100 + i, Digest(k[:7] + "1" * 57)) for i, k in enumerate(keys[:10])]
+        keys += [
+            self.store(storage, 100 + i, Digest(k[:7] + "1" * 57)) for i, k in enumerate(keys[:10])
+        ]
         reference = KeyManagement._shrink(storage, *keys)
         assert storage.shrink(*keys) == reference
 
@@ -326,7 +330,9 @@ class StorageConformance:
         key = self.store(storage, 4)
         assert self.same(storage.load(key), 4)
 
-    def test_tampered_entry_is_a_logged_miss_and_never_unpickled(self, make_storage, caplog, tmp_path):
+    def test_tampered_entry_is_a_logged_miss_and_never_unpickled(
+        self, make_storage, caplog, tmp_path
+    ):
         storage = make_storage(secret_key=b"k" * 32)
         key = self.store(storage, 4)
         marker = tmp_path / "pwned"
@@ -336,9 +342,8 @@ class StorageConformance:
                 return (open, (str(marker), "w"))
 
         storage.redis().set(storage._layout.data(key), pickle.dumps(Exploit()))
-        with caplog.at_level(logging.WARNING):
-            with pytest.raises(KeyError):
-                storage.load(key)
+        with caplog.at_level(logging.WARNING), pytest.raises(KeyError):
+            storage.load(key)
         assert not marker.exists()
         assert any("signature" in r.getMessage() for r in caplog.records)
 
@@ -367,9 +372,8 @@ class StorageConformance:
     def test_undecodable_entry_is_a_logged_miss(self, storage, caplog):
         key = self.store(storage, 4)
         storage.redis().set(storage._layout.data(key), b"\x80\x05garbage")
-        with caplog.at_level(logging.WARNING):
-            with pytest.raises(KeyError):
-                storage.load(key)
+        with caplog.at_level(logging.WARNING), pytest.raises(KeyError):
+            storage.load(key)
         assert any("could not be deserialized" in r.getMessage() for r in caplog.records)
 
     def test_compressed_and_plain_entries_mix(self, make_storage):
@@ -512,7 +516,10 @@ class CallStorageConformance(StorageConformance):
 
         calls = make_storage()
         values = ValueRedis(
-            url=calls.url, client=calls.client, namespace=calls.namespace, secret_key=calls.secret_key or ()
+            url=calls.url,
+            client=calls.client,
+            namespace=calls.namespace,
+            secret_key=calls.secret_key or (),
         )
         cache = Cache(values=values, calls=calls)
         key = cache.save(Call("f", {"x": [1, 2]}, result={"ok": True}))

@@ -39,7 +39,11 @@ class RoundTrips:
 
         def counting(conn, command, check_health=True):
             first = command[0] if isinstance(command, (list, tuple)) else command
-            word = bytes(first).split(b"\r\n")[2] if bytes(first).startswith(b"*") else bytes(first)[:16]
+            word = (
+                bytes(first).split(b"\r\n")[2]
+                if bytes(first).startswith(b"*")
+                else bytes(first)[:16]
+            )
             with counter._lock:
                 counter.count += 1
                 counter.commands.append(word)

@@ -150,13 +150,20 @@ class RedisServer:
     def _launch(self, timeout: float = 10.0) -> None:
         cmd = [
             redis_server_binary() or "redis-server",
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.directory),
-            "--logfile", str(self.logfile),
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.logfile),
+            "--daemonize",
+            "no",
             *self.args,
         ]
         self.process = subprocess.Popen(
@@ -259,7 +266,9 @@ class RedisClusterProcesses:
         return f"redis+cluster://{hosts}"
 
     @classmethod
-    def start(cls, masters: int = 3, args: Sequence[str] = (), timeout: float = 30.0) -> RedisClusterProcesses:
+    def start(
+        cls, masters: int = 3, args: Sequence[str] = (), timeout: float = 30.0
+    ) -> RedisClusterProcesses:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise ServerStartError("redis-cli is not on PATH; it is needed to create a cluster")
@@ -270,23 +279,35 @@ class RedisClusterProcesses:
                 nodes.append(
                     RedisServer.start(
                         [
-                            "--cluster-enabled", "yes",
-                            "--cluster-config-file", f"nodes-{port}.conf",
-                            "--cluster-node-timeout", "2000",
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            f"nodes-{port}.conf",
+                            "--cluster-node-timeout",
+                            "2000",
                             *args,
                         ],
                         port=port,
                     )
                 )
             created = subprocess.run(
-                [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
-                 "--cluster-replicas", "0", "--cluster-yes"],
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in nodes),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
             )
             if created.returncode != 0:
-                raise ServerStartError(f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}")
+                raise ServerStartError(
+                    f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}"
+                )
             cluster = cls(nodes)
             cluster._wait_ok(timeout)
             return cluster

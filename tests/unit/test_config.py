@@ -2,8 +2,8 @@
 
 import fleche.config
 import pytest
-from fleche.call import Call
 from fleche.caches import Cache
+from fleche.call import Call
 from fleche.storage import get_storage_constructor
 
 import fleche_redis

@@ -6,7 +6,13 @@ import pytest
 import redis
 
 from fleche_redis import ValueRedis
-from fleche_redis.connection import ClientSlot, client_from_url, fork_generation, redact_url, url_from_client
+from fleche_redis.connection import (
+    ClientSlot,
+    client_from_url,
+    fork_generation,
+    redact_url,
+    url_from_client,
+)
 
 
 def test_redact_url():

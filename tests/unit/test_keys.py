@@ -1,7 +1,14 @@
 import pytest
 from redis.crc import key_slot
 
-from fleche_redis.keys import SHARDS, InvalidDigestError, KeyLayout, check_digest, check_namespace, check_prefix
+from fleche_redis.keys import (
+    SHARDS,
+    InvalidDigestError,
+    KeyLayout,
+    check_digest,
+    check_namespace,
+    check_prefix,
+)
 
 DIGEST = "3fa9" + "0" * 60
 
