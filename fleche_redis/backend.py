@@ -45,6 +45,7 @@ from fleche.security import get_secret_key, normalize_secret_key
 from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
 from fleche.storage.destructuring import DestructuringMixin
 
+from .calls import IndexedCallsMixin
 from .codec import Codec
 from .connection import ClientSlot, client_from_url, redact_url, url_from_client
 from .errors import RedisStorageError, StorageUnavailable
@@ -84,6 +85,9 @@ class RedisBackend(StorageBackend):
             string, ``:``-separated hex keys, or a list); when omitted,
             ``FLECHE_SECRET_KEY`` is used.  Entries that fail verification are
             misses and are never unpickled.
+        ttl: seconds an entry lives after it was written (``None``: until
+            evicted).  Index entries of expired data are dropped when a lookup
+            meets them and by :func:`fleche_redis.maintenance.repair`.
     """
 
     keyspace: ClassVar[str] = "kv"
@@ -97,25 +101,62 @@ class RedisBackend(StorageBackend):
 
     PUT: ClassVar[LuaScript] = LuaScript(
         """
-        -- KEYS[1] data key, KEYS[2] index shard listing it (same hash slot)
-        -- ARGV[1] encoded entry, ARGV[2] digest
-        -- Writes the entry and its index member together.  The SET comes
-        -- first: under maxmemory only a script's first write can be refused,
-        -- so an OOM leaves neither.
-        redis.call('SET', KEYS[1], ARGV[1])
+        -- KEYS[1] data key, KEYS[2] index shard listing it, KEYS[3] the shard's
+        --   references hash (all three share one hash slot)
+        -- ARGV[1] encoded entry, ARGV[2] digest, ARGV[3] time to live in ms
+        --   (0: none), ARGV[4] digests the entry refers to, 32 bytes each
+        --   (empty for most entries)
+        -- Writes entry, index member and references together; returns 1.  The
+        -- SET comes first: under maxmemory only a script's first write can be
+        -- refused, so an OOM leaves nothing half written.
+        if tonumber(ARGV[3]) > 0 then
+          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+        else
+          redis.call('SET', KEYS[1], ARGV[1])
+        end
         redis.call('ZADD', KEYS[2], 0, ARGV[2])
+        if ARGV[4] ~= '' then
+          redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+        end
         return 1
         """
     )
 
     EVICT: ClassVar[LuaScript] = LuaScript(
         """
-        -- KEYS[1] data key, KEYS[2] index shard listing it
+        -- KEYS[1] data key, KEYS[2] index shard listing it, KEYS[3] references hash
         -- ARGV[1] digest
-        -- Removes the entry and its index member together; returns how many
-        -- data keys were deleted (0 when the entry was absent).
+        -- Removes entry, index member and references together; returns how
+        -- many data keys were deleted (0 when the entry was absent).
         redis.call('ZREM', KEYS[2], ARGV[1])
+        redis.call('HDEL', KEYS[3], ARGV[1])
         return redis.call('DEL', KEYS[1])
+        """
+    )
+
+    EXPAND: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] index shard
+        -- ARGV[1] hex prefix, ARGV[2] data key prefix of the shard ('<ns>:{v.ab}:')
+        -- Returns the (at most) two smallest indexed digests starting with
+        -- ARGV[1] whose data still exists.  Members whose data expired (ttl) or
+        -- was evicted under maxmemory are removed on the way, so a dead entry
+        -- never makes a prefix ambiguous or expands to a key that cannot load.
+        local low, high = '[' .. ARGV[1], '[' .. ARGV[1] .. '\255'
+        local found = {}
+        while #found < 2 do
+          local batch = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, 2 - #found)
+          if #batch == 0 then break end
+          for _, member in ipairs(batch) do
+            if redis.call('EXISTS', ARGV[2] .. member) == 1 then
+              found[#found + 1] = member
+            else
+              redis.call('ZREM', KEYS[1], member)
+            end
+            low = '(' .. member
+          end
+        end
+        return found
         """
     )
 
@@ -125,6 +166,7 @@ class RedisBackend(StorageBackend):
     serializer: str = "cloudpickle"
     compress: bool = False
     secret_key: Any = field(default=(), repr=False)
+    ttl: float | None = None
 
     server: str = field(init=False, compare=False)
     """The URL with its password redacted: safe for repr, logs and errors."""
@@ -149,6 +191,8 @@ class RedisBackend(StorageBackend):
         set_(self, "server", redact_url(self.url))
         url = self.url
         set_(self, "_slot", ClientSlot(lambda: client_from_url(url), given=self.client))
+        if self.ttl is not None and not self.ttl > 0:
+            raise ValueError(f"ttl must be a positive number of seconds or None, not {self.ttl!r}")
 
     # -- process boundaries -------------------------------------------------
 
@@ -192,9 +236,7 @@ class RedisBackend(StorageBackend):
         key = check_digest(key)
         data = self._codec.encode(value)
         try:
-            self.PUT(
-                self.redis(), (self._layout.data(key), self._layout.index_of(key)), (data, key)
-            )
+            self._write(self.redis(), key, data, value)
         except redis.RedisError as e:
             raise self._fault("put", e) from e
         return key
@@ -202,12 +244,39 @@ class RedisBackend(StorageBackend):
     def get(self, key: Digest) -> Any:
         key = check_digest(key)
         try:
-            data = self.redis().get(self._layout.data(key))
+            data = self._read(self.redis(), key)
         except redis.RedisError as e:
             raise self._fault("get", e) from e
         if data is None:
             raise KeyError(key)
         return self._codec.decode(data, key=key)
+
+    # Storage layout hooks: one atomic request each.  Call records override
+    # them to keep their query index (see fleche_redis.calls).
+
+    def _ttl_ms(self) -> int:
+        return 0 if self.ttl is None else max(1, round(self.ttl * 1000))
+
+    def _write(self, client: Any, key: Digest, data: bytes, value: Any) -> None:
+        layout = self._layout
+        self.PUT(
+            client,
+            (layout.data(key), layout.index_of(key), layout.references_of(key)),
+            (data, key, self._ttl_ms(), self._references(value)),
+        )
+
+    def _read(self, client: Any, key: Digest) -> bytes | None:
+        return client.get(self._layout.data(key))
+
+    def _delete(self, client: Any, key: Digest) -> None:
+        layout = self._layout
+        self.EVICT(
+            client, (layout.data(key), layout.index_of(key), layout.references_of(key)), (key,)
+        )
+
+    def _references(self, value: Any) -> bytes:
+        """Digests *value* refers to, 32 raw bytes each; kept for streaming garbage collection."""
+        return b""
 
     def _contains(self, key: Digest) -> bool:
         try:
@@ -222,7 +291,7 @@ class RedisBackend(StorageBackend):
     def _evict(self, key: Digest) -> None:
         key = check_digest(key)
         try:
-            self.EVICT(self.redis(), (self._layout.data(key), self._layout.index_of(key)), (key,))
+            self._delete(self.redis(), key)
         except redis.RedisError as e:
             raise self._fault("evict", e) from e
 
@@ -281,15 +350,15 @@ class RedisBackend(StorageBackend):
         return super().expand(key)
 
     def _prefix_candidates(self, prefix: str) -> list[Digest]:
-        """The two smallest indexed digests starting with *prefix*: one ``ZRANGEBYLEX``."""
+        """The two smallest live digests starting with *prefix*: one script on one shard."""
         try:
             prefix = check_prefix(prefix)
         except InvalidDigestError:
             return []
-        low = b"[" + prefix.encode()
+        layout = self._layout
         try:
-            found = self.redis().zrangebylex(
-                self._layout.index_of(prefix), low, low + b"\xff", start=0, num=2
+            found = self.EXPAND(
+                self.redis(), (layout.index_of(prefix),), (prefix, layout.data_prefix(prefix[:2]))
             )
         except redis.RedisError as e:
             raise self._fault("expand", e) from e
@@ -377,8 +446,8 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
 
 
 @dataclass(frozen=True)
-class CallRedis(CallMixin, RedisBackend):
-    """Call-record storage in Redis."""
+class CallRedis(IndexedCallsMixin, CallMixin, RedisBackend):
+    """Call-record storage in Redis, with a query index (see :mod:`fleche_redis.calls`)."""
 
     keyspace: ClassVar[str] = "c"
 

@@ -8,6 +8,8 @@ digest and a call digest are both 64 hex characters and could collide::
 
     fleche:{v.3f}:3fa94c...e1      data of value 3fa94c...e1
     fleche:{v.3f}:index            sorted set of every value digest starting "3f"
+    fleche:{v.3f}:refs             hash: destructured value -> digests it refers to
+    fleche:{c.a5}:terms            sorted set of query terms of the call records in "a5"
 
 The part in braces is a Redis Cluster *hash tag*: a data key and the index
 shard that lists it hash to the same slot, so one atomic script can write
@@ -93,7 +95,11 @@ class KeyLayout:
 
     def data(self, digest: str) -> str:
         """Key of the entry stored under *digest* (already validated)."""
-        return f"{self.namespace}:{self.tag(digest[:SHARD_CHARS])}:{digest}"
+        return f"{self.data_prefix(digest[:SHARD_CHARS])}{digest}"
+
+    def data_prefix(self, shard: str) -> str:
+        """What every data key of *shard* starts with (the digest follows)."""
+        return f"{self.namespace}:{self.tag(shard)}:"
 
     def index(self, shard: str) -> str:
         """Sorted set listing every stored digest that starts with *shard*."""
@@ -101,6 +107,20 @@ class KeyLayout:
 
     def index_of(self, digest: str) -> str:
         return self.index(digest[:SHARD_CHARS])
+
+    def references(self, shard: str) -> str:
+        """Hash: digest -> digests that entry refers to (destructured values), for GC."""
+        return f"{self.namespace}:{self.tag(shard)}:refs"
+
+    def references_of(self, digest: str) -> str:
+        return self.references(digest[:SHARD_CHARS])
+
+    def terms(self, shard: str) -> str:
+        """Sorted set of ``term id + record digest`` for the call records of *shard*."""
+        return f"{self.namespace}:{self.tag(shard)}:terms"
+
+    def terms_of(self, digest: str) -> str:
+        return self.terms(digest[:SHARD_CHARS])
 
     def key(self, digest: str, suffix: str) -> str:
         """A per-entry helper key (lock, lease, channel) in the entry's own slot."""

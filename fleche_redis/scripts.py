@@ -12,13 +12,13 @@ gets one ``EVAL``, which also caches the script there.  redis-py's own
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
-__all__ = ["LuaScript"]
+__all__ = ["LuaScript", "pipelined"]
 
 
 @dataclass(frozen=True)
@@ -34,3 +34,26 @@ class LuaScript:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return client.eval(self.source, len(keys), *keys, *args)
+
+
+def pipelined(
+    client: Any, build: Callable[[Any], None], scripts: Sequence[LuaScript] = ()
+) -> list[Any]:
+    """Queue commands with *build* on a fresh pipeline and run it in one round trip.
+
+    A pipeline cannot retry a single ``EVALSHA`` that met ``NOSCRIPT``, so if a
+    server lacked one of *scripts* they are loaded (``SCRIPT LOAD``, on every
+    primary of a cluster) and the whole pipeline runs once more; its commands
+    must therefore be safe to repeat.
+    """
+    for attempt in (0, 1):
+        pipe = client.pipeline(transaction=False)
+        build(pipe)
+        try:
+            return pipe.execute()
+        except NoScriptError:
+            if attempt or not scripts:
+                raise
+            for script in scripts:
+                client.script_load(script.source)
+    raise AssertionError("unreachable")

@@ -96,6 +96,10 @@ class StorageConformance:
     def same(self, loaded: Any, i: int) -> bool:
         return loaded == self.entry(i)
 
+    def plant(self, storage, key: Digest, data: bytes) -> None:
+        """Overwrite the stored bytes of *key* behind the storage's back (an attacker, a bug)."""
+        storage.redis().set(storage._layout.data(key), data)
+
     # -- keys ---------------------------------------------------------------
 
     def test_missing_key_is_a_key_error(self, storage):
@@ -249,8 +253,16 @@ class StorageConformance:
         key = self.store(storage, 1)
         raw = storage.redis()
         written = {k.decode() for k in raw.scan_iter(match=f"{storage.namespace}:*")}
-        assert written == {storage._layout.data(key), storage._layout.index_of(key)}
-        assert all(k.startswith(storage.namespace + ":{") for k in written)
+        layout = storage._layout
+        assert {layout.data(key), layout.index_of(key)} <= written
+        assert written <= {
+            layout.data(key),
+            layout.index_of(key),
+            layout.terms_of(key),
+            layout.references_of(key),
+        }
+        tag = layout.tag(key[:2])
+        assert all(k.startswith(f"{storage.namespace}:{tag}:") for k in written)
 
     def test_config_round_trip(self, storage):
         if storage.client is not None and storage.url == "client://":
@@ -296,7 +308,8 @@ class StorageConformance:
     def test_round_trips_per_operation(self, storage):
         keys = [self.store(storage, i) for i in range(20)]
         key = keys[0]
-        storage.evict(self.store(storage, 99))  # load both scripts on the server
+        storage.evict(self.store(storage, 99))  # load the scripts on the server
+        storage.expand(key[:4])
         for prefix in (key[:4], key[:5], key[:12]):
             with RoundTrips() as trips:
                 assert storage.expand(prefix) == key
@@ -316,6 +329,7 @@ class StorageConformance:
     def test_expand_round_trips_do_not_grow_with_the_store(self, storage):
         key = self.store(storage, 0, _key("abcd", "1"))
         storage.expand("abcd")
+        storage.shrink(key)
         for i in range(1, 300):
             self.store(storage, i, _key(f"ab{i:03x}", "2"))
         with RoundTrips() as trips:
@@ -341,7 +355,7 @@ class StorageConformance:
             def __reduce__(self):
                 return (open, (str(marker), "w"))
 
-        storage.redis().set(storage._layout.data(key), pickle.dumps(Exploit()))
+        self.plant(storage, key, pickle.dumps(Exploit()))
         with caplog.at_level(logging.WARNING), pytest.raises(KeyError):
             storage.load(key)
         assert not marker.exists()
@@ -371,7 +385,7 @@ class StorageConformance:
 
     def test_undecodable_entry_is_a_logged_miss(self, storage, caplog):
         key = self.store(storage, 4)
-        storage.redis().set(storage._layout.data(key), b"\x80\x05garbage")
+        self.plant(storage, key, b"\x80\x05garbage")
         with caplog.at_level(logging.WARNING), pytest.raises(KeyError):
             storage.load(key)
         assert any("could not be deserialized" in r.getMessage() for r in caplog.records)
@@ -382,7 +396,7 @@ class StorageConformance:
         a = self.store(plain, 1)
         b = self.store(packed, 2)
         assert self.same(packed.load(a), 1) and self.same(plain.load(b), 2)
-        raw = plain.redis().get(plain._layout.data(b))
+        raw = plain._read(plain.redis(), b)
         assert raw[:1] == b"\x78"
 
     # -- threads --------------------------------------------------------------
@@ -482,6 +496,9 @@ class CallStorageConformance(StorageConformance):
         if key is None:
             return storage.save(self.entry(i))
         return storage.put(self.entry(i), key)
+
+    def plant(self, storage, key: Digest, data: bytes) -> None:
+        storage.redis().hset(storage._layout.data(key), "v", data)
 
     def test_save_uses_the_lookup_key(self, storage):
         call = self.entry(3)

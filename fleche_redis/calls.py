@@ -1,0 +1,237 @@
+"""Call records with a query index kept beside them, and the queries it serves.
+
+A call record is a Redis hash ``{v: encoded DigestedCall, t: its term ids}``
+next to its digest in the shard's prefix index; its query terms (see
+:mod:`fleche_redis.query`) are members ``term id + record digest`` of the
+shard's ``terms`` sorted set.  All three live in the record's hash slot, so
+one script writes or removes a record together with every index entry, and
+an overwrite first removes the terms of the record it replaces.
+
+:meth:`IndexedCallsMixin.query` intersects the template's terms per shard on
+the server (one pipelined request for all 256 shards), fetches only those
+candidates and checks each with :meth:`fleche.call.QueryCall.matches`, so its
+results are exactly fleche's.  A template that constrains nothing indexed
+streams every record, as fleche does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+import redis
+from fleche.call import Call, DigestedCall, QueryCall
+from fleche.digest import Digest
+
+from .codec import UndecodableEntry
+from .keys import SHARDS
+from .query import TERM_BYTES, record_terms, template_terms
+from .scripts import LuaScript, pipelined
+
+__all__ = ["IndexedCallsMixin"]
+
+
+class IndexedCallsMixin:
+    """Record layout and queries for :class:`~fleche_redis.backend.CallRedis`.
+
+    Overrides the storage-layout hooks of
+    :class:`~fleche_redis.backend.RedisBackend`; it has no state of its own.
+    """
+
+    FETCH_BATCH: ClassVar[int] = 500
+    """Candidate records fetched per pipelined round trip while a query runs."""
+
+    PUT_RECORD: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] record hash, KEYS[2] index shard, KEYS[3] the shard's term set
+        -- ARGV[1] encoded record, ARGV[2] digest (hex), ARGV[3] ttl in ms (0: none),
+        -- ARGV[4] digest (32 raw bytes), ARGV[5] term ids (12 bytes each)
+        -- Replaces the record and its index entries together; returns 1.
+        local old = redis.call('HGET', KEYS[1], 't')
+        if old then
+          for i = 1, #old, 12 do
+            redis.call('ZREM', KEYS[3], string.sub(old, i, i + 11) .. ARGV[4])
+          end
+        end
+        redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[5])
+        if tonumber(ARGV[3]) > 0 then
+          redis.call('PEXPIRE', KEYS[1], ARGV[3])
+        else
+          redis.call('PERSIST', KEYS[1])
+        end
+        redis.call('ZADD', KEYS[2], 0, ARGV[2])
+        for i = 1, #ARGV[5], 12 do
+          redis.call('ZADD', KEYS[3], 0, string.sub(ARGV[5], i, i + 11) .. ARGV[4])
+        end
+        return 1
+        """
+    )
+
+    EVICT_RECORD: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] record hash, KEYS[2] index shard, KEYS[3] the shard's term set
+        -- ARGV[1] digest (hex), ARGV[2] digest (32 raw bytes)
+        -- Removes the record and every index entry of it; returns 1 if it existed.
+        local old = redis.call('HGET', KEYS[1], 't')
+        if old then
+          for i = 1, #old, 12 do
+            redis.call('ZREM', KEYS[3], string.sub(old, i, i + 11) .. ARGV[2])
+          end
+        end
+        redis.call('ZREM', KEYS[2], ARGV[1])
+        return redis.call('DEL', KEYS[1])
+        """
+    )
+
+    FORGET_DEAD: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] record hash, KEYS[2] the shard's term set, KEYS[3] index shard
+        -- ARGV[1] digest (32 raw bytes), ARGV[2] digest (hex), ARGV[3..n] term ids
+        -- A query found index entries of a record that no longer exists (its
+        -- ttl ran out or Redis evicted it): drop those entries, but only if the
+        -- record is still absent now.  Returns 1 if anything was dropped.
+        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        for i = 3, #ARGV do
+          redis.call('ZREM', KEYS[2], ARGV[i] .. ARGV[1])
+        end
+        redis.call('ZREM', KEYS[3], ARGV[2])
+        return 1
+        """
+    )
+
+    # -- layout hooks ---------------------------------------------------------
+
+    def _write(self, client: Any, key: Digest, data: bytes, value: Any) -> None:
+        layout = self._layout
+        self.PUT_RECORD(
+            client,
+            (layout.data(key), layout.index_of(key), layout.terms_of(key)),
+            (data, key, self._ttl_ms(), bytes.fromhex(key), _terms_of(value)),
+        )
+
+    def _read(self, client: Any, key: Digest) -> bytes | None:
+        return client.hget(self._layout.data(key), "v")
+
+    def _delete(self, client: Any, key: Digest) -> None:
+        layout = self._layout
+        self.EVICT_RECORD(
+            client,
+            (layout.data(key), layout.index_of(key), layout.terms_of(key)),
+            (key, bytes.fromhex(key)),
+        )
+
+    # -- queries ------------------------------------------------------------
+
+    def query(self, template: QueryCall) -> Iterator[DigestedCall]:
+        """Records matching *template*, with fleche's semantics (``None`` is a wildcard).
+
+        Reads only the records that carry every indexed term of the template
+        (name, module, version, code digest, argument and result digests,
+        metadata names and keys); metadata values are then checked on the
+        client like everything else, by ``template.matches``.
+        """
+        terms = template_terms(template)
+        candidates = self._candidates(terms) if terms else self.list()
+        for call in self._fetch(candidates, terms):
+            # Unbound, so a plain Call template works too (as with fleche's Sql).
+            if QueryCall.matches(template, call):
+                yield call
+
+    def _candidates(self, terms: list[bytes]) -> Iterator[Digest]:
+        """Digests of the records that carry every term, shard by shard, in order.
+
+        Plain commands in at most three pipelined requests (Redis Cluster
+        pipelines refuse scripts): count each term's members, list the rarest
+        term's records in every shard, then probe the other terms for just
+        those records.
+        """
+        layout, client = self._layout, self.redis()
+        # Members are term id + 32 digest bytes, so "term id + 33 x 0xff" is
+        # above every member of the term, whatever its digest.
+        ranges = [(b"[" + t, b"(" + t + b"\xff" * 33) for t in terms]
+        try:
+            rarest = 0
+            if len(terms) > 1:
+                counts = pipelined(
+                    client,
+                    lambda p: [
+                        p.zlexcount(layout.terms(s), lo, hi) for s in SHARDS for lo, hi in ranges
+                    ],
+                )
+                totals = [sum(counts[i :: len(terms)]) for i in range(len(terms))]
+                rarest = min(range(len(terms)), key=totals.__getitem__)
+            lo, hi = ranges[rarest]
+            listed = pipelined(
+                client, lambda p: [p.zrangebylex(layout.terms(s), lo, hi) for s in SHARDS]
+            )
+            records = [[m[TERM_BYTES:] for m in members] for members in listed]
+            others = [t for i, t in enumerate(terms) if i != rarest]
+            if others:
+                records = self._probe(client, records, others)
+        except redis.RedisError as e:
+            raise self._fault("query", e) from e
+        for shard_records in records:
+            for raw in sorted(shard_records):
+                yield Digest(raw.hex())
+
+    def _probe(
+        self, client: Any, records: list[list[bytes]], terms: list[bytes]
+    ) -> list[list[bytes]]:
+        """Keep the records (per shard) that also carry every one of *terms*: one ZMSCORE per shard."""
+        layout, width = self._layout, len(terms)
+        busy = [i for i, recs in enumerate(records) if recs]
+        if not busy:
+            return records
+        scores = pipelined(
+            client,
+            lambda p: [
+                p.zmscore(layout.terms(SHARDS[i]), [t + r for r in records[i] for t in terms])
+                for i in busy
+            ],
+        )
+        kept = [[] for _ in records]
+        for i, shard_scores in zip(busy, scores, strict=True):
+            for j, record in enumerate(records[i]):
+                if all(score is not None for score in shard_scores[j * width : (j + 1) * width]):
+                    kept[i].append(record)
+        return kept
+
+    def _fetch(self, keys: Iterable[Digest], terms: list[bytes]) -> Iterator[DigestedCall]:
+        """Load records in pipelined batches; forget index entries of records that are gone."""
+        batch: list[Digest] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) == self.FETCH_BATCH:
+                yield from self._fetch_batch(batch, terms)
+                batch = []
+        if batch:
+            yield from self._fetch_batch(batch, terms)
+
+    def _fetch_batch(self, keys: list[Digest], terms: list[bytes]) -> Iterator[DigestedCall]:
+        layout, client = self._layout, self.redis()
+        try:
+            found = pipelined(client, lambda pipe: [pipe.hget(layout.data(k), "v") for k in keys])
+            # Records that expired or were evicted: rare, and cluster
+            # pipelines refuse scripts, so one request each.
+            for key, data in zip(keys, found, strict=True):
+                if data is None and terms:
+                    self.FORGET_DEAD(
+                        client,
+                        (layout.data(key), layout.terms_of(key), layout.index_of(key)),
+                        (bytes.fromhex(key), key, *terms),
+                    )
+        except redis.RedisError as e:
+            raise self._fault("query", e) from e
+        for key, data in zip(keys, found, strict=True):
+            if data is None:
+                continue
+            try:
+                yield self._codec.decode(data, key=key)
+            except UndecodableEntry:
+                continue  # logged by the codec; a record we cannot read matches nothing
+
+
+def _terms_of(value: Any) -> bytes:
+    # Records are DigestedCalls (or Calls, when saved directly); anything else
+    # put here is stored but not queryable.
+    return b"".join(record_terms(value)) if isinstance(value, (DigestedCall, Call)) else b""

@@ -1,0 +1,83 @@
+"""Which index terms describe a call record, and which a query template needs.
+
+A *term* is one fact about a record that a query can ask for: its function
+name, module, version or code digest, an argument's value digest, that it has
+an argument of some name, its result digest, or that it carries a metadata
+entry (or a key in one).  Every value is compared by digest, exactly as
+:meth:`fleche.call.QueryCall.matches` compares them, so a term built from a
+template equals the term built from every record the template matches.
+
+Terms are stored as fixed-size ids (a 12-byte BLAKE2b of the term text) in one
+sorted set per index shard, each member ``term id + record digest`` (binary);
+see :class:`~fleche_redis.backend.CallRedis`.  A query intersects its terms
+per shard on the server, then checks every candidate with ``matches``: the
+index only narrows the search, it never decides a result, so a stale entry
+costs a read and never yields a wrong record.
+
+Metadata *values* are filtered client-side (as fleche's ``Sql`` does for
+values it cannot push down): indexing every metadata value would create an
+index entry per distinct runtime, timestamp or counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from fleche.call import DigestedCall, QueryCall
+from fleche.digest import digest
+
+__all__ = ["TERM_BYTES", "term_id", "record_terms", "template_terms"]
+
+TERM_BYTES = 12
+"""Length of a term id; 96 bits make accidental collisions irrelevant (and harmless)."""
+
+
+def term_id(term: str) -> bytes:
+    return hashlib.blake2b(term.encode("utf-8", "surrogatepass"), digest_size=TERM_BYTES).digest()
+
+
+def _scalar_terms(name: str | None, module, version, code_digest, result) -> Iterable[str]:
+    if name is not None:
+        yield f"name\0{digest(name)}"
+    if module is not None:
+        yield f"module\0{digest(module)}"
+    if version is not None:
+        yield f"version\0{digest(version)}"
+    if code_digest is not None:
+        yield f"code\0{digest(code_digest)}"
+    if result is not None:
+        yield f"result\0{digest(result)}"
+
+
+def record_terms(call: DigestedCall) -> list[bytes]:
+    """Term ids for every fact a query may ask about *call*."""
+    terms = list(_scalar_terms(call.name, call.module, call.version, call.code_digest, call.result))
+    for arg, value in call.arguments.items():
+        terms.append(f"argname\0{arg}")
+        terms.append(f"arg\0{arg}\0{digest(value)}")
+    for mname, data in (call.metadata or {}).items():
+        terms.append(f"meta\0{mname}")
+        for key in data or {}:
+            terms.append(f"metakey\0{mname}\0{key}")
+    return sorted({term_id(t) for t in terms})
+
+
+def template_terms(template: QueryCall) -> list[bytes]:
+    """Term ids every record matching *template* has; empty when it constrains nothing indexed.
+
+    Raises :class:`fleche.digest.Indigestible` for a template value that has no
+    digest (fleche's cache layer turns that into a logged empty result).
+    """
+    terms = list(
+        _scalar_terms(
+            template.name, template.module, template.version, template.code_digest, template.result
+        )
+    )
+    for arg, value in (template.arguments or {}).items():
+        terms.append(f"argname\0{arg}" if value is None else f"arg\0{arg}\0{digest(value)}")
+    for mname, filters in (template.metadata or {}).items():
+        terms.append(f"meta\0{mname}")
+        for key in filters or {}:
+            terms.append(f"metakey\0{mname}\0{key}")
+    return sorted({term_id(t) for t in terms})
