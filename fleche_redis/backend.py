@@ -43,7 +43,7 @@ from fleche.call import DigestedCall
 from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.security import get_secret_key, normalize_secret_key
 from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
-from fleche.storage.destructuring import DestructuringMixin
+from fleche.storage.destructuring import DestructuringMixin, Digested
 
 from .calls import IndexedCallsMixin
 from .codec import Codec
@@ -102,13 +102,15 @@ class RedisBackend(StorageBackend):
     PUT: ClassVar[LuaScript] = LuaScript(
         """
         -- KEYS[1] data key, KEYS[2] index shard listing it, KEYS[3] the shard's
-        --   references hash (all three share one hash slot)
+        --   references hash, KEYS[4] the shard's gc flag (all one hash slot)
         -- ARGV[1] encoded entry, ARGV[2] digest, ARGV[3] time to live in ms
         --   (0: none), ARGV[4] digests the entry refers to, 32 bytes each
-        --   (empty for most entries)
+        --   (usually empty), ARGV[5] digest (32 raw bytes)
         -- Writes entry, index member and references together; returns 1.  The
         -- SET comes first: under maxmemory only a script's first write can be
-        -- refused, so an OOM leaves nothing half written.
+        -- refused, so an OOM leaves nothing half written.  While a garbage
+        -- collection runs, what is written is marked reachable, so the sweep
+        -- never removes a value stored after the mark phase read the records.
         if tonumber(ARGV[3]) > 0 then
           redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
         else
@@ -117,6 +119,10 @@ class RedisBackend(StorageBackend):
         redis.call('ZADD', KEYS[2], 0, ARGV[2])
         if ARGV[4] ~= '' then
           redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+        end
+        local run = redis.call('GET', KEYS[4])
+        if run then
+          redis.call('SADD', KEYS[4] .. ':' .. run, ARGV[5])
         end
         return 1
         """
@@ -261,8 +267,13 @@ class RedisBackend(StorageBackend):
         layout = self._layout
         self.PUT(
             client,
-            (layout.data(key), layout.index_of(key), layout.references_of(key)),
-            (data, key, self._ttl_ms(), self._references(value)),
+            (
+                layout.data(key),
+                layout.index_of(key),
+                layout.references_of(key),
+                layout.gc_flag(key[:2]),
+            ),
+            (data, key, self._ttl_ms(), self._references(value), bytes.fromhex(key)),
         )
 
     def _read(self, client: Any, key: Digest) -> bytes | None:
@@ -277,6 +288,10 @@ class RedisBackend(StorageBackend):
     def _references(self, value: Any) -> bytes:
         """Digests *value* refers to, 32 raw bytes each; kept for streaming garbage collection."""
         return b""
+
+    def _scripts(self) -> tuple[LuaScript, ...]:
+        """The scripts the layout hooks run (to load them before a pipeline uses them)."""
+        return (self.PUT, self.EVICT)
 
     def _contains(self, key: Digest) -> bool:
         try:
@@ -418,6 +433,18 @@ class RedisBackend(StorageBackend):
     def to_config(self) -> dict[str, Any]:
         return self._config()
 
+    def verify(self, *, progress: Any = None) -> Any:
+        """Check the storage's invariants; see :func:`fleche_redis.maintenance.verify`."""
+        from .maintenance import verify
+
+        return verify(self, **({"progress": progress} if progress else {}))
+
+    def repair(self, *, progress: Any = None) -> Any:
+        """Restore the storage's invariants; see :func:`fleche_redis.maintenance.repair`."""
+        from .maintenance import repair
+
+        return repair(self, **({"progress": progress} if progress else {}))
+
 
 _NO_ADDRESS = "client://"
 
@@ -441,6 +468,13 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
 
     keyspace: ClassVar[str] = "v"
 
+    def _references(self, value: Any) -> bytes:
+        # A destructured container's children are recorded beside it, so
+        # garbage collection follows them without loading the container.
+        if isinstance(value, Digested):
+            return b"".join(bytes.fromhex(d) for d in sorted(self._raw_sub_digests(value)))
+        return b""
+
     def to_config(self) -> dict[str, Any]:
         return {**self._config(), "remaining_depth": self.remaining_depth}
 
@@ -450,6 +484,12 @@ class CallRedis(IndexedCallsMixin, CallMixin, RedisBackend):
     """Call-record storage in Redis, with a query index (see :mod:`fleche_redis.calls`)."""
 
     keyspace: ClassVar[str] = "c"
+
+    def transform(self, func: Any = None, *, progress: Any = None) -> int:
+        """fleche's ``transform``, streaming from a snapshot; see :func:`fleche_redis.maintenance.transform`."""
+        from .maintenance import transform
+
+        return transform(self, func, **({"progress": progress} if progress else {}))
 
     def save(self, call: DigestedCall) -> Digest:
         # One round trip: the script overwrites the record and re-adds its

@@ -120,6 +120,9 @@ class IndexedCallsMixin:
             (key, bytes.fromhex(key)),
         )
 
+    def _scripts(self) -> tuple[LuaScript, ...]:
+        return (self.PUT_RECORD, self.EVICT_RECORD)
+
     # -- queries ------------------------------------------------------------
 
     def query(self, template: QueryCall) -> Iterator[DigestedCall]:

@@ -115,6 +115,10 @@ class KeyLayout:
     def references_of(self, digest: str) -> str:
         return self.references(digest[:SHARD_CHARS])
 
+    def gc_flag(self, shard: str) -> str:
+        """String naming the garbage collection running now (if any); its mark set is ``<flag>:<run>``."""
+        return f"{self.namespace}:{self.tag(shard)}:gc"
+
     def terms(self, shard: str) -> str:
         """Sorted set of ``term id + record digest`` for the call records of *shard*."""
         return f"{self.namespace}:{self.tag(shard)}:terms"

@@ -1,0 +1,179 @@
+"""verify / repair / gc / transform / redigest on real stores, fakeredis and a cluster."""
+
+import fakeredis
+import pytest
+from fleche.caches import Cache
+from fleche.call import Call, DigestedCall
+from fleche.digest import digest
+
+from fleche_redis import CallRedis, ValueRedis, maintenance
+from fleche_redis.maintenance import GcAlreadyRunning
+
+
+@pytest.fixture(params=["fakeredis", "redis-server", "cluster"])
+def cache(request, namespace):
+    if request.param == "fakeredis":
+        conn = {"client": fakeredis.FakeRedis(server=fakeredis.FakeServer())}
+    elif request.param == "cluster":
+        conn = {"url": request.getfixturevalue("redis_cluster").url}
+    else:
+        conn = {"url": request.getfixturevalue("redis_server").url}
+    return Cache(ValueRedis(namespace=namespace, **conn), CallRedis(namespace=namespace, **conn))
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    monkeypatch.setattr(maintenance, "BATCH", 3)
+
+
+def fill(cache, n=12):
+    keys = []
+    for i in range(n):
+        keys.append(cache.save(Call("f", {"x": i, "nested": [i, [i, "deep"]]}, result={"y": i * i})))
+    return keys
+
+
+def test_healthy_store_verifies(cache, small_batches):
+    fill(cache)
+    for storage in (cache.values, cache.calls):
+        report = storage.verify()
+        assert report.ok, report.to_dict()
+        assert report.entries == storage.count()
+
+
+def test_verify_and_repair_find_and_fix_every_kind_of_damage(cache, small_batches):
+    keys = fill(cache)
+    calls, values = cache.calls, cache.values
+    raw, clayout, vlayout = calls.redis(), calls._layout, values._layout
+    # data deleted behind the index's back
+    raw.delete(clayout.data(keys[0]))
+    # a record the index lost
+    raw.zrem(clayout.index_of(keys[1]), keys[1])
+    # a record whose query terms went missing
+    record = calls.load(keys[2])
+    from fleche_redis.query import record_terms
+
+    raw.zrem(clayout.terms_of(keys[2]), record_terms(record)[0] + bytes.fromhex(keys[2]))
+    # a value gone with its reference list left behind
+    nested = next(k for k in values.list() if raw.hget(vlayout.references_of(k), k))
+    raw.delete(vlayout.data(nested))
+
+    creport = calls.verify()
+    assert (creport.dangling_index, creport.unindexed, creport.missing_terms) == (1, 1, 1)
+    assert creport.stale_terms >= 1  # the deleted record's terms
+    assert keys[1] in creport.examples["unindexed"]
+    vreport = values.verify()
+    assert vreport.dangling_index == 1 and vreport.stale_references == 1
+    assert not creport.ok and not vreport.ok
+
+    assert calls.repair().missing_terms == 1
+    values.repair()
+    assert calls.verify().ok and values.verify().ok
+    assert calls.expand(keys[1][:10]) == keys[1]
+    assert [c.to_lookup_key() for c in cache.query(name="f", arguments={"x": 2})] == [keys[2]]
+
+
+def test_repair_cleans_what_expired(fresh_server, namespace):
+    import time
+
+    calls = CallRedis(url=fresh_server.url, namespace=namespace, ttl=0.1)
+    for i in range(5):
+        calls.save(DigestedCall(name="f", arguments={"i": digest(i)}))
+    time.sleep(0.25)
+    report = calls.verify()
+    assert report.dangling_index == 5 and report.stale_terms > 0
+    calls.repair()
+    assert calls.verify().ok and calls.count() == 0
+    assert fresh_server.client().dbsize() == 0  # nothing left behind
+
+
+def reachable_values(cache):
+    """What fleche's own Cache.gc keeps: its mark phase, without its sweep."""
+    reference = Cache(cache.values, cache.calls)
+    reachable = set()
+    for key in cache.calls.list():
+        dc = cache.calls.load(key)
+        reachable |= {dc.result, *dc.arguments.values()}
+    frontier = set(reachable)
+    while frontier:
+        k = frontier.pop()
+        try:
+            children = reference.values.child_digests(k)
+        except KeyError:
+            continue
+        frontier |= children - reachable
+        reachable |= children
+    return set(cache.values.list()) & reachable
+
+
+def test_gc_keeps_exactly_what_fleche_gc_keeps(cache, small_batches):
+    fill(cache, 6)
+    orphans = [cache.values.save({"orphan": i, "inner": [i, [i, "x"]]}) for i in range(4)]
+    expected = reachable_values(cache)
+    before = set(cache.values.list())
+    stages = []
+    evicted = maintenance.gc(cache, progress=lambda stage, done, total: stages.append(stage))
+    assert set(cache.values.list()) == expected
+    assert evicted == len(before - expected) and len(before - expected) >= 3 * len(orphans)
+    assert not any(cache.values.contains(o) for o in orphans)
+    assert {"mark", "sweep"} <= set(stages)
+    for key in cache.calls.list():  # every memoized call still hits, with its arguments
+        call = cache.load(key)
+        assert call.result == {"y": call.arguments["x"] ** 2}
+        assert call.arguments["nested"][1] == [call.arguments["x"], "deep"]
+    assert not list(cache.values.redis().scan_iter(match=f"{cache.values.namespace}:*:gc*"))
+
+
+def test_values_written_during_gc_survive(cache, small_batches):
+    fill(cache, 3)
+    late = []
+
+    def write_while_sweeping(stage, done, total):
+        if stage == "sweep" and not late:
+            late.append(cache.values.save({"written": "during gc"}))
+
+    maintenance.gc(cache, progress=write_while_sweeping)
+    assert late and cache.values.load(late[0]) == {"written": "during gc"}
+
+
+def test_only_one_gc_at_a_time(cache):
+    fill(cache, 2)
+
+    def nested(stage, done, total):
+        if stage == "mark":
+            with pytest.raises(GcAlreadyRunning):
+                maintenance.gc(cache)
+
+    maintenance.gc(cache, progress=nested)
+    maintenance.gc(cache)  # the flags were released
+
+
+def test_transform_visits_each_record_once(cache, small_batches):
+    fill(cache, 10)
+    seen = []
+
+    def rename(call: DigestedCall) -> DigestedCall:
+        seen.append(call.to_lookup_key())
+        return DigestedCall(name="g", arguments=call.arguments, result=call.result, metadata={"t": {"n": 1}})
+
+    moved = cache.calls.transform(rename)
+    assert moved == 10 and len(seen) == len(set(seen)) == 10
+    assert {c.name for c in cache.calls.query(DigestedCall(name=None, arguments=None))} == {"g"}
+    assert len(list(cache.query(name="g"))) == 10 and list(cache.query(name="f")) == []
+    assert cache.calls.count() == 10 and cache.calls.verify().ok
+
+
+def test_transform_identity_keeps_keys(cache):
+    keys = set(fill(cache, 4))
+    assert cache.calls.transform() == 0
+    assert set(cache.calls.list()) == keys
+
+
+def test_redigest_moves_records_filed_under_stale_keys(cache, small_batches):
+    keys = fill(cache, 5)
+    stale = digest("stale key")
+    cache.calls.put(cache.calls.load(keys[0]), stale)
+    cache.calls.evict(keys[0])
+    assert maintenance.redigest(cache) == 1
+    assert not cache.calls.contains(stale)
+    assert cache.load(keys[0]).result == {"y": 0}
