@@ -5,7 +5,9 @@ calls, so ``fleche.toml`` files and :func:`fleche.config.cache_from_config`
 can name it.
 """
 
+from . import maintenance
 from .backend import DEFAULT_URL, CallRedis, RedisBackend, ValueRedis
+from .caches import RedisCache
 from .errors import (
     FlecheRedisError,
     InvalidDigestError,
@@ -22,6 +24,8 @@ __all__ = [
     "RedisBackend",
     "ValueRedis",
     "CallRedis",
+    "RedisCache",
+    "maintenance",
     "KeyLayout",
     "FlecheRedisError",
     "RedisStorageError",

@@ -5,9 +5,16 @@ A storage is configuration; its connection is process-local state.  A
 ``fork()``, so a child never talks through its parent's sockets, and a
 storage that was pickled into a worker connects there on its first call.
 
-URLs are redis-py's (``redis://``, ``rediss://``, ``unix://``) plus
-``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` for TLS)
-for a Redis Cluster, given any of its nodes.
+URLs are redis-py's (``redis://``, ``rediss://``, ``unix://``) plus two of
+our own:
+
+``redis+cluster://[user:pw@]host:port[,host:port...]``
+    a Redis Cluster, given any of its nodes (``rediss+cluster://`` for TLS);
+``redis+sentinel://[user:pw@]host:port[,host:port...]/service[/db]``
+    the primary that Sentinel names *service*, followed through failovers
+    (``rediss+sentinel://`` for TLS to the primary).  The credentials are the
+    primary's; ``?sentinel_password=`` (and ``sentinel_username=``) are for
+    the sentinels themselves.
 """
 
 from __future__ import annotations
@@ -24,12 +31,14 @@ __all__ = [
     "ClientSlot",
     "client_from_url",
     "parse_cluster_url",
+    "parse_sentinel_url",
     "url_from_client",
     "redact_url",
     "fork_generation",
 ]
 
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
 
 _fork_generation = 0
 
@@ -78,13 +87,18 @@ def client_from_url(url: str, **options: Any) -> redis.Redis | redis.RedisCluste
     scheme = parts.scheme
     if scheme in _CLUSTER_SCHEMES:
         return _cluster_from_url(url, **options)
+    if scheme in _SENTINEL_SCHEMES:
+        return _sentinel_from_url(url, **options)
     return redis.Redis.from_url(url, **options)
 
 
 def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
-    """Split ``redis+cluster://[user:pw@]h1:p1,h2:p2[?opts]`` into nodes and client options."""
+    """Split ``redis+cluster://[user:pw@]h1:p1,h2:p2[?opts]`` into nodes and client options.
+
+    Also parses the host list and options of a ``redis+sentinel://`` URL.
+    """
     parts = urlsplit(url)
-    base_scheme = _CLUSTER_SCHEMES[parts.scheme]
+    base_scheme = {**_CLUSTER_SCHEMES, **_SENTINEL_SCHEMES}[parts.scheme]
     auth, _, hosts = parts.netloc.rpartition("@")
     nodes = []
     for hostport in filter(None, hosts.split(",")):
@@ -116,6 +130,31 @@ def _cluster_from_url(url: str, **options: Any) -> redis.RedisCluster:
     )
 
 
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any], dict[str, Any]]:
+    """Split a ``redis+sentinel://`` URL into sentinels, service name, primary and sentinel options."""
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    if not segments:
+        raise ValueError(f"sentinel URL names no service: {redact_url(url)} (use .../service_name[/db])")
+    service = segments[0]
+    nodes, options = parse_cluster_url(urlunsplit(parts._replace(path="")))
+    if len(segments) > 1:
+        options["db"] = int(segments[1])
+    sentinel_options = {
+        name: options.pop(f"sentinel_{name}") for name in ("password", "username") if f"sentinel_{name}" in options
+    }
+    return nodes, service, options, sentinel_options
+
+
+def _sentinel_from_url(url: str, **options: Any) -> redis.Redis:
+    from redis.sentinel import Sentinel
+
+    nodes, service, parsed, sentinel_options = parse_sentinel_url(url)
+    timeout = {k: v for k, v in {**parsed, **options}.items() if k in ("socket_timeout", "socket_connect_timeout")}
+    sentinel = Sentinel(nodes, sentinel_kwargs={**sentinel_options, **timeout})
+    return sentinel.master_for(service, **{**parsed, **options})
+
+
 def url_from_client(client: Any, *, with_password: bool = True) -> str | None:
     """A URL that reaches the same server as *client*, or ``None`` if there is none.
 
@@ -140,6 +179,15 @@ def url_from_client(client: Any, *, with_password: bool = True) -> str | None:
     pool = getattr(client, "connection_pool", None)
     if pool is None or "server" in pool.connection_kwargs:  # fakeredis
         return None
+    manager = getattr(pool, "sentinel_manager", None)
+    if manager is not None:
+        kw = pool.connection_kwargs
+        hosts = ",".join(
+            f"{s.connection_pool.connection_kwargs['host']}:{s.connection_pool.connection_kwargs['port']}"
+            for s in manager.sentinels
+        )
+        scheme = "rediss+sentinel" if kw.get("ssl") else "redis+sentinel"
+        return f"{scheme}://{auth(kw)}{hosts}/{pool.service_name}/{kw.get('db', 0)}"
     kw = pool.connection_kwargs
     conn_cls = pool.connection_class
     if issubclass(conn_cls, redis.UnixDomainSocketConnection):

@@ -68,3 +68,20 @@ def connection(request, namespace):
     else:
         server = request.getfixturevalue("redis_server")
         yield {"url": server.url, "namespace": namespace}
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel():
+    from fleche_redis.testing import RedisSentinelProcesses
+
+    with RedisSentinelProcesses.start() as group:
+        yield group
+
+
+@pytest.fixture
+def fresh_sentinel():
+    """A primary/replica/sentinel group of the test's own, for failover tests."""
+    from fleche_redis.testing import RedisSentinelProcesses
+
+    with RedisSentinelProcesses.start() as group:
+        yield group

@@ -2,6 +2,7 @@
 
 from .server import (
     RedisClusterProcesses,
+    RedisSentinelProcesses,
     RedisServer,
     ServerStartError,
     free_port,
@@ -11,6 +12,7 @@ from .server import (
 __all__ = [
     "RedisServer",
     "RedisClusterProcesses",
+    "RedisSentinelProcesses",
     "ServerStartError",
     "free_port",
     "redis_server_binary",

@@ -32,6 +32,7 @@ import redis
 __all__ = [
     "RedisServer",
     "RedisClusterProcesses",
+    "RedisSentinelProcesses",
     "redis_server_binary",
     "free_port",
     "ServerStartError",
@@ -183,6 +184,30 @@ class RedisServer:
         raise ServerStartError(
             f"redis-server on port {self.port} did not answer within {timeout}s:\n"
             + _log_tail(self.logfile)
+        )
+
+    def _launch_sentinel(self, conf: Path, timeout: float = 10.0) -> None:
+        # Sentinel rewrites its config file, so it gets one of its own and no
+        # persistence options.
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary() or "redis-server",
+                str(conf),
+                "--sentinel",
+                "--logfile",
+                str(self.logfile),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping():
+                return
+            time.sleep(0.01)
+        raise ServerStartError(
+            f"sentinel on port {self.port} did not start:\n" + _log_tail(self.logfile)
         )
 
     def ping(self) -> bool:
@@ -342,6 +367,101 @@ class RedisClusterProcesses:
             n.close()
 
     def __enter__(self) -> RedisClusterProcesses:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class RedisSentinelProcesses:
+    """A primary, one replica and *sentinels* sentinels watching them as *service*.
+
+    ``failover()`` kills the primary and waits until the sentinels promoted the
+    replica, so tests can watch clients follow it.
+    """
+
+    primary: RedisServer
+    replica: RedisServer
+    sentinels: list[RedisServer]
+    service: str = "fleche"
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{s.host}:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    @classmethod
+    def start(
+        cls, sentinels: int = 1, service: str = "fleche", timeout: float = 20.0
+    ) -> RedisSentinelProcesses:
+        started: list[RedisServer] = []
+        try:
+            # Diskless sync without its default 5 s wait for more replicas.
+            primary = RedisServer.start(["--repl-diskless-sync-delay", "0"])
+            started.append(primary)
+            replica = RedisServer.start(["--replicaof", primary.host, str(primary.port)])
+            started.append(replica)
+            watchers = []
+            for _ in range(sentinels):
+                port = free_port()
+                directory = Path(tempfile.mkdtemp(prefix="fleche-sentinel-"))
+                conf = directory / "sentinel.conf"
+                conf.write_text(
+                    f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                    f"sentinel monitor {service} {primary.host} {primary.port} 1\n"
+                    f"sentinel down-after-milliseconds {service} 1000\n"
+                    f"sentinel failover-timeout {service} 5000\n"
+                    f"sentinel parallel-syncs {service} 1\n"
+                )
+                watcher = RedisServer(
+                    port=port,
+                    directory=directory,
+                    args=(str(conf), "--sentinel"),
+                    _owns_directory=True,
+                )
+                watcher._launch_sentinel(conf)
+                watchers.append(watcher)
+                started.append(watcher)
+            group = cls(primary, replica, watchers, service)
+            group._wait(lambda: group._replica_in_sync(), timeout, "replica did not sync")
+            return group
+        except BaseException:
+            for server in started:
+                server.close()
+            raise
+
+    def _replica_in_sync(self) -> bool:
+        with self.replica.client() as c:
+            return c.info("replication").get("master_link_status") == "up"
+
+    @staticmethod
+    def _wait(condition, timeout: float, message: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if condition():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise ServerStartError(message)
+
+    def primary_address(self) -> tuple[str, int]:
+        with redis.Redis(host=self.sentinels[0].host, port=self.sentinels[0].port) as s:
+            host, port = s.sentinel_get_master_addr_by_name(self.service)
+            return host, int(port)
+
+    def failover(self, timeout: float = 30.0) -> None:
+        """Kill the primary; return once the sentinels name the replica as primary."""
+        self.primary.kill()
+        self._wait(lambda: self.primary_address()[1] == self.replica.port, timeout, "no failover")
+
+    def close(self) -> None:
+        for server in (*self.sentinels, self.replica, self.primary):
+            server.close()
+
+    def __enter__(self) -> RedisSentinelProcesses:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -34,7 +34,7 @@ class TestCallRedisOnCluster(ClusterSuite, CallStorageConformance):
         return lambda **kw: CallRedis(**{"url": redis_cluster.url, "namespace": namespace, **kw})
 
 
-def test_entries_spread_over_every_node(redis_cluster, namespace):
+def test_entries_spread_over_every_node(redis_cluster, namespace, record_property, capsys):
     storage = ValueRedis(url=redis_cluster.url, namespace=namespace)
     keys = [storage.save(i) for i in range(600)]
     counts = []
@@ -43,6 +43,9 @@ def test_entries_spread_over_every_node(redis_cluster, namespace):
             counts.append(sum(1 for _ in c.scan_iter(match=f"{namespace}:*", count=1000)))
     assert sum(counts) == 600 + len({k[:2] for k in keys})  # data keys + used index shards
     assert min(counts) > 0.2 * sum(counts), counts
+    record_property("keys_per_node", counts)
+    with capsys.disabled():
+        print(f"\nkeys per cluster node: {counts}")
 
 
 def test_single_key_operations_are_one_request(redis_cluster, namespace):

@@ -177,3 +177,24 @@ def test_redigest_moves_records_filed_under_stale_keys(cache, small_batches):
     assert maintenance.redigest(cache) == 1
     assert not cache.calls.contains(stale)
     assert cache.load(keys[0]).result == {"y": 0}
+
+
+def test_redis_cache_gc_agrees_with_fleche_cache_gc(cache):
+    """Two namespaces filled alike: fleche's Cache.gc on one, RedisCache.gc on the other."""
+    from dataclasses import replace
+
+    from fleche_redis.caches import RedisCache
+
+    theirs = cache
+    ours = RedisCache(
+        replace(cache.values, namespace=cache.values.namespace + "-ours"),
+        replace(cache.calls, namespace=cache.calls.namespace + "-ours"),
+    )
+    for c in (theirs, ours):
+        fill(c, 4)
+        for i in range(3):
+            c.values.save({"orphan": i, "inner": [i, [i]]})
+    evicted = theirs.gc()
+    assert ours.gc() == len(evicted) > 0
+    assert set(ours.values.list()) == set(theirs.values.list())
+    assert set(ours.calls.list()) == set(theirs.calls.list())
