@@ -36,7 +36,7 @@ import pickle
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import redis
 from fleche.call import DigestedCall
@@ -44,11 +44,14 @@ from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.security import get_secret_key, normalize_secret_key
 from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
 from fleche.storage.destructuring import DestructuringMixin, Digested
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .calls import IndexedCallsMixin
 from .codec import Codec
 from .connection import ClientSlot, client_from_url, redact_url, url_from_client
-from .errors import RedisStorageError, StorageUnavailable
+from .errors import RedisStorageError, SaveRefused, StorageUnavailable, UnavailableMiss
+from .health import POLICIES, Breaker
 from .keys import SHARDS, InvalidDigestError, KeyLayout, check_digest, check_namespace, check_prefix
 from .scripts import LuaScript
 
@@ -173,12 +176,19 @@ class RedisBackend(StorageBackend):
     compress: bool = False
     secret_key: Any = field(default=(), repr=False)
     ttl: float | None = None
+    on_error: str = "raise"
+    socket_timeout: float | None = 2.0
+    connect_timeout: float | None = 1.0
+    retries: int = 1
+    breaker_threshold: int = 3
+    breaker_cooldown: float = 5.0
 
     server: str = field(init=False, compare=False)
     """The URL with its password redacted: safe for repr, logs and errors."""
     _layout: KeyLayout = field(init=False, repr=False, compare=False)
     _codec: Codec = field(init=False, repr=False, compare=False)
     _slot: ClientSlot = field(init=False, repr=False, compare=False)
+    _breaker: Breaker = field(init=False, repr=False, compare=False)
     _secret_explicit: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -195,10 +205,25 @@ class RedisBackend(StorageBackend):
         set_(self, "_codec", Codec(self.serializer, self.secret_key, self.compress))
         set_(self, "_layout", KeyLayout(self.namespace, self.keyspace))
         set_(self, "server", redact_url(self.url))
-        url = self.url
-        set_(self, "_slot", ClientSlot(lambda: client_from_url(url), given=self.client))
         if self.ttl is not None and not self.ttl > 0:
             raise ValueError(f"ttl must be a positive number of seconds or None, not {self.ttl!r}")
+        if self.on_error not in POLICIES:
+            raise ValueError(f"on_error must be one of {POLICIES}, not {self.on_error!r}")
+        url, options = self.url, self._client_options()
+        set_(self, "_slot", ClientSlot(lambda: client_from_url(url, **options), given=self.client))
+        set_(self, "_breaker", Breaker(self.breaker_threshold, self.breaker_cooldown, self.server))
+
+    def _client_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+        }
+        if self.retries:
+            # Every command the storages send is idempotent (content-addressed
+            # writes, deletes, reads), so retrying after a dropped connection
+            # is safe.
+            options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.01), self.retries)
+        return options
 
     # -- process boundaries -------------------------------------------------
 
@@ -226,33 +251,64 @@ class RedisBackend(StorageBackend):
         """Close the connections this storage opened (a client passed in stays open)."""
         self._slot.close()
 
+    # -- failures -----------------------------------------------------------
+
+    _WRITES: ClassVar[frozenset[str]] = frozenset({"put"})
+    _TUNING: ClassVar[tuple[str, ...]] = (
+        "ttl",
+        "on_error",
+        "socket_timeout",
+        "connect_timeout",
+        "retries",
+        "breaker_threshold",
+        "breaker_cooldown",
+    )
+
+    def _io(self, operation: str, request: Any, *args: Any) -> Any:
+        """Run ``request(client, *args)`` against Redis under the breaker and the error policy."""
+        breaker = self._breaker
+        if breaker.open_until and (blocked := breaker.blocked(operation)) is not None:
+            self._refuse(operation, blocked)
+        try:
+            result = request(self.redis(), *args)
+        except redis.RedisError as e:
+            fault = self._fault(operation, e)
+            breaker.failed(fault)
+            self._refuse(operation, fault)
+        if breaker.failures:
+            breaker.succeeded()
+        return result
+
+    def _refuse(self, operation: str, fault: RedisStorageError) -> NoReturn:
+        if self.on_error == "raise":
+            raise fault
+        if operation in self._WRITES:
+            raise SaveRefused(f"not stored: {fault}") from fault
+        raise UnavailableMiss(operation, str(fault)) from fault
+
     def _fault(self, operation: str, exc: redis.RedisError) -> RedisStorageError:
         unavailable = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
         cls = StorageUnavailable if unavailable else RedisStorageError
-        return cls(
+        fault = cls(
             f"Redis {operation} on {self.server} (namespace {self.namespace!r}) failed: "
             f"{type(exc).__name__}: {exc}",
             operation=operation,
             server=self.server,
         )
+        fault.__cause__ = exc
+        return fault
 
     # -- StorageBackend -----------------------------------------------------
 
     def put(self, value: Any, key: Digest) -> Digest:
         key = check_digest(key)
         data = self._codec.encode(value)
-        try:
-            self._write(self.redis(), key, data, value)
-        except redis.RedisError as e:
-            raise self._fault("put", e) from e
+        self._io("put", self._write, key, data, value)
         return key
 
     def get(self, key: Digest) -> Any:
         key = check_digest(key)
-        try:
-            data = self._read(self.redis(), key)
-        except redis.RedisError as e:
-            raise self._fault("get", e) from e
+        data = self._io("get", self._read, key)
         if data is None:
             raise KeyError(key)
         return self._codec.decode(data, key=key)
@@ -299,16 +355,16 @@ class RedisBackend(StorageBackend):
         except InvalidDigestError:
             return False
         try:
-            return bool(self.redis().exists(self._layout.data(key)))
-        except redis.RedisError as e:
-            raise self._fault("contains", e) from e
+            return bool(self._io("contains", lambda client: client.exists(self._layout.data(key))))
+        except UnavailableMiss:
+            return False
 
     def _evict(self, key: Digest) -> None:
         key = check_digest(key)
         try:
-            self._delete(self.redis(), key)
-        except redis.RedisError as e:
-            raise self._fault("evict", e) from e
+            self._io("evict", self._delete, key)
+        except UnavailableMiss:
+            pass  # failing open: the entry stays until a later evict, its ttl, or gc
 
     def list(self) -> Iterator[Digest]:
         """Every stored digest, in sorted order, streamed page by page.
@@ -316,44 +372,46 @@ class RedisBackend(StorageBackend):
         Holds at most ``LIST_BATCH * LIST_PAGE`` digests at a time.  Entries
         written or evicted while the listing runs may or may not appear.
         """
-        client = self.redis()
-        for start in range(0, len(SHARDS), self.LIST_BATCH):
-            batch = SHARDS[start : start + self.LIST_BATCH]
-            try:
-                pipe = client.pipeline(transaction=False)
-                for shard in batch:
-                    pipe.zrangebylex(
-                        self._layout.index(shard), "-", "+", start=0, num=self.LIST_PAGE
-                    )
-                pages = pipe.execute()
-            except redis.RedisError as e:
-                raise self._fault("list", e) from e
-            for shard, page in zip(batch, pages, strict=True):
-                yield from self._stream_shard(client, shard, page)
+        layout, page_size = self._layout, self.LIST_PAGE
 
-    def _stream_shard(self, client: Any, shard: str, page: list[bytes]) -> Iterator[Digest]:
-        index = self._layout.index(shard)
-        while True:
-            for member in page:
-                yield Digest(member.decode())
-            if len(page) < self.LIST_PAGE:
-                return
-            # Continue after the last member seen: a lexicographic cursor
-            # stays correct when members are added or removed meanwhile.
-            try:
-                page = client.zrangebylex(index, b"(" + page[-1], "+", start=0, num=self.LIST_PAGE)
-            except redis.RedisError as e:
-                raise self._fault("list", e) from e
+        def first_pages(client: Any, shards: tuple[str, ...]) -> list[list[bytes]]:
+            pipe = client.pipeline(transaction=False)
+            for shard in shards:
+                pipe.zrangebylex(layout.index(shard), "-", "+", start=0, num=page_size)
+            return pipe.execute()
+
+        def next_page(client: Any, shard: str, after: bytes) -> list[bytes]:
+            # A lexicographic cursor stays correct while members come and go.
+            return client.zrangebylex(
+                layout.index(shard), b"(" + after, "+", start=0, num=page_size
+            )
+
+        try:
+            for start in range(0, len(SHARDS), self.LIST_BATCH):
+                batch = SHARDS[start : start + self.LIST_BATCH]
+                for shard, page in zip(batch, self._io("list", first_pages, batch), strict=True):
+                    while True:
+                        for member in page:
+                            yield Digest(member.decode())
+                        if len(page) < page_size:
+                            break
+                        page = self._io("list", next_page, shard, page[-1])
+        except UnavailableMiss:
+            return  # failing open: what could not be listed is not there
 
     def count(self) -> int:
         """Number of indexed entries, from one pipelined ``ZCARD`` per shard."""
-        try:
-            pipe = self.redis().pipeline(transaction=False)
+
+        def cards(client: Any) -> int:
+            pipe = client.pipeline(transaction=False)
             for shard in SHARDS:
                 pipe.zcard(self._layout.index(shard))
             return sum(pipe.execute())
-        except redis.RedisError as e:
-            raise self._fault("count", e) from e
+
+        try:
+            return self._io("count", cards)
+        except UnavailableMiss:
+            return 0
 
     # -- prefixes -----------------------------------------------------------
 
@@ -371,12 +429,12 @@ class RedisBackend(StorageBackend):
         except InvalidDigestError:
             return []
         layout = self._layout
-        try:
-            found = self.EXPAND(
-                self.redis(), (layout.index_of(prefix),), (prefix, layout.data_prefix(prefix[:2]))
-            )
-        except redis.RedisError as e:
-            raise self._fault("expand", e) from e
+        found = self._io(
+            "expand",
+            self.EXPAND,
+            (layout.index_of(prefix),),
+            (prefix, layout.data_prefix(prefix[:2])),
+        )
         return [Digest(m.decode()) for m in found]
 
     def _shrink(self, *keys: Digest | str) -> tuple[Digest, ...]:
@@ -391,16 +449,17 @@ class RedisBackend(StorageBackend):
             for k in keys:
                 stack.enter_context(self._operation_context(k))
             digests = [check_digest(k) for k in keys]
-            try:
-                pipe = self.redis().pipeline(transaction=False)
+
+            def neighbours(client: Any) -> list[Any]:
+                pipe = client.pipeline(transaction=False)
                 for d in digests:
                     index, member = self._layout.index_of(d), d.encode()
                     pipe.zscore(index, member)
                     pipe.zrevrangebylex(index, b"(" + member, "-", start=0, num=1)
                     pipe.zrangebylex(index, b"(" + member, "+", start=0, num=1)
-                replies = pipe.execute()
-            except redis.RedisError as e:
-                raise self._fault("shrink", e) from e
+                return pipe.execute()
+
+            replies = self._io("shrink", neighbours)
             out = []
             for i, d in enumerate(digests):
                 score, left, right = replies[3 * i : 3 * i + 3]
@@ -428,6 +487,13 @@ class RedisBackend(StorageBackend):
         # Keys taken from FLECHE_SECRET_KEY stay in the environment.
         if self._secret_explicit:
             config["secret_key"] = [k.hex() for k in self.secret_key]
+        # Tuning options only when changed, so configs stay short; None has no
+        # TOML form and is left out.
+        for f in fields(self):
+            if f.name in self._TUNING:
+                value = getattr(self, f.name)
+                if value != f.default and value is not None:
+                    config[f.name] = value
         return config
 
     def to_config(self) -> dict[str, Any]:
@@ -497,7 +563,13 @@ class CallRedis(IndexedCallsMixin, CallMixin, RedisBackend):
         # would only add two.
         key = call.to_lookup_key()
         with self._operation_context(key):
-            return self.put(call, key)
+            try:
+                return self.put(call, key)
+            except SaveRefused:
+                # fleche lets a SaveError from call storage escape after the
+                # memoized function ran; failing open means the record is
+                # simply not filed (already logged) and the call stays uncached.
+                return key
 
 
 register_storage("redis", kind="value")(ValueRedis)

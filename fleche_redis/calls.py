@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
-import redis
 from fleche.call import Call, DigestedCall, QueryCall
 from fleche.digest import Digest
 
 from .codec import UndecodableEntry
+from .errors import UnavailableMiss
 from .keys import SHARDS
 from .query import TERM_BYTES, record_terms, template_terms
 from .scripts import LuaScript, pipelined
@@ -134,13 +134,16 @@ class IndexedCallsMixin:
         client like everything else, by ``template.matches``.
         """
         terms = template_terms(template)
-        candidates = self._candidates(terms) if terms else self.list()
-        for call in self._fetch(candidates, terms):
-            # Unbound, so a plain Call template works too (as with fleche's Sql).
-            if QueryCall.matches(template, call):
-                yield call
+        try:
+            candidates = self._io("query", self._candidates, terms) if terms else self.list()
+            for call in self._fetch(candidates, terms):
+                # Unbound, so a plain Call template works too (as with fleche's Sql).
+                if QueryCall.matches(template, call):
+                    yield call
+        except UnavailableMiss:
+            return  # failing open (on_error="miss"): nothing could be read
 
-    def _candidates(self, terms: list[bytes]) -> Iterator[Digest]:
+    def _candidates(self, client: Any, terms: list[bytes]) -> list[Digest]:
         """Digests of the records that carry every term, shard by shard, in order.
 
         Plain commands in at most three pipelined requests (Redis Cluster
@@ -148,34 +151,29 @@ class IndexedCallsMixin:
         term's records in every shard, then probe the other terms for just
         those records.
         """
-        layout, client = self._layout, self.redis()
+        layout = self._layout
         # Members are term id + 32 digest bytes, so "term id + 33 x 0xff" is
         # above every member of the term, whatever its digest.
         ranges = [(b"[" + t, b"(" + t + b"\xff" * 33) for t in terms]
-        try:
-            rarest = 0
-            if len(terms) > 1:
-                counts = pipelined(
-                    client,
-                    lambda p: [
-                        p.zlexcount(layout.terms(s), lo, hi) for s in SHARDS for lo, hi in ranges
-                    ],
-                )
-                totals = [sum(counts[i :: len(terms)]) for i in range(len(terms))]
-                rarest = min(range(len(terms)), key=totals.__getitem__)
-            lo, hi = ranges[rarest]
-            listed = pipelined(
-                client, lambda p: [p.zrangebylex(layout.terms(s), lo, hi) for s in SHARDS]
+        rarest = 0
+        if len(terms) > 1:
+            counts = pipelined(
+                client,
+                lambda p: [
+                    p.zlexcount(layout.terms(s), lo, hi) for s in SHARDS for lo, hi in ranges
+                ],
             )
-            records = [[m[TERM_BYTES:] for m in members] for members in listed]
-            others = [t for i, t in enumerate(terms) if i != rarest]
-            if others:
-                records = self._probe(client, records, others)
-        except redis.RedisError as e:
-            raise self._fault("query", e) from e
-        for shard_records in records:
-            for raw in sorted(shard_records):
-                yield Digest(raw.hex())
+            totals = [sum(counts[i :: len(terms)]) for i in range(len(terms))]
+            rarest = min(range(len(terms)), key=totals.__getitem__)
+        lo, hi = ranges[rarest]
+        listed = pipelined(
+            client, lambda p: [p.zrangebylex(layout.terms(s), lo, hi) for s in SHARDS]
+        )
+        records = [[m[TERM_BYTES:] for m in members] for members in listed]
+        others = [t for i, t in enumerate(terms) if i != rarest]
+        if others:
+            records = self._probe(client, records, others)
+        return [Digest(raw.hex()) for shard_records in records for raw in sorted(shard_records)]
 
     def _probe(
         self, client: Any, records: list[list[bytes]], terms: list[bytes]
@@ -211,8 +209,9 @@ class IndexedCallsMixin:
             yield from self._fetch_batch(batch, terms)
 
     def _fetch_batch(self, keys: list[Digest], terms: list[bytes]) -> Iterator[DigestedCall]:
-        layout, client = self._layout, self.redis()
-        try:
+        layout = self._layout
+
+        def load_and_forget_dead(client: Any) -> list[bytes | None]:
             found = pipelined(client, lambda pipe: [pipe.hget(layout.data(k), "v") for k in keys])
             # Records that expired or were evicted: rare, and cluster
             # pipelines refuse scripts, so one request each.
@@ -223,8 +222,9 @@ class IndexedCallsMixin:
                         (layout.data(key), layout.terms_of(key), layout.index_of(key)),
                         (bytes.fromhex(key), key, *terms),
                     )
-        except redis.RedisError as e:
-            raise self._fault("query", e) from e
+            return found
+
+        found = self._io("query", load_and_forget_dead)
         for key, data in zip(keys, found, strict=True):
             if data is None:
                 continue

@@ -19,6 +19,8 @@ __all__ = [
     "FlecheRedisError",
     "RedisStorageError",
     "StorageUnavailable",
+    "UnavailableMiss",
+    "SaveRefused",
     "InvalidDigestError",
     "UndecodableEntry",
     "SaveError",
@@ -41,4 +43,19 @@ class RedisStorageError(FlecheRedisError):
 
 
 class StorageUnavailable(RedisStorageError):
-    """Redis could not be reached: connection refused or reset, or a timeout."""
+    """Redis could not be reached: connection refused or reset, a timeout, or an open circuit."""
+
+
+class UnavailableMiss(KeyError):
+    """With ``on_error="miss"``: a read that failed in Redis, reported as a miss.
+
+    ``__cause__`` is the :class:`RedisStorageError`.
+    """
+
+
+class SaveRefused(SaveError, FlecheRedisError):
+    """A write the storage refused; fleche returns the result uncached.
+
+    With ``on_error="miss"`` every write that fails in Redis is one
+    (``__cause__`` is the :class:`RedisStorageError`).
+    """

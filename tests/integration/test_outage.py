@@ -1,0 +1,76 @@
+"""kill -9 the Redis server in the middle of a memoization workload, then bring it back."""
+
+import threading
+import time
+
+import fleche
+import pytest
+
+from fleche_redis import RedisCache, StorageUnavailable
+from fleche_redis.backend import CallRedis, ValueRedis
+
+executions = []
+
+
+@fleche.fleche
+def work(x: int) -> dict:
+    executions.append(x)
+    return {"x": x, "double": 2 * x}
+
+
+def make_cache(url, namespace, on_error):
+    options = dict(url=url, namespace=namespace, on_error=on_error, socket_timeout=0.5, retries=0,
+                   breaker_threshold=3, breaker_cooldown=0.2)
+    return RedisCache(ValueRedis(**options), CallRedis(**options))
+
+
+def test_fail_open_workload_survives_a_crash_and_recovers(fresh_server, namespace):
+    cache = make_cache(fresh_server.url, namespace, "miss")
+    errors, results = [], []
+    stop = threading.Event()
+
+    def workload():
+        with fleche.cache(cache), fleche.meta():
+            i = 0
+            while not stop.is_set():
+                try:
+                    results.append((i % 50, work(i % 50)))
+                except BaseException as e:  # must never happen in "miss" mode
+                    errors.append(e)
+                i += 1
+
+    thread = threading.Thread(target=workload)
+    thread.start()
+    time.sleep(0.5)
+    fresh_server.kill()  # SIGKILL mid-workload
+    time.sleep(1.0)
+    fresh_server.restart()
+    time.sleep(1.0)
+    stop.set()
+    thread.join(10)
+
+    assert errors == []
+    assert cache.calls._breaker.opened >= 1  # the outage was real and was noticed
+    assert results and all(r == {"x": x, "double": 2 * x} for x, r in results)
+    # recovered by itself: the restarted (empty) server fills up again and serves hits
+    executions.clear()
+    with fleche.cache(cache), fleche.meta():
+        assert [work(x)["double"] for x in range(50)] == [2 * x for x in range(50)]
+        assert [work(x)["double"] for x in range(50)] == [2 * x for x in range(50)]
+    assert sorted(executions) == sorted(set(executions))  # the second round was all hits
+    assert cache.calls._breaker.state == "closed"
+
+
+def test_raise_mode_reports_the_crash_clearly(fresh_server, namespace):
+    cache = make_cache(fresh_server.url, namespace, "raise")
+    with fleche.cache(cache), fleche.meta():
+        assert work(1)["double"] == 2
+        fresh_server.kill()
+        with pytest.raises(StorageUnavailable) as info:
+            work(1)
+    message = str(info.value)
+    assert f"on {fresh_server.url}" in message and "Redis get" in message
+    fresh_server.restart()
+    time.sleep(0.3)  # past the breaker's cool-down
+    with fleche.cache(cache), fleche.meta():
+        assert work(1)["double"] == 2  # recovered by itself
