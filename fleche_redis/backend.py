@@ -47,6 +47,7 @@ from fleche.storage.destructuring import DestructuringMixin, Digested
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from . import chunks
 from .calls import IndexedCallsMixin
 from .codec import Codec
 from .connection import ClientSlot, client_from_url, redact_url, url_from_client
@@ -83,11 +84,14 @@ class RedisBackend(StorageBackend):
         client: a ready ``redis.Redis``, ``redis.RedisCluster`` or fakeredis
             client to use instead of *url* (it must not decode responses).
         serializer: ``"cloudpickle"`` (default), ``"pickle"`` or ``"dill"``.
-        compress: zlib-compress entries on write (reads detect either form).
+        compress: compress entries of at least *compress_min_size* bytes:
+            ``True``/``"zlib"``, ``"zstd"`` or ``"lz4"`` (reads detect any).
         secret_key: HMAC signing key(s) with fleche's semantics (bytes, hex
             string, ``:``-separated hex keys, or a list); when omitted,
             ``FLECHE_SECRET_KEY`` is used.  Entries that fail verification are
             misses and are never unpickled.
+        chunk_size: entries larger than this many bytes are stored as chunks
+            (see :mod:`fleche_redis.chunks`); Redis strings end at 512 MB.
         ttl: seconds an entry lives after it was written (``None``: until
             evicted).  Index entries of expired data are dropped when a lookup
             meets them and by :func:`fleche_redis.maintenance.repair`.
@@ -134,11 +138,17 @@ class RedisBackend(StorageBackend):
     EVICT: ClassVar[LuaScript] = LuaScript(
         """
         -- KEYS[1] data key, KEYS[2] index shard listing it, KEYS[3] references hash
-        -- ARGV[1] digest
-        -- Removes entry, index member and references together; returns how
-        -- many data keys were deleted (0 when the entry was absent).
+        -- ARGV[1] digest, ARGV[2] the chunk manifest prefix (see chunks.py)
+        -- Removes entry, index member, references and any chunks together;
+        -- returns how many data keys were deleted (0 when it was absent).
         redis.call('ZREM', KEYS[2], ARGV[1])
         redis.call('HDEL', KEYS[3], ARGV[1])
+        if redis.call('GETRANGE', KEYS[1], 0, #ARGV[2] - 1) == ARGV[2] then
+          local count = tonumber(string.match(redis.call('GET', KEYS[1]), '^.-%s(%d+)', #ARGV[2]))
+          for i = 0, count - 1 do
+            redis.call('DEL', KEYS[1] .. ':' .. i)
+          end
+        end
         return redis.call('DEL', KEYS[1])
         """
     )
@@ -173,7 +183,8 @@ class RedisBackend(StorageBackend):
     namespace: str = "fleche"
     client: Any = field(default=None, repr=False, compare=False)
     serializer: str = "cloudpickle"
-    compress: bool = False
+    compress: bool | str = False
+    compress_min_size: int = 512
     secret_key: Any = field(default=(), repr=False)
     ttl: float | None = None
     on_error: str = "raise"
@@ -182,6 +193,7 @@ class RedisBackend(StorageBackend):
     retries: int = 1
     breaker_threshold: int = 3
     breaker_cooldown: float = 5.0
+    chunk_size: int = 32 * 2**20
 
     server: str = field(init=False, compare=False)
     """The URL with its password redacted: safe for repr, logs and errors."""
@@ -202,7 +214,11 @@ class RedisBackend(StorageBackend):
         keys = normalize_secret_key(self.secret_key) if explicit else get_secret_key()
         set_(self, "secret_key", tuple(keys))
         set_(self, "_secret_explicit", explicit)
-        set_(self, "_codec", Codec(self.serializer, self.secret_key, self.compress))
+        set_(
+            self,
+            "_codec",
+            Codec(self.serializer, self.secret_key, self.compress, self.compress_min_size),
+        )
         set_(self, "_layout", KeyLayout(self.namespace, self.keyspace))
         set_(self, "server", redact_url(self.url))
         if self.ttl is not None and not self.ttl > 0:
@@ -255,6 +271,8 @@ class RedisBackend(StorageBackend):
 
     _WRITES: ClassVar[frozenset[str]] = frozenset({"put"})
     _TUNING: ClassVar[tuple[str, ...]] = (
+        "compress_min_size",
+        "chunk_size",
         "ttl",
         "on_error",
         "socket_timeout",
@@ -321,6 +339,8 @@ class RedisBackend(StorageBackend):
 
     def _write(self, client: Any, key: Digest, data: bytes, value: Any) -> None:
         layout = self._layout
+        if len(data) > self.chunk_size:
+            data = chunks.write(client, layout.data(key), data, self.chunk_size, self._ttl_ms())
         self.PUT(
             client,
             (
@@ -333,12 +353,17 @@ class RedisBackend(StorageBackend):
         )
 
     def _read(self, client: Any, key: Digest) -> bytes | None:
-        return client.get(self._layout.data(key))
+        data = client.get(self._layout.data(key))
+        if data is not None and chunks.is_manifest(data):
+            return chunks.read(client, self._layout.data(key), data, key)
+        return data
 
     def _delete(self, client: Any, key: Digest) -> None:
         layout = self._layout
         self.EVICT(
-            client, (layout.data(key), layout.index_of(key), layout.references_of(key)), (key,)
+            client,
+            (layout.data(key), layout.index_of(key), layout.references_of(key)),
+            (key, chunks.MAGIC),
         )
 
     def _references(self, value: Any) -> bytes:

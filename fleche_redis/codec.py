@@ -3,13 +3,15 @@
 The wire format is fleche's own pickle-file format, so an entry means the
 same thing in Redis as on disk::
 
-    zlib?( pickle + hex HMAC-SHA256 signature? )
+    compressed?( pickle + hex HMAC-SHA256 signature? )
 
 The signature is :class:`fleche.security.SignedBytes` (appended after the
 pickle ``STOP`` opcode, key rotation by trying every key), and the keys follow
 fleche's rules: an explicit ``secret_key`` or else ``FLECHE_SECRET_KEY``.
-Compression is detected on read by the zlib header (a pickle starts with
-``0x80``), so one store can hold both and ``compress`` can change at any time.
+Compression (zlib, or zstd / lz4 when their packages are installed) applies
+to entries of at least ``compress_min_size`` bytes and is detected on read by
+the compressor's magic bytes (a pickle starts with ``0x80``), so one store
+can mix them and ``compress`` can change at any time.
 
 Anything that cannot be verified or decoded is a *miss*: :meth:`Codec.decode`
 raises :class:`UndecodableEntry` (a ``KeyError``) and logs a warning.  When a
@@ -30,9 +32,55 @@ from fleche.security import SignatureError, SignedBytes
 
 logger = logging.getLogger("fleche_redis.codec")
 
-__all__ = ["Codec", "UndecodableEntry", "SERIALIZERS"]
+__all__ = ["Codec", "UndecodableEntry", "SERIALIZERS", "COMPRESSORS"]
 
-_ZLIB_HEADERS = (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
+
+@dataclass(frozen=True)
+class Compressor:
+    name: str
+    magic: tuple[bytes, ...]
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes], bytes]
+
+
+def _zlib() -> Compressor:
+    return Compressor(
+        "zlib",
+        (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda"),
+        lambda b: zlib.compress(b, 1),
+        zlib.decompress,
+    )
+
+
+def _zstd() -> Compressor:
+    import zstandard
+
+    return Compressor(
+        "zstd",
+        (b"\x28\xb5\x2f\xfd",),
+        zstandard.ZstdCompressor(level=3).compress,
+        lambda b: zstandard.ZstdDecompressor().decompress(b),
+    )
+
+
+def _lz4() -> Compressor:
+    import lz4.frame
+
+    return Compressor("lz4", (b"\x04\x22\x4d\x18",), lz4.frame.compress, lz4.frame.decompress)
+
+
+COMPRESSORS: dict[str, Callable[[], Compressor]] = {"zlib": _zlib, "zstd": _zstd, "lz4": _lz4}
+"""Compressor name -> loader; zstd and lz4 need the ``zstandard`` / ``lz4`` packages."""
+
+
+def _available() -> list[Compressor]:
+    found = []
+    for loader in COMPRESSORS.values():
+        try:
+            found.append(loader())
+        except ImportError:
+            pass
+    return found
 
 
 def _pickle() -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
@@ -61,6 +109,10 @@ SERIALIZERS: dict[str, Callable[[], tuple[Callable[[Any], bytes], Callable[[byte
 """Serializer name -> loader of its ``(dumps, loads)`` pair, imported only when chosen."""
 
 
+class _CompressionError(Exception):
+    pass
+
+
 class UndecodableEntry(KeyError):
     """Stored bytes that fail verification or decoding; fleche treats it as a miss."""
 
@@ -71,11 +123,13 @@ class Codec:
 
     serializer: str = "cloudpickle"
     secret_key: tuple[bytes, ...] = ()
-    compress: bool = False
-    compress_level: int = 1
+    compress: bool | str = False
+    compress_min_size: int = 512
     dumps: Callable[[Any], bytes] = field(init=False, repr=False, compare=False)
     loads: Callable[[bytes], Any] = field(init=False, repr=False, compare=False)
     signer: SignedBytes = field(init=False, repr=False, compare=False)
+    compressor: Compressor | None = field(init=False, repr=False, compare=False)
+    readers: tuple[Compressor, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         try:
@@ -87,25 +141,49 @@ class Codec:
         object.__setattr__(self, "dumps", dumps)
         object.__setattr__(self, "loads", loads)
         object.__setattr__(self, "signer", SignedBytes(self.secret_key))
+        name = "zlib" if self.compress is True else self.compress or None
+        compressor = None
+        if name is not None:
+            if name not in COMPRESSORS:
+                raise ValueError(f"unknown compression {name!r}; choose from {sorted(COMPRESSORS)}")
+            try:
+                compressor = COMPRESSORS[name]()
+            except ImportError:
+                package = {"zstd": "zstandard", "lz4": "lz4"}[name]
+                raise ValueError(
+                    f"compress={name!r} needs the {package} package: pip install {package}"
+                ) from None
+        object.__setattr__(self, "compressor", compressor)
+        object.__setattr__(self, "readers", tuple(_available()))
 
     def encode(self, value: Any) -> bytes:
         data = self.signer.dumps(self.dumps(value))
-        if self.compress:
-            data = zlib.compress(data, self.compress_level)
+        if self.compressor is not None and len(data) >= self.compress_min_size:
+            data = self.compressor.compress(data)
+        return data
+
+    def _decompress(self, data: bytes) -> bytes:
+        head = bytes(data[:4])
+        for reader in self.readers:
+            if head.startswith(reader.magic):
+                return reader.decompress(data)
+        if head[:1] not in (b"\x80", b""):
+            # Compressed by a compressor this process lacks (or not ours at all).
+            names = [r.name for r in self.readers]
+            raise _CompressionError(f"unknown encoding {head!r} (readable: {names})")
         return data
 
     def decode(self, data: bytes, *, key: str = "?") -> Any:
         """Verify and deserialize; a refusal is :class:`UndecodableEntry`."""
         try:
-            if data[:2] in _ZLIB_HEADERS:
-                data = zlib.decompress(data)
+            data = self._decompress(data)
             payload = self.signer.loads(data)
         except SignatureError as e:
             logger.warning(
                 "entry %s failed signature verification (%s); treating it as a miss", key, e
             )
             raise UndecodableEntry(key, "signature verification failed") from None
-        except zlib.error as e:
+        except Exception as e:
             logger.warning(
                 "entry %s is not valid compressed data (%s); treating it as a miss", key, e
             )

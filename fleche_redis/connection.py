@@ -130,18 +130,24 @@ def _cluster_from_url(url: str, **options: Any) -> redis.RedisCluster:
     )
 
 
-def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any], dict[str, Any]]:
+def parse_sentinel_url(
+    url: str,
+) -> tuple[list[tuple[str, int]], str, dict[str, Any], dict[str, Any]]:
     """Split a ``redis+sentinel://`` URL into sentinels, service name, primary and sentinel options."""
     parts = urlsplit(url)
     segments = [s for s in parts.path.split("/") if s]
     if not segments:
-        raise ValueError(f"sentinel URL names no service: {redact_url(url)} (use .../service_name[/db])")
+        raise ValueError(
+            f"sentinel URL names no service: {redact_url(url)} (use .../service_name[/db])"
+        )
     service = segments[0]
     nodes, options = parse_cluster_url(urlunsplit(parts._replace(path="")))
     if len(segments) > 1:
         options["db"] = int(segments[1])
     sentinel_options = {
-        name: options.pop(f"sentinel_{name}") for name in ("password", "username") if f"sentinel_{name}" in options
+        name: options.pop(f"sentinel_{name}")
+        for name in ("password", "username")
+        if f"sentinel_{name}" in options
     }
     return nodes, service, options, sentinel_options
 
@@ -150,7 +156,11 @@ def _sentinel_from_url(url: str, **options: Any) -> redis.Redis:
     from redis.sentinel import Sentinel
 
     nodes, service, parsed, sentinel_options = parse_sentinel_url(url)
-    timeout = {k: v for k, v in {**parsed, **options}.items() if k in ("socket_timeout", "socket_connect_timeout")}
+    timeout = {
+        k: v
+        for k, v in {**parsed, **options}.items()
+        if k in ("socket_timeout", "socket_connect_timeout")
+    }
     sentinel = Sentinel(nodes, sentinel_kwargs={**sentinel_options, **timeout})
     return sentinel.master_for(service, **{**parsed, **options})
 

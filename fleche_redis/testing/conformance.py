@@ -392,7 +392,7 @@ class StorageConformance:
 
     def test_compressed_and_plain_entries_mix(self, make_storage):
         plain = make_storage()
-        packed = make_storage(compress=True, namespace=plain.namespace)
+        packed = make_storage(compress=True, compress_min_size=0, namespace=plain.namespace)
         a = self.store(plain, 1)
         b = self.store(packed, 2)
         assert self.same(packed.load(a), 1) and self.same(plain.load(b), 2)
@@ -471,6 +471,34 @@ class ValueStorageConformance(StorageConformance):
         key = storage.save([1, [2, 3]])
         assert storage.load(key) == [1, [2, 3]]
         assert storage.count() == 5  # 1, 2, 3, [2, 3] and the outer list
+
+    def test_big_values_are_chunked_and_reassembled(self, make_storage):
+        storage = make_storage(chunk_size=1000)
+        value = bytes(range(256)) * 40  # ~10 kB: eleven chunks
+        key = storage.save(value)
+        raw = storage.redis()
+        chunk_keys = {k.decode() for k in raw.scan_iter(match=storage._layout.data(key) + ":*")}
+        assert len(chunk_keys) == 11
+        assert storage.load(key) == value and storage.load(key[:10]) == value
+        storage.evict(key)
+        assert not storage.contains(key)
+        assert not any(raw.exists(k) for k in chunk_keys)
+
+    def test_a_lost_chunk_is_a_miss(self, make_storage, caplog):
+        storage = make_storage(chunk_size=1000)
+        key = storage.save(b"x" * 5000)
+        storage.redis().delete(storage._layout.data(key) + ":2")
+        with caplog.at_level(logging.WARNING):
+            with pytest.raises(KeyError):
+                storage.load(key)
+        assert "lost chunk 2" in caplog.text
+
+    def test_a_changed_chunk_is_a_miss(self, make_storage):
+        storage = make_storage(chunk_size=1000)
+        key = storage.save(b"x" * 5000)
+        storage.redis().set(storage._layout.data(key) + ":1", b"y" * 1000)
+        with pytest.raises(KeyError):
+            storage.load(key)
 
     def test_remaining_depth_in_config(self, make_storage):
         storage = make_storage(remaining_depth=3)

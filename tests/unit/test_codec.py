@@ -61,3 +61,22 @@ def test_signature_checked_before_decompressed_payload_is_unpickled(tmp_path):
     with pytest.raises(UndecodableEntry):
         Codec(secret_key=(b"k",)).decode(planted)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("algorithm", ["zlib", "zstd", "lz4", True])
+def test_every_compressor_round_trips_and_is_detected(algorithm):
+    writer = Codec(compress=algorithm)
+    data = writer.encode("y" * 5000)
+    assert len(data) < 1000
+    assert Codec().decode(data) == "y" * 5000  # a reader with compression off reads it too
+
+
+def test_small_entries_stay_uncompressed():
+    codec = Codec(compress="zstd", compress_min_size=512)
+    assert codec.encode("tiny")[:1] == b"\x80"
+    assert codec.encode("z" * 600)[:4] == b"\x28\xb5\x2f\xfd"
+
+
+def test_unknown_compression_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown compression 'brotli'"):
+        Codec(compress="brotli")

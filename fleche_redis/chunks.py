@@ -1,0 +1,61 @@
+"""Entries bigger than one Redis string should be: stored as chunks behind a manifest.
+
+An entry over ``chunk_size`` bytes is written as numbered chunk keys next to
+its data key (``<data key>:0``, ``:1``, ... in the same hash slot), and the
+data key gets a small *manifest* naming the chunk count, the total length and
+a BLAKE2b checksum of the whole.  The manifest is written last, by the same
+atomic script that indexes the entry, so a reader that finds it finds every
+chunk written; the checksum catches a chunk changed or lost since (a
+concurrent eviction, an expiry): such a read is a logged miss, never a
+partial value.  Redis caps strings at 512 MB; chunks keep each request
+far below that and let a 600 MB array round-trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from .codec import UndecodableEntry
+
+__all__ = ["MAGIC", "is_manifest", "write", "read"]
+
+logger = logging.getLogger("fleche_redis.chunks")
+
+MAGIC = b"\x00fleche-redis-chunks "
+"""Manifests start with a zero byte, which no pickle or compressed entry does."""
+
+
+def is_manifest(data: bytes) -> bool:
+    return data[: len(MAGIC)] == MAGIC
+
+
+def _checksum(data: bytes | memoryview) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def write(client: Any, data_key: str, data: bytes, chunk_size: int, ttl_ms: int) -> bytes:
+    """Write the chunks of *data* (one request each); return the manifest to store at *data_key*."""
+    view = memoryview(data)
+    count = 0
+    for offset in range(0, len(data), chunk_size):
+        client.set(f"{data_key}:{count}", view[offset : offset + chunk_size], px=ttl_ms or None)
+        count += 1
+    return MAGIC + f"{count} {len(data)} {_checksum(view)}".encode()
+
+
+def read(client: Any, data_key: str, manifest: bytes, key: str) -> bytes:
+    """Reassemble the entry a manifest describes, or raise :class:`UndecodableEntry`."""
+    count, total, checksum = manifest[len(MAGIC) :].decode().split()
+    out = bytearray()
+    for i in range(int(count)):
+        chunk = client.get(f"{data_key}:{i}")
+        if chunk is None:
+            logger.warning("entry %s lost chunk %d of %s; treating it as a miss", key, i, count)
+            raise UndecodableEntry(key, "chunk missing")
+        out += chunk
+    if len(out) != int(total) or _checksum(out) != checksum:
+        logger.warning("entry %s changed while it was read; treating it as a miss", key)
+        raise UndecodableEntry(key, "chunks inconsistent")
+    return bytes(out)
