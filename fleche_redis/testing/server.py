@@ -30,6 +30,7 @@ from pathlib import Path
 import redis
 
 __all__ = [
+    "TlsFiles",
     "RedisServer",
     "RedisClusterProcesses",
     "RedisSentinelProcesses",
@@ -83,6 +84,62 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+
+    Made with ``trustme`` (a test dependency) in *directory*.
+    """
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def create(cls, directory: Path | str) -> TlsFiles:
+        import trustme
+
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA()
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        client = ca.issue_cert("fleche-redis-client")
+        files = cls(
+            path / "ca.pem",
+            path / "server.pem",
+            path / "server.key",
+            path / "client.pem",
+            path / "client.key",
+        )
+        ca.cert_pem.write_to_path(str(files.ca_cert))
+        server.cert_chain_pems[0].write_to_path(str(files.server_cert))
+        server.private_key_pem.write_to_path(str(files.server_key))
+        client.cert_chain_pems[0].write_to_path(str(files.client_cert))
+        client.private_key_pem.write_to_path(str(files.client_key))
+        return files
+
+    def client_options(self) -> dict[str, str | bool]:
+        return {
+            "ssl": True,
+            "ssl_ca_certs": str(self.ca_cert),
+            "ssl_certfile": str(self.client_cert),
+            "ssl_keyfile": str(self.client_key),
+        }
+
+    def url_query(self) -> str:
+        """The same options as URL query parameters (for ``rediss://`` URLs)."""
+        return f"ssl_ca_certs={self.ca_cert}&ssl_certfile={self.client_cert}&ssl_keyfile={self.client_key}"
+
+    def client_context(self):
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
 @dataclass
 class RedisServer:
     """One private ``redis-server`` process.
@@ -95,6 +152,7 @@ class RedisServer:
     port: int
     directory: Path
     args: tuple[str, ...] = ()
+    tls: TlsFiles | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
     _owns_directory: bool = field(default=False, repr=False)
 
@@ -104,6 +162,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -118,10 +178,13 @@ class RedisServer:
         port: int | None = None,
         directory: Path | str | None = None,
         attempts: int = 5,
+        tls: TlsFiles | None = None,
     ) -> RedisServer:
         """Start a server and wait until it answers ``PING``.
 
         *args* are extra ``redis-server`` options (``["--maxmemory", "10mb"]``).
+        With *tls* it listens for TLS only (clients must present a certificate
+        signed by the same CA).
         """
         if redis_server_binary() is None:
             raise ServerStartError(
@@ -137,6 +200,7 @@ class RedisServer:
                 port=port or free_port(),
                 directory=path,
                 args=tuple(args),
+                tls=tls,
                 _owns_directory=owns,
             )
             try:
@@ -149,10 +213,19 @@ class RedisServer:
         raise ServerStartError(str(last_error))
 
     def _launch(self, timeout: float = 10.0) -> None:
+        listen = ["--port", str(self.port)]
+        if self.tls is not None:
+            listen = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.server_cert),
+                "--tls-key-file", str(self.tls.server_key),
+                "--tls-ca-cert-file", str(self.tls.ca_cert),
+                "--tls-auth-clients", "yes",
+            ]  # fmt: skip
         cmd = [
             redis_server_binary() or "redis-server",
-            "--port",
-            str(self.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -212,7 +285,12 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.2) as s:
+            with socket.create_connection((self.host, self.port), timeout=0.2) as raw:
+                s = (
+                    raw
+                    if self.tls is None
+                    else self.tls.client_context().wrap_socket(raw, server_hostname=self.host)
+                )
                 s.sendall(b"PING\r\n")
                 reply = s.recv(64)
             # "-LOADING" or "-NOAUTH" still means the server is up.
@@ -226,6 +304,8 @@ class RedisServer:
 
     def client(self, **kwargs) -> redis.Redis:
         """A new ``redis.Redis`` client for this server."""
+        if self.tls is not None:
+            kwargs = {**self.tls.client_options(), **kwargs}
         return redis.Redis(host=self.host, port=self.port, **kwargs)
 
     def stop(self, timeout: float = 5.0) -> None:
