@@ -1,0 +1,653 @@
+"""A distributed lock on one Redis server or a Redlock quorum of several.
+
+::
+
+    from fleche_redis import Redlock, lock_key
+
+    lock = Redlock(lock_key("nightly-report"), ["redis://cache-host:6379/0"], ttl=10)
+    with lock:
+        write_report(fence=lock.fencing_token)
+
+What it promises, and how:
+
+* **Exclusion.**  ``SET NX PX`` with a random token on every master at once
+  (all requests are written before any reply is read, so N masters cost
+  one round trip of latency and no threads), held when a quorum
+  ``N // 2 + 1`` accepted and the validity ``ttl - elapsed - drift`` is
+  still positive.  Release and extend compare the token before acting, in
+  Lua, so nobody releases a lock they do not hold.
+* **Push wakeup and fairness.**  A waiter queues its token in a Redis list
+  and blocks on a signal list of its own (``BLPOP``).  On one master the
+  releasing script hands the lock straight to the oldest live waiter and
+  pushes the new fencing token onto its signal, so the waiter owns the lock
+  the moment it wakes and nobody can barge in: strict FIFO.  With several
+  masters the queues of independent servers may disagree on the order, so
+  a release only wakes the oldest waiter and it competes normally (no
+  starvation guarantee there).  A waiter never blocks longer than
+  ``RECHECK`` seconds or past the holder's lease, then checks again: a lost
+  wakeup or a crashed holder costs at most that.  Waiters keep a lease
+  (``WAITER_LEASE``); a dead waiter is skipped once it runs out.
+* **Fencing tokens.**  Every acquisition gets a number greater than every
+  earlier holder's, from a counter per hash slot that is also never below
+  the server clock in microseconds, so it keeps increasing across a server
+  restart that lost the counter.  With several masters the token is the
+  largest counter of the quorum, and before ``acquire`` returns that value
+  is written back as a floor on a quorum, so any later quorum sees it.
+* **Release never forgets the token early.**  The token is dropped only
+  after every master answered; a release interrupted by a network error
+  raises :class:`LockUnavailable` and can be called again.
+* **Watchdog.**  With ``auto_renew`` the process's single renewer thread
+  (:mod:`fleche_redis.watchdog`) extends the lock every ``ttl / 3`` while it
+  is held.  A renewal that finds the lock gone marks it :attr:`lost`, and
+  ``release`` then raises :class:`LockLost`.
+* **Fork safety.**  A child process sees its parent's held locks as not its
+  own: ``release`` there forgets them without touching Redis, and the
+  child's watchdog never renews them.
+* **Redis Cluster.**  Every key of a lock carries the lock's hash tag, so
+  a master may be a ``redis+cluster://`` URL.
+
+Keys of a lock named ``ns:{tag}:rest`` (all in the tag's slot)::
+
+    ns:{tag}:rest               the lock: holder's token, PX ttl
+    ns:{tag}:rest:q             waiting tokens, oldest first
+    ns:{tag}:rest:a:<token>     a waiter's lease (value: its ttl in ms)
+    ns:{tag}:rest:s:<token>     a waiter's signal list
+    ns:{tag}:fence              fencing counter shared by the slot's locks
+
+The lock is not reentrant; :mod:`fleche_redis.locks` adds reentrancy and
+in-process exclusion on top.  ``_clock`` and ``_sleep`` are module-level
+names so tests can replace them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import redis
+from redis.exceptions import NoScriptError
+
+from . import watchdog as _watchdog
+from .connection import ClientSlot, client_from_url, fork_generation
+from .errors import LockError, LockLost, LockNotOwned, LockTimeout, LockUnavailable
+from .keys import check_namespace
+from .scripts import LuaScript
+
+logger = logging.getLogger("fleche_redis.redlock")
+
+__all__ = ["Redlock", "lock_key", "LOCK_CLIENT_OPTIONS"]
+
+_clock = time.monotonic
+_sleep = time.sleep
+
+LOCK_CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
+"""Options of the clients a lock builds from URLs.
+
+Short timeouts: a master that hangs must cost a bounded part of the
+validity, never block an acquisition (socket_timeout > ``RECHECK``, so a
+waiter's ``BLPOP`` is never cut short).
+"""
+
+
+def lock_key(name: str, namespace: str = "fleche") -> str:
+    """The Redis key of an application lock called *name*: ``<namespace>:{<name>}``."""
+    check_namespace(namespace)
+    if not name or "{" in name or "}" in name:
+        raise ValueError(f"lock name {name!r} must be non-empty and free of braces")
+    return f"{namespace}:{{{name}}}"
+
+
+def _tag_end(name: str) -> int:
+    """Index just past the hash tag that follows the namespace, or raise ``ValueError``."""
+    start = name.find(":{")
+    end = name.find("}", start + 2)
+    if start <= 0 or end == -1 or end == start + 2:
+        raise ValueError(
+            f"lock key {name!r} needs the form '<namespace>:{{<tag>}}...': keys must start with "
+            "the namespace (ACL confinement) and carry a hash tag (Redis Cluster); see lock_key()"
+        )
+    return end + 1
+
+
+# Shared by the scripts below.  ``fence`` is strictly increasing per counter
+# and never below the server clock in microseconds (exact in a Lua double
+# until the year 2255), so a restart that lost the counter cannot go back.
+_LUA_HELPERS = """
+local function fence(counter)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local n = tonumber(redis.call('GET', counter) or '0') + 1
+  if n < now then n = now end
+  local s = string.format('%.0f', n)
+  redis.call('SET', counter, s)
+  return s
+end
+
+-- The oldest waiter whose lease is alive, and the ttl it asked for;
+-- waiters whose lease ran out are dropped on the way.
+local function head(lock, queue)
+  for _ = 1, 64 do
+    local w = redis.call('LINDEX', queue, 0)
+    if not w then return nil end
+    local ttl = redis.call('GET', lock .. ':a:' .. w)
+    if ttl then return w, ttl end
+    redis.call('LPOP', queue)
+  end
+  return nil
+end
+
+-- The lock has just become free.  Fair mode makes the oldest waiter the
+-- holder and sends it its fencing token; otherwise it is only woken.
+local function pass_on(lock, queue, counter, fair)
+  local w, ttl = head(lock, queue)
+  if not w then return nil end
+  local alive = lock .. ':a:' .. w
+  local signal = lock .. ':s:' .. w
+  redis.call('DEL', signal)
+  if fair then
+    redis.call('LPOP', queue)
+    redis.call('DEL', alive)
+    redis.call('SET', lock, w, 'PX', ttl)
+    redis.call('RPUSH', signal, fence(counter))
+    redis.call('PEXPIRE', signal, ttl)
+  else
+    redis.call('RPUSH', signal, '0')
+    redis.call('PEXPIRE', signal, math.max(redis.call('PTTL', alive), 1))
+  end
+  return w
+end
+"""
+
+
+class Redlock:
+    """A lock named by a Redis key, held on one master or a quorum of several.
+
+    Args:
+        name: the lock's key, ``<namespace>:{<tag>}...`` (see :func:`lock_key`).
+        masters: URLs, redis-py clients or :class:`~fleche_redis.connection.ClientSlot`
+            objects of independent masters (1, 3 or 5; a ``redis+cluster://``
+            URL counts as one).
+        ttl: seconds the lock lives without renewal; also what a crashed
+            holder costs the others.
+        timeout: default seconds ``acquire`` blocks (``None``: forever).
+        auto_renew: let the process's watchdog renew the lock while held.
+        watchdog: the renewer to register with (default: the process's own).
+    """
+
+    ACQUIRE: ClassVar[LuaScript] = LuaScript(
+        _LUA_HELPERS
+        + """
+        -- KEYS[1] lock, KEYS[2] fencing counter (same slot; the queue, leases
+        -- and signals are the lock's name plus ':q', ':a:<token>', ':s:<token>')
+        -- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] waiter lease ms,
+        -- ARGV[4] mode: 'f' fair hand-over (one master) or 'w' wake only,
+        --   then 'q' to queue the caller if the lock is taken, then 'c' if the
+        --   caller may be queued already (a re-check)
+        -- Returns {1, fencing token, 0} if the caller holds the lock now, else
+        -- {0, 0, ms until the holder's lease ends}.
+        local lock, token, mode = KEYS[1], ARGV[1], ARGV[4]
+        local fair = string.sub(mode, 1, 1) == 'f'
+        local queue = lock .. ':q'
+        local alive, signal = lock .. ':a:' .. token, lock .. ':s:' .. token
+        local holder = redis.call('GET', lock)
+        if holder == token then
+          -- Handed over while the caller was not listening (or a retried
+          -- attempt): collect the token's fence, or draw a new one.
+          local f = redis.call('LPOP', signal)
+          if not f or f == '0' then f = fence(KEYS[2]) end
+          redis.call('PEXPIRE', lock, ARGV[2])
+          redis.call('DEL', alive, signal)
+          redis.call('LREM', queue, 0, token)
+          return {1, f, 0}
+        end
+        if not holder and fair then
+          -- Free but with live waiters (the holder expired): the oldest goes first.
+          local w = head(lock, queue)
+          if w and w ~= token then
+            pass_on(lock, queue, KEYS[2], true)
+            holder = w
+          end
+        end
+        if not holder then
+          redis.call('SET', lock, token, 'PX', ARGV[2])
+          if string.find(mode, 'c', 2, true) then
+            redis.call('DEL', alive, signal)
+            redis.call('LREM', queue, 0, token)
+          end
+          return {1, fence(KEYS[2]), 0}
+        end
+        if string.find(mode, 'q', 2, true) then
+          if redis.call('EXISTS', alive) == 0 then redis.call('RPUSH', queue, token) end
+          redis.call('SET', alive, ARGV[2], 'PX', ARGV[3])
+          redis.call('PEXPIRE', queue, ARGV[3])
+        end
+        return {0, 0, redis.call('PTTL', lock)}
+        """
+    )
+    """Try to take the lock; queue the caller otherwise."""
+
+    RELEASE: ClassVar[LuaScript] = LuaScript(
+        _LUA_HELPERS
+        + """
+        -- KEYS as ACQUIRE
+        -- ARGV[1] token, ARGV[2] mode: 'f' fair hand-over or 'w' wake only,
+        --   then 'c' if the caller may be queued (a waiter giving up)
+        -- Returns 1 if the token held the lock (now released), else 0.
+        local lock, token, mode = KEYS[1], ARGV[1], ARGV[2]
+        local released = 0
+        if redis.call('GET', lock) == token then
+          redis.call('DEL', lock)
+          released = 1
+        end
+        if string.find(mode, 'c', 2, true) then
+          redis.call('LREM', lock .. ':q', 0, token)
+          redis.call('DEL', lock .. ':a:' .. token, lock .. ':s:' .. token)
+        end
+        if released == 1 then
+          pass_on(lock, lock .. ':q', KEYS[2], string.sub(mode, 1, 1) == 'f')
+        end
+        return released
+        """
+    )
+    """Release if the token holds the lock, and pass it on; idempotent."""
+
+    EXTEND: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] lock; ARGV[1] token, ARGV[2] ttl ms
+        -- Returns 1 if the token holds the lock (its lease is now ttl), else 0.
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+          return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        end
+        return 0
+        """
+    )
+    """Renew the lease if the token still holds the lock."""
+
+    RAISE_FENCE: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] fencing counter; ARGV[1] floor
+        -- Lifts the counter to at least the floor; returns 1.
+        local c = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+        return 1
+        """
+    )
+    """Make a quorum's fencing token the floor for every later holder."""
+
+    RECHECK: ClassVar[float] = 0.2
+    """Longest a waiter blocks before checking again (bounds a lost wakeup)."""
+
+    WAITER_LEASE: ClassVar[float] = 5.0
+    """Seconds a queued waiter stays in line without checking in."""
+
+    DRIFT_FACTOR: ClassVar[float] = 0.01
+    """Clock drift allowed for, as a fraction of the ttl (plus 2 ms)."""
+
+    RENEW_EVERY: ClassVar[float] = 1 / 3
+    """Renewal period as a fraction of the ttl."""
+
+    SPLIT_BACKOFF: ClassVar[float] = 0.02
+    """Upper bound of the random pause after a split vote among several masters."""
+
+    def __init__(
+        self,
+        name: str,
+        masters: Sequence[Any] | str,
+        *,
+        ttl: float = 10.0,
+        timeout: float | None = None,
+        auto_renew: bool = True,
+        watchdog: _watchdog.Watchdog | None = None,
+    ) -> None:
+        tag_end = _tag_end(name)
+        if ttl <= 0:
+            raise ValueError(f"ttl must be positive, got {ttl}")
+        if isinstance(masters, str):
+            masters = (masters,)
+        self.name = name
+        self.masters: tuple[ClientSlot, ...] = tuple(_slot(m) for m in masters)
+        if not self.masters:
+            raise ValueError("a Redlock needs at least one master")
+        self.quorum = len(self.masters) // 2 + 1
+        self.ttl = float(ttl)
+        self.timeout = timeout
+        self.auto_renew = auto_renew
+        self._watchdog = watchdog
+        self._mode = "f" if len(self.masters) == 1 else "w"
+        self._keys = (name, f"{name[:tag_end]}:fence")
+        self._counter = self._keys[1]
+        self._mutex = threading.Lock()
+        self._token: str | None = None
+        self._held = False
+        self._pending: set[int] = set()
+        self._fence: int | None = None
+        self._valid_until = 0.0
+        self._lost = False
+        self._released = 0
+        self._generation = fork_generation()
+
+    def __repr__(self) -> str:
+        state = "held" if self.held else ("lost" if self._lost else "free")
+        return f"<Redlock {self.name!r} on {len(self.masters)} master(s), {state}>"
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock (as far as it knows: see :attr:`lost`)."""
+        return self._held and not self._lost and self._generation == fork_generation()
+
+    @property
+    def lost(self) -> bool:
+        """Whether a renewal found the lock expired or taken while it was held."""
+        return self._lost
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The current acquisition's token: greater than every earlier holder's."""
+        return self._fence if self._held else None
+
+    def remaining(self) -> float:
+        """Seconds the lock is still safely held (0 when not held)."""
+        if not self.held:
+            return 0.0
+        return max(0.0, self._valid_until - _clock())
+
+    # -- keys and transport -----------------------------------------------------
+
+    def _run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any], which: Sequence[int] | None = None) -> dict[int, Any]:
+        """Run *script* on the chosen masters; reply or exception per master index.
+
+        Requests to plain clients are all written before any reply is read,
+        so several masters cost one round trip of latency, without threads.
+        """
+        which = range(len(self.masters)) if which is None else which
+        out: dict[int, Any] = {}
+        if len(which) == 1:
+            i = next(iter(which))
+            try:
+                out[i] = script(self.masters[i].get(), keys, args)
+            except redis.RedisError as e:
+                out[i] = e
+            return out
+        sent: list[tuple[int, Any, Any]] = []
+        for i in which:
+            try:
+                client = self.masters[i].get()
+                pool = getattr(client, "connection_pool", None)
+                if pool is None:  # a cluster client: routed call, after the others are sent
+                    sent.append((i, client, None))
+                    continue
+                conn = pool.get_connection()
+                try:
+                    conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                except BaseException:
+                    pool.release(conn)
+                    raise
+                sent.append((i, pool, conn))
+            except redis.RedisError as e:
+                out[i] = e
+        for i, pool_or_client, conn in sent:
+            try:
+                if conn is None:
+                    out[i] = script(pool_or_client, keys, args)
+                    continue
+                try:
+                    try:
+                        out[i] = conn.read_response()
+                    except NoScriptError:
+                        conn.send_command("EVAL", script.source, len(keys), *keys, *args)
+                        out[i] = conn.read_response()
+                finally:
+                    pool_or_client.release(conn)
+            except redis.RedisError as e:
+                out[i] = e
+        return out
+
+    # -- acquire ----------------------------------------------------------------
+
+    def acquire(self, blocking: bool = True, timeout: float | None | type[Ellipsis] = ...) -> bool:
+        """Take the lock; ``True`` once held.
+
+        Blocks up to *timeout* seconds (default: the lock's ``timeout``),
+        then raises :class:`LockTimeout` (held by others) or
+        :class:`LockUnavailable` (no quorum of masters answered).  With
+        ``blocking=False`` it tries once and returns ``False`` instead.
+        """
+        with self._mutex:
+            if self._generation != fork_generation():
+                self._forget()  # a parent's lock: never ours to release
+            if self._held or self._pending:
+                raise LockError(
+                    f"{self.name}: this Redlock object is already held (or its release is "
+                    "unconfirmed); it is not reentrant, use one object per holder",
+                    name=self.name,
+                )
+            self._token = token = secrets.token_hex(16)
+            self._lost = False
+        if timeout is ...:
+            timeout = self.timeout
+        deadline = None if timeout is None or not blocking else _clock() + timeout
+        try:
+            return self._acquire(token, blocking, deadline)
+        except BaseException:
+            self._give_up(token)
+            raise
+
+    def _acquire(self, token: str, blocking: bool, deadline: float | None) -> bool:
+        ttl_ms = int(self.ttl * 1000)
+        lease_ms = int(self.WAITER_LEASE * 1000)
+        signal_key = f"{self.name}:s:{token}"
+        mode = self._mode + ("q" if blocking else "")
+        drift = self.ttl * self.DRIFT_FACTOR + 0.002
+        home: int | None = None
+        while True:
+            start = _clock()
+            replies = self._run(self.ACQUIRE, self._keys, (token, ttl_ms, lease_ms, mode))
+            mode = self._mode + "qc"  # from now on we may be queued
+            ok = {i: r for i, r in replies.items() if not isinstance(r, Exception)}
+            won = [i for i, r in ok.items() if r[0] == 1]
+            if len(won) >= self.quorum:
+                fence = max(int(ok[i][1]) for i in won)
+                if self._settle(fence, won, start, drift):
+                    return True
+            elif won:
+                self._release_on(token, won)  # split vote: let others through, keep our place
+            if ok:
+                home = home if home in ok else min(ok)
+            if not blocking:
+                self._give_up(token)
+                return False
+            now = _clock()
+            if deadline is not None and now >= deadline:
+                self._give_up(token)
+                cls, why = (LockTimeout, "held by another holder") if len(ok) >= self.quorum else (
+                    LockUnavailable, f"only {len(ok)} of {len(self.masters)} master(s) answered"
+                )
+                raise cls(f"{self.name}: not acquired within the timeout ({why})", name=self.name)
+            wait = self.RECHECK
+            leases = [r[2] / 1000 for r in ok.values() if r[0] == 0 and r[2] > 0]
+            if leases:
+                wait = min(wait, min(leases) + 0.001)
+            if won:
+                wait = min(wait, random.uniform(0.001, self.SPLIT_BACKOFF))
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            signal = self._wait(home, signal_key, wait)
+            if signal is not None and signal != b"0":
+                # The releaser made us the holder before pushing: no extra
+                # round trip.  It happened after our last attempt was sent.
+                if self._settle(int(signal), [home], start, drift):
+                    return True
+
+    def _settle(self, fence: int, won: list[int], start: float, drift: float) -> bool:
+        """Finish an acquisition held on *won*; ``False`` (and released) if it came too late."""
+        token = self._token
+        assert token is not None
+        if len(self.masters) > 1:
+            replies = self._run(self.RAISE_FENCE, (self._counter,), (fence,), which=won)
+            if sum(1 for r in replies.values() if r == 1) < self.quorum:
+                self._release_on(token, won)
+                return False
+        validity = self.ttl - (_clock() - start) - drift
+        if validity <= 0:
+            self._release_on(token, won)
+            return False
+        with self._mutex:
+            self._held = True
+            self._fence = fence
+            self._valid_until = start + self.ttl - drift
+            self._pending = set(range(len(self.masters)))
+        if self.auto_renew:
+            (self._watchdog or _watchdog.shared()).watch(self, self.ttl * self.RENEW_EVERY)
+        return True
+
+    def _wait(self, home: int | None, signal_key: str, seconds: float) -> bytes | None:
+        """Block on our signal list for up to *seconds*; the value pushed, or ``None``."""
+        seconds = max(seconds, 0.001)
+        if home is None:
+            _sleep(seconds)  # nobody answered: nothing to listen to
+            return None
+        try:
+            reply = self.masters[home].get().blpop([signal_key], timeout=seconds)
+        except redis.RedisError:
+            _sleep(min(seconds, 0.05))
+            return None
+        return None if reply is None else reply[1]
+
+    def _release_on(self, token: str, which: Sequence[int]) -> None:
+        self._run(self.RELEASE, self._keys, (token, self._mode), which=which)
+
+    def _give_up(self, token: str) -> None:
+        """Leave the queue everywhere, releasing anything handed to us meanwhile."""
+        with self._mutex:
+            if self._held or self._token != token:
+                return
+            self._token = None
+        try:
+            self._run(self.RELEASE, self._keys, (token, self._mode + "c"))
+        except Exception:  # best effort: leases and ttls clean up after us
+            logger.debug("leaving the queue of %s failed", self.name, exc_info=True)
+
+    # -- release and extend -----------------------------------------------------
+
+    def release(self) -> None:
+        """Release on every master; idempotent.
+
+        Raises :class:`LockUnavailable` if some master did not confirm (the
+        token is kept: call ``release`` again), and :class:`LockLost` if the
+        lock had expired or passed to another holder before this release.
+        Releasing a lock that is not held does nothing; in a forked child it
+        forgets the parent's lock without touching Redis.
+        """
+        with self._mutex:
+            token = self._token
+            if token is None or not (self._held or self._pending):
+                return
+            if self._generation != fork_generation():
+                self._forget()
+                return
+            first = self._held
+            self._held = False
+            pending = sorted(self._pending)
+            lost = self._lost
+        (self._watchdog or _watchdog.shared()).unwatch(self)
+        replies = self._run(self.RELEASE, self._keys, (token, self._mode), which=pending)
+        confirmed = {i for i, r in replies.items() if not isinstance(r, Exception)}
+        released = sum(1 for i in confirmed if replies[i] == 1)
+        with self._mutex:
+            self._pending -= confirmed
+            self._released += released
+            if self._pending:
+                raise LockUnavailable(
+                    f"{self.name}: {len(self._pending)} master(s) did not confirm the release; "
+                    "the token is kept, call release() again",
+                    name=self.name,
+                )
+            released = self._released
+            clean_first_try = first and len(confirmed) == len(pending) == len(self.masters)
+            self._forget()
+        if lost or (clean_first_try and released < self.quorum):
+            raise LockLost(
+                f"{self.name}: the lock had expired or passed to another holder before release",
+                name=self.name,
+            )
+
+    def _forget(self) -> None:
+        self._token = None
+        self._held = False
+        self._pending = set()
+        self._fence = None
+        self._released = 0
+        self._generation = fork_generation()
+
+    def extend(self, ttl: float | None = None) -> None:
+        """Reset the lease to *ttl* seconds (default: the lock's ttl) on a quorum.
+
+        Raises :class:`LockNotOwned` if not held, :class:`LockLost` if a quorum
+        says the token no longer holds it, :class:`LockUnavailable` if too
+        few masters answered.
+        """
+        if not self.held:
+            raise LockNotOwned(f"{self.name}: extend() of a lock this object does not hold", name=self.name)
+        outcome = self._extend(ttl if ttl is not None else self.ttl)
+        if outcome == "lost":
+            raise LockLost(f"{self.name}: the lock was lost before extend()", name=self.name)
+        if outcome == "unavailable":
+            raise LockUnavailable(f"{self.name}: too few masters answered extend()", name=self.name)
+
+    def _extend(self, ttl: float) -> str:
+        token = self._token
+        start = _clock()
+        replies = self._run(self.EXTEND, (self.name,), (token, int(ttl * 1000)))
+        yes = sum(1 for r in replies.values() if r == 1)
+        no = sum(1 for r in replies.values() if r == 0)
+        drift = ttl * self.DRIFT_FACTOR + 0.002
+        with self._mutex:
+            if self._token != token or not self._held:
+                return "released"
+            if yes >= self.quorum and _clock() - start < ttl - drift:
+                self._valid_until = start + ttl - drift
+                return "ok"
+            if no > len(self.masters) - self.quorum or _clock() >= self._valid_until:
+                self._lost = True
+                return "lost"
+            return "unavailable"
+
+    def _renew(self) -> float | None:
+        """The watchdog's call: extend now, say when to come back (``None``: stop)."""
+        if not self.held:
+            return None
+        outcome = self._extend(self.ttl)
+        if outcome == "ok":
+            return self.ttl * self.RENEW_EVERY
+        if outcome == "unavailable":
+            # Try again soon, while the lease still has time left.
+            return max(0.01, min(self.RECHECK, self.remaining() / 2))
+        if outcome == "lost":
+            logger.warning("lock %s was lost while held (expired or taken over)", self.name)
+        return None
+
+    # -- context manager ----------------------------------------------------------
+
+    def __enter__(self) -> Redlock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _slot(master: Any) -> ClientSlot:
+    if isinstance(master, ClientSlot):
+        return master
+    if isinstance(master, str):
+        url = master
+        return ClientSlot(lambda: client_from_url(url, **LOCK_CLIENT_OPTIONS))
+    return ClientSlot(lambda: master, given=master)
+

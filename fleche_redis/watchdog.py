@@ -1,0 +1,175 @@
+"""One background thread per process that keeps held locks alive.
+
+A lock's ``ttl`` is what bounds the damage of a crashed holder, so it should
+be short; a slow holder must not lose its lock because of it.  Every
+:class:`~fleche_redis.Redlock` that is held with ``auto_renew`` registers
+here, and this thread extends it before its lease runs out, for as long as
+the lock object is alive (the registry holds weak references: a lock that
+was dropped without ``release`` stops being renewed and expires), until it
+is released, or until a renewal finds the lock gone, which marks it lost.
+
+One thread serves every lock of the process, so a process holding a
+thousand per-key locks still has one renewer, and a process holding none
+has a thread parked on a condition variable (started on first use).
+
+After ``fork()`` the child gets a fresh, empty watchdog: threads do not
+survive a fork, and a child must never extend its parent's locks.
+
+Timing is read from the module-level ``_clock``, which tests replace, and
+:meth:`Watchdog.tick` runs one round by hand so scheduling is tested
+without a thread and without sleeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Protocol
+
+logger = logging.getLogger("fleche_redis.watchdog")
+
+__all__ = ["Watchdog", "Renewable", "shared"]
+
+_clock = time.monotonic
+
+
+class Renewable(Protocol):
+    def _renew(self) -> float | None:
+        """Extend the lock now; return seconds until the next renewal, or ``None`` to stop."""
+
+
+class Watchdog:
+    """A schedule of locks to renew and the thread that works through it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, int]] = []
+        self._locks: dict[int, weakref.ref[Renewable]] = {}
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, lock: Renewable, delay: float, *, start: bool = True) -> None:
+        """Renew *lock* in *delay* seconds, and then as often as it asks."""
+        key = id(lock)
+        due = _clock() + delay
+        with self._cond:
+            self._locks[key] = weakref.ref(lock)
+            # The thread sleeps until the earliest entry: wake it only when
+            # this one comes sooner, so a short hold costs no thread switch.
+            sooner = not self._heap or due < self._heap[0][0]
+            heapq.heappush(self._heap, (due, next(self._seq), key))
+            if start and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fleche-redis-watchdog", daemon=True)
+                self._thread.start()
+            elif sooner:
+                self._cond.notify()
+
+    def unwatch(self, lock: Renewable) -> None:
+        """Stop renewing *lock* (its heap entries are skipped when they come due)."""
+        with self._cond:
+            ref = self._locks.get(id(lock))
+            if ref is not None and ref() is lock:
+                del self._locks[id(lock)]
+
+    def watching(self, lock: Renewable) -> bool:
+        with self._cond:
+            ref = self._locks.get(id(lock))
+            return ref is not None and ref() is lock
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._locks)
+
+    def next_due(self) -> float | None:
+        """Clock time of the earliest scheduled renewal, or ``None``."""
+        with self._cond:
+            self._drop_stale()
+            return self._heap[0][0] if self._heap else None
+
+    def _drop_stale(self) -> None:
+        # Entries of unwatched or collected locks stay in the heap until
+        # they reach the top; removing them from the middle would cost O(n).
+        while self._heap:
+            _, _, key = self._heap[0]
+            ref = self._locks.get(key)
+            if ref is not None and ref() is not None:
+                return
+            heapq.heappop(self._heap)
+            if ref is not None:
+                del self._locks[key]
+
+    def tick(self) -> int:
+        """Renew every lock that is due now; return how many were renewed.
+
+        The network calls run outside the schedule's lock so ``watch`` and
+        ``unwatch`` never wait for Redis.
+        """
+        due: list[tuple[int, Renewable]] = []
+        now = _clock()
+        with self._cond:
+            while self._heap:
+                self._drop_stale()
+                if not self._heap or self._heap[0][0] > now:
+                    break
+                _, _, key = heapq.heappop(self._heap)
+                lock = self._locks[key]()
+                if lock is not None:
+                    due.append((key, lock))
+        for key, lock in due:
+            try:
+                delay = lock._renew()
+            except Exception:  # a bug in one lock must not stop renewing the others
+                logger.exception("renewing %r failed", lock)
+                delay = None
+            with self._cond:
+                ref = self._locks.get(key)
+                if ref is None or ref() is not lock:
+                    continue  # released while we were renewing it
+                if delay is None:
+                    del self._locks[key]
+                else:
+                    heapq.heappush(self._heap, (_clock() + delay, next(self._seq), key))
+        return len(due)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                due = self.next_due_locked()
+                wait = None if due is None else due - _clock()
+                if wait is None or wait > 0:
+                    # Bounded, so a replaced clock cannot park the thread for long.
+                    self._cond.wait(None if wait is None else min(wait, 5.0))
+                    continue
+            self.tick()
+
+    def next_due_locked(self) -> float | None:
+        self._drop_stale()
+        return self._heap[0][0] if self._heap else None
+
+
+_shared: Watchdog | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> Watchdog:
+    """This process's watchdog (a new one in a forked child)."""
+    global _shared
+    if _shared is None:
+        with _shared_lock:
+            if _shared is None:
+                _shared = Watchdog()
+    return _shared
+
+
+def _forget_in_child() -> None:
+    global _shared, _shared_lock
+    _shared = None
+    _shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
