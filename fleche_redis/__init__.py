@@ -2,7 +2,9 @@
 
 Importing this package registers storage type ``"redis"`` for values and
 calls, so ``fleche.toml`` files and :func:`fleche.config.cache_from_config`
-can name it.
+can name it.  :class:`Redlock` is a distributed lock, and
+:class:`PerKeyLockMixin` / :class:`SerializingMixin` put it in front of any
+fleche storage or cache (see :mod:`fleche_redis.locks`).
 """
 
 from .backend import DEFAULT_URL, CallRedis, RedisBackend, ValueRedis
@@ -13,7 +15,10 @@ from .errors import (
     StorageUnavailable,
     UndecodableEntry,
 )
+from .errors import LockError, LockLost, LockNotOwned, LockTimeout, LockUnavailable
 from .keys import KeyLayout
+from .locks import PerKeyLockMixin, SerializingMixin
+from .redlock import Redlock, lock_key
 
 __version__ = "0.1.0"
 
@@ -28,4 +33,13 @@ __all__ = [
     "StorageUnavailable",
     "InvalidDigestError",
     "UndecodableEntry",
+    "Redlock",
+    "lock_key",
+    "PerKeyLockMixin",
+    "SerializingMixin",
+    "LockError",
+    "LockTimeout",
+    "LockUnavailable",
+    "LockNotOwned",
+    "LockLost",
 ]

@@ -328,7 +328,6 @@ class Redlock:
         self._fence: int | None = None
         self._valid_until = 0.0
         self._lost = False
-        self._released = 0
         self._generation = fork_generation()
 
     def __repr__(self) -> str:
@@ -357,6 +356,9 @@ class Redlock:
         if not self.held:
             return 0.0
         return max(0.0, self._valid_until - _clock())
+
+    def _renewer(self) -> _watchdog.Watchdog:
+        return _watchdog.shared() if self._watchdog is None else self._watchdog
 
     # -- keys and transport -----------------------------------------------------
 
@@ -504,7 +506,7 @@ class Redlock:
             self._valid_until = start + self.ttl - drift
             self._pending = set(range(len(self.masters)))
         if self.auto_renew:
-            (self._watchdog or _watchdog.shared()).watch(self, self.ttl * self.RENEW_EVERY)
+            self._renewer().watch(self, self.ttl * self.RENEW_EVERY)
         return True
 
     def _wait(self, home: int | None, signal_key: str, seconds: float) -> bytes | None:
@@ -539,11 +541,13 @@ class Redlock:
     def release(self) -> None:
         """Release on every master; idempotent.
 
-        Raises :class:`LockUnavailable` if some master did not confirm (the
-        token is kept: call ``release`` again), and :class:`LockLost` if the
-        lock had expired or passed to another holder before this release.
-        Releasing a lock that is not held does nothing; in a forked child it
-        forgets the parent's lock without touching Redis.
+        Done once a quorum of masters confirmed (a master that stays silent
+        lets the key expire).  With fewer confirmations it raises
+        :class:`LockUnavailable` and keeps the token: call ``release`` again.
+        Raises :class:`LockLost` if the lock had certainly expired or passed
+        to another holder before this release.  Releasing a lock that is not
+        held does nothing; in a forked child it forgets the parent's lock
+        without touching Redis.
         """
         with self._mutex:
             token = self._token
@@ -556,23 +560,23 @@ class Redlock:
             self._held = False
             pending = sorted(self._pending)
             lost = self._lost
-        (self._watchdog or _watchdog.shared()).unwatch(self)
+        self._renewer().unwatch(self)
         replies = self._run(self.RELEASE, self._keys, (token, self._mode), which=pending)
         confirmed = {i for i, r in replies.items() if not isinstance(r, Exception)}
-        released = sum(1 for i in confirmed if replies[i] == 1)
         with self._mutex:
             self._pending -= confirmed
-            self._released += released
-            if self._pending:
+            if len(self.masters) - len(self._pending) < self.quorum:
                 raise LockUnavailable(
-                    f"{self.name}: {len(self._pending)} master(s) did not confirm the release; "
-                    "the token is kept, call release() again",
+                    f"{self.name}: only {len(self.masters) - len(self._pending)} master(s) confirmed "
+                    "the release; the token is kept, call release() again",
                     name=self.name,
                 )
-            released = self._released
-            clean_first_try = first and len(confirmed) == len(pending) == len(self.masters)
+            # Only a first attempt can tell: a retry finds the key gone when
+            # the earlier attempt's reply was lost after it ran.
+            still_ours = sum(1 for i in confirmed if replies[i] == 1) + len(self._pending)
+            lost = lost or (first and still_ours < self.quorum)
             self._forget()
-        if lost or (clean_first_try and released < self.quorum):
+        if lost:
             raise LockLost(
                 f"{self.name}: the lock had expired or passed to another holder before release",
                 name=self.name,
@@ -583,7 +587,6 @@ class Redlock:
         self._held = False
         self._pending = set()
         self._fence = None
-        self._released = 0
         self._generation = fork_generation()
 
     def extend(self, ttl: float | None = None) -> None:

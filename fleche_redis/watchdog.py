@@ -44,16 +44,21 @@ class Renewable(Protocol):
 
 
 class Watchdog:
-    """A schedule of locks to renew and the thread that works through it."""
+    """A schedule of locks to renew and the thread that works through it.
 
-    def __init__(self) -> None:
+    ``autostart=False`` never starts the thread: someone calls :meth:`tick`
+    (tests, with a fake clock).
+    """
+
+    def __init__(self, *, autostart: bool = True) -> None:
+        self._autostart = autostart
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, int]] = []
         self._locks: dict[int, weakref.ref[Renewable]] = {}
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def watch(self, lock: Renewable, delay: float, *, start: bool = True) -> None:
+    def watch(self, lock: Renewable, delay: float) -> None:
         """Renew *lock* in *delay* seconds, and then as often as it asks."""
         key = id(lock)
         due = _clock() + delay
@@ -63,7 +68,7 @@ class Watchdog:
             # this one comes sooner, so a short hold costs no thread switch.
             sooner = not self._heap or due < self._heap[0][0]
             heapq.heappush(self._heap, (due, next(self._seq), key))
-            if start and self._thread is None:
+            if self._autostart and self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fleche-redis-watchdog", daemon=True)
                 self._thread.start()
             elif sooner:
