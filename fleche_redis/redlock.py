@@ -28,8 +28,8 @@ What it promises, and how:
   wakeup or a crashed holder costs at most that.  Waiters keep a lease
   (``WAITER_LEASE``); a dead waiter is skipped once it runs out.
 * **Fencing tokens.**  Every acquisition gets a number greater than every
-  earlier holder's, from a counter per hash slot that is also never below
-  the server clock in microseconds, so it keeps increasing across a server
+  earlier holder's, from a counter per hash slot that starts from the
+  server clock in microseconds, so it keeps increasing across a server
   restart that lost the counter.  With several masters the token is the
   largest counter of the quorum, and before ``acquire`` returns that value
   is written back as a floor on a quorum, so any later quorum sees it.
@@ -114,18 +114,19 @@ def _tag_end(name: str) -> int:
     return end + 1
 
 
-# Shared by the scripts below.  ``fence`` is strictly increasing per counter
-# and never below the server clock in microseconds (exact in a Lua double
-# until the year 2255), so a restart that lost the counter cannot go back.
+# Shared by the scripts below.  ``fence`` is strictly increasing per counter;
+# a counter that is new (or was lost with a restart) starts again from the
+# server clock in microseconds, above every token drawn before (exact in a
+# Lua double until the year 2255).
 _LUA_HELPERS = """
 local function fence(counter)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local n = tonumber(redis.call('GET', counter) or '0') + 1
-  if n < now then n = now end
-  local s = string.format('%.0f', n)
-  redis.call('SET', counter, s)
-  return s
+  local n = redis.call('INCR', counter)
+  if n < 1000000000000000 then
+    local t = redis.call('TIME')
+    n = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('SET', counter, string.format('%.0f', n))
+  end
+  return string.format('%.0f', n)
 end
 
 -- The oldest waiter whose lease is alive, and the ttl it asked for;
@@ -148,7 +149,6 @@ local function pass_on(lock, queue, counter, fair)
   if not w then return nil end
   local alive = lock .. ':a:' .. w
   local signal = lock .. ':s:' .. w
-  redis.call('DEL', signal)
   if fair then
     redis.call('LPOP', queue)
     redis.call('DEL', alive)
@@ -156,6 +156,7 @@ local function pass_on(lock, queue, counter, fair)
     redis.call('RPUSH', signal, fence(counter))
     redis.call('PEXPIRE', signal, ttl)
   else
+    redis.call('DEL', signal)  -- one wake-up is enough
     redis.call('RPUSH', signal, '0')
     redis.call('PEXPIRE', signal, math.max(redis.call('PTTL', alive), 1))
   end
@@ -186,8 +187,9 @@ class Redlock:
         -- and signals are the lock's name plus ':q', ':a:<token>', ':s:<token>')
         -- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] waiter lease ms,
         -- ARGV[4] mode: 'f' fair hand-over (one master) or 'w' wake only,
-        --   then 'q' to queue the caller if the lock is taken, then 'c' if the
-        --   caller may be queued already (a re-check)
+        --   then 'q' to queue the caller if the lock is taken, 'c' if the caller
+        --   may be queued already (a re-check), 'p' if a BLPOP on the caller's
+        --   signal follows in the same write (so success must push the fence)
         -- Returns {1, fencing token, 0} if the caller holds the lock now, else
         -- {0, 0, ms until the holder's lease ends}.
         local lock, token, mode = KEYS[1], ARGV[1], ARGV[4]
@@ -219,7 +221,9 @@ class Redlock:
             redis.call('DEL', alive, signal)
             redis.call('LREM', queue, 0, token)
           end
-          return {1, fence(KEYS[2]), 0}
+          local f = fence(KEYS[2])
+          if string.find(mode, 'p', 2, true) then redis.call('RPUSH', signal, f) end
+          return {1, f, 0}
         end
         if string.find(mode, 'q', 2, true) then
           if redis.call('EXISTS', alive) == 0 then redis.call('RPUSH', queue, token) end
@@ -328,6 +332,7 @@ class Redlock:
         self._fence: int | None = None
         self._valid_until = 0.0
         self._lost = False
+        self._contended = False
         self._generation = fork_generation()
 
     def __repr__(self) -> str:
@@ -365,50 +370,26 @@ class Redlock:
     def _run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any], which: Sequence[int] | None = None) -> dict[int, Any]:
         """Run *script* on the chosen masters; reply or exception per master index.
 
-        Requests to plain clients are all written before any reply is read,
-        so several masters cost one round trip of latency, without threads.
+        Every request is written before any reply is read, so several
+        masters cost one round trip of latency, without threads.
         """
         which = range(len(self.masters)) if which is None else which
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         out: dict[int, Any] = {}
-        if len(which) == 1:
-            i = next(iter(which))
-            try:
-                out[i] = script(self.masters[i].get(), keys, args)
-            except redis.RedisError as e:
-                out[i] = e
-            return out
-        sent: list[tuple[int, Any, Any]] = []
+        sent = {}
         for i in which:
             try:
-                client = self.masters[i].get()
-                pool = getattr(client, "connection_pool", None)
-                if pool is None:  # a cluster client: routed call, after the others are sent
-                    sent.append((i, client, None))
-                    continue
-                conn = pool.get_connection()
-                try:
-                    conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                except BaseException:
-                    pool.release(conn)
-                    raise
-                sent.append((i, pool, conn))
+                sent[i] = _send(self.masters[i].get(), [command])
             except redis.RedisError as e:
                 out[i] = e
-        for i, pool_or_client, conn in sent:
+        for i, pending in sent.items():
             try:
-                if conn is None:
-                    out[i] = script(pool_or_client, keys, args)
-                    continue
-                try:
-                    try:
-                        out[i] = conn.read_response()
-                    except NoScriptError:
-                        conn.send_command("EVAL", script.source, len(keys), *keys, *args)
-                        out[i] = conn.read_response()
-                finally:
-                    pool_or_client.release(conn)
+                reply = _receive(pending)[0]
+                if isinstance(reply, NoScriptError):  # a fresh or flushed server: load it
+                    reply = _receive(_send(pending[0], [("EVAL", script.source, *command[2:])]))[0]
             except redis.RedisError as e:
-                out[i] = e
+                reply = e
+            out[i] = reply
         return out
 
     # -- acquire ----------------------------------------------------------------
@@ -448,23 +429,41 @@ class Redlock:
         mode = self._mode + ("q" if blocking else "")
         drift = self.ttl * self.DRIFT_FACTOR + 0.002
         home: int | None = None
+        waited = False
+        if blocking and self._contended and len(self.masters) == 1:
+            # This object had to wait last time: attempt and wait in one
+            # write, saving a round trip per turn in a busy hand-over chain.
+            # (On a server that lost the script, the BLPOP just times out once.)
+            start = _clock()
+            wait = self.RECHECK if deadline is None else min(self.RECHECK, max(0.0, deadline - start))
+            attempt, signal = self._attempt_and_wait(token, ttl_ms, lease_ms, mode + "p", signal_key, wait)
+            mode = self._mode + "qc"
+            if not isinstance(attempt, Exception):
+                home = 0
+                waited = attempt[0] == 0
+                fence = signal if waited else attempt[1]
+                if fence is not None and fence != b"0" and self._settle(int(fence), [0], start, drift):
+                    self._contended = waited
+                    return True
         while True:
             start = _clock()
             replies = self._run(self.ACQUIRE, self._keys, (token, ttl_ms, lease_ms, mode))
-            mode = self._mode + "qc"  # from now on we may be queued
             ok = {i: r for i, r in replies.items() if not isinstance(r, Exception)}
             won = [i for i, r in ok.items() if r[0] == 1]
             if len(won) >= self.quorum:
                 fence = max(int(ok[i][1]) for i in won)
                 if self._settle(fence, won, start, drift):
+                    self._contended = waited
                     return True
             elif won:
                 self._release_on(token, won)  # split vote: let others through, keep our place
+            mode = self._mode + "qc"  # from now on we may be queued
             if ok:
                 home = home if home in ok else min(ok)
             if not blocking:
                 self._give_up(token)
                 return False
+            waited = True
             now = _clock()
             if deadline is not None and now >= deadline:
                 self._give_up(token)
@@ -485,7 +484,22 @@ class Redlock:
                 # The releaser made us the holder before pushing: no extra
                 # round trip.  It happened after our last attempt was sent.
                 if self._settle(int(signal), [home], start, drift):
+                    self._contended = True
                     return True
+
+    def _attempt_and_wait(
+        self, token: str, ttl_ms: int, lease_ms: int, mode: str, signal_key: str, wait: float
+    ) -> tuple[Any, bytes | None]:
+        """ACQUIRE and a BLPOP on our signal in one write: (attempt's reply, signal or ``None``)."""
+        client = self.masters[0].get()
+        acquire = ("EVALSHA", self.ACQUIRE.sha, 2, *self._keys, token, ttl_ms, lease_ms, mode)
+        try:
+            attempt, popped = _receive(_send(client, [acquire, ("BLPOP", signal_key, max(wait, 0.001))]))
+        except redis.RedisError as e:
+            return e, None
+        if isinstance(popped, Exception) or popped is None:
+            return attempt, None
+        return attempt, popped[1]
 
     def _settle(self, fence: int, won: list[int], start: float, drift: float) -> bool:
         """Finish an acquisition held on *won*; ``False`` (and released) if it came too late."""
@@ -654,3 +668,47 @@ def _slot(master: Any) -> ClientSlot:
         return ClientSlot(lambda: client_from_url(url, **LOCK_CLIENT_OPTIONS))
     return ClientSlot(lambda: master, given=master)
 
+
+def _send(client: Any, commands: list[tuple[Any, ...]]) -> tuple[Any, Any, list[tuple[Any, ...]]]:
+    """Write *commands* to one connection in one go; :func:`_receive` reads the replies.
+
+    The connection comes from the client's pool and goes back after
+    :func:`_receive`.  A cluster client has no single connection: its
+    commands are run (routed by key) when the replies are asked for.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return (client, None, commands)
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands))
+    except BaseException:
+        pool.release(conn)
+        raise
+    return (client, conn, commands)
+
+
+def _receive(pending: tuple[Any, Any, list[tuple[Any, ...]]]) -> list[Any]:
+    """Replies to :func:`_send`'s commands; an error reply is returned as its exception."""
+    client, conn, commands = pending
+    replies: list[Any] = []
+    if conn is None:
+        for command in commands:
+            try:
+                replies.append(client.execute_command(*command))
+            except redis.ResponseError as e:
+                replies.append(e)
+        return replies
+    try:
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as e:
+                replies.append(e)
+    except BaseException:
+        # Replies may be left unread on the socket: never reuse it.
+        conn.disconnect()
+        raise
+    finally:
+        client.connection_pool.release(conn)
+    return replies

@@ -54,7 +54,9 @@ class Watchdog:
         self._autostart = autostart
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, int]] = []
-        self._locks: dict[int, weakref.ref[Renewable]] = {}
+        # id(lock) -> (weak reference, sequence number of its live heap entry);
+        # heap entries with another number are left over from earlier holds.
+        self._locks: dict[int, tuple[weakref.ref[Renewable], int]] = {}
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
@@ -63,11 +65,12 @@ class Watchdog:
         key = id(lock)
         due = _clock() + delay
         with self._cond:
-            self._locks[key] = weakref.ref(lock)
+            seq = next(self._seq)
+            self._locks[key] = (weakref.ref(lock), seq)
             # The thread sleeps until the earliest entry: wake it only when
             # this one comes sooner, so a short hold costs no thread switch.
             sooner = not self._heap or due < self._heap[0][0]
-            heapq.heappush(self._heap, (due, next(self._seq), key))
+            heapq.heappush(self._heap, (due, seq, key))
             if self._autostart and self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fleche-redis-watchdog", daemon=True)
                 self._thread.start()
@@ -77,14 +80,14 @@ class Watchdog:
     def unwatch(self, lock: Renewable) -> None:
         """Stop renewing *lock* (its heap entries are skipped when they come due)."""
         with self._cond:
-            ref = self._locks.get(id(lock))
-            if ref is not None and ref() is lock:
+            entry = self._locks.get(id(lock))
+            if entry is not None and entry[0]() is lock:
                 del self._locks[id(lock)]
 
     def watching(self, lock: Renewable) -> bool:
         with self._cond:
-            ref = self._locks.get(id(lock))
-            return ref is not None and ref() is lock
+            entry = self._locks.get(id(lock))
+            return entry is not None and entry[0]() is lock
 
     def __len__(self) -> int:
         with self._cond:
@@ -100,13 +103,13 @@ class Watchdog:
         # Entries of unwatched or collected locks stay in the heap until
         # they reach the top; removing them from the middle would cost O(n).
         while self._heap:
-            _, _, key = self._heap[0]
-            ref = self._locks.get(key)
-            if ref is not None and ref() is not None:
-                return
+            _, seq, key = self._heap[0]
+            entry = self._locks.get(key)
+            if entry is not None and entry[1] == seq:
+                if entry[0]() is not None:
+                    return
+                del self._locks[key]  # the lock object was dropped while held
             heapq.heappop(self._heap)
-            if ref is not None:
-                del self._locks[key]
 
     def tick(self) -> int:
         """Renew every lock that is due now; return how many were renewed.
@@ -114,31 +117,33 @@ class Watchdog:
         The network calls run outside the schedule's lock so ``watch`` and
         ``unwatch`` never wait for Redis.
         """
-        due: list[tuple[int, Renewable]] = []
+        due: list[tuple[int, int, Renewable]] = []
         now = _clock()
         with self._cond:
             while self._heap:
                 self._drop_stale()
                 if not self._heap or self._heap[0][0] > now:
                     break
-                _, _, key = heapq.heappop(self._heap)
-                lock = self._locks[key]()
+                _, seq, key = heapq.heappop(self._heap)
+                lock = self._locks[key][0]()
                 if lock is not None:
-                    due.append((key, lock))
-        for key, lock in due:
+                    due.append((key, seq, lock))
+        for key, seq, lock in due:
             try:
                 delay = lock._renew()
             except Exception:  # a bug in one lock must not stop renewing the others
                 logger.exception("renewing %r failed", lock)
                 delay = None
             with self._cond:
-                ref = self._locks.get(key)
-                if ref is None or ref() is not lock:
-                    continue  # released while we were renewing it
+                entry = self._locks.get(key)
+                if entry is None or entry[1] != seq:
+                    continue  # released (and maybe taken again) while we were renewing it
                 if delay is None:
                     del self._locks[key]
                 else:
-                    heapq.heappush(self._heap, (_clock() + delay, next(self._seq), key))
+                    seq = next(self._seq)
+                    self._locks[key] = (entry[0], seq)
+                    heapq.heappush(self._heap, (_clock() + delay, seq, key))
         return len(due)
 
     def _run(self) -> None:
