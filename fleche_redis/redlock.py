@@ -216,7 +216,7 @@ class Redlock:
           end
         end
         if not holder then
-          redis.call('SET', lock, token, 'PX', ARGV[2])
+          redis.call('SET', lock, token, 'NX', 'PX', ARGV[2])
           if string.find(mode, 'c', 2, true) then
             redis.call('DEL', alive, signal)
             redis.call('LREM', queue, 0, token)

@@ -15,9 +15,10 @@ has a thread parked on a condition variable (started on first use).
 After ``fork()`` the child gets a fresh, empty watchdog: threads do not
 survive a fork, and a child must never extend its parent's locks.
 
-Timing is read from the module-level ``_clock``, which tests replace, and
-:meth:`Watchdog.tick` runs one round by hand so scheduling is tested
-without a thread and without sleeping.
+Each watchdog reads its own clock (``time.monotonic`` unless given one),
+and :meth:`Watchdog.tick` runs one round by hand, so tests drive a
+watchdog of their own with a fake clock, without a thread and without
+sleeping, while the process's shared one keeps real time.
 """
 
 from __future__ import annotations
@@ -29,13 +30,12 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 logger = logging.getLogger("fleche_redis.watchdog")
 
 __all__ = ["Watchdog", "Renewable", "shared"]
-
-_clock = time.monotonic
 
 
 class Renewable(Protocol):
@@ -50,8 +50,9 @@ class Watchdog:
     (tests, with a fake clock).
     """
 
-    def __init__(self, *, autostart: bool = True) -> None:
+    def __init__(self, *, autostart: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self._autostart = autostart
+        self._clock = clock
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, int]] = []
         # id(lock) -> (weak reference, sequence number of its live heap entry);
@@ -59,22 +60,22 @@ class Watchdog:
         self._locks: dict[int, tuple[weakref.ref[Renewable], int]] = {}
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._wake_at = float("-inf")  # when the sleeping thread will look again (-inf: awake)
 
     def watch(self, lock: Renewable, delay: float) -> None:
         """Renew *lock* in *delay* seconds, and then as often as it asks."""
         key = id(lock)
-        due = _clock() + delay
+        due = self._clock() + delay
         with self._cond:
             seq = next(self._seq)
             self._locks[key] = (weakref.ref(lock), seq)
-            # The thread sleeps until the earliest entry: wake it only when
-            # this one comes sooner, so a short hold costs no thread switch.
-            sooner = not self._heap or due < self._heap[0][0]
             heapq.heappush(self._heap, (due, seq, key))
             if self._autostart and self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fleche-redis-watchdog", daemon=True)
                 self._thread.start()
-            elif sooner:
+            elif due < self._wake_at:
+                # Only when the thread would look too late: a short hold
+                # (watched and unwatched before it is due) costs no thread switch.
                 self._cond.notify()
 
     def unwatch(self, lock: Renewable) -> None:
@@ -118,7 +119,7 @@ class Watchdog:
         ``unwatch`` never wait for Redis.
         """
         due: list[tuple[int, int, Renewable]] = []
-        now = _clock()
+        now = self._clock()
         with self._cond:
             while self._heap:
                 self._drop_stale()
@@ -143,17 +144,22 @@ class Watchdog:
                 else:
                     seq = next(self._seq)
                     self._locks[key] = (entry[0], seq)
-                    heapq.heappush(self._heap, (_clock() + delay, seq, key))
+                    heapq.heappush(self._heap, (self._clock() + delay, seq, key))
         return len(due)
+
+    IDLE: float = 1.0
+    """Seconds the thread sleeps when nothing is due (so new locks rarely need a wake-up)."""
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 due = self.next_due_locked()
-                wait = None if due is None else due - _clock()
-                if wait is None or wait > 0:
+                now = self._clock()
+                if due is None or due > now:
                     # Bounded, so a replaced clock cannot park the thread for long.
-                    self._cond.wait(None if wait is None else min(wait, 5.0))
+                    self._wake_at = now + self.IDLE if due is None else min(due, now + 5.0)
+                    self._cond.wait(self._wake_at - now)
+                    self._wake_at = float("-inf")
                     continue
             self.tick()
 

@@ -31,18 +31,17 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch):
-    """Replace the clocks of the lock modules (redis-py ``lock.py`` style)."""
+    """Replace the lock primitive's clock (redis-py ``lock.py`` style)."""
     fake = FakeClock()
     monkeypatch.setattr(redlock, "_clock", fake)
     monkeypatch.setattr(redlock, "_sleep", fake.sleep)
-    monkeypatch.setattr(watchdog, "_clock", fake)
     return fake
 
 
 @pytest.fixture
-def manual_watchdog():
-    """A watchdog without a thread: the test calls ``tick()``."""
-    return watchdog.Watchdog(autostart=False)
+def manual_watchdog(clock):
+    """A watchdog on the fake clock, without a thread: the test calls ``tick()``."""
+    return watchdog.Watchdog(autostart=False, clock=clock)
 
 
 @pytest.fixture
