@@ -214,6 +214,23 @@ class _DistributedLocking(OperationContext):
             )
         object.__setattr__(self, "_lock_state", _LockState())
 
+    def lock_config(self) -> dict[str, Any]:
+        """The lock fields as TOML-safe configuration.
+
+        For the ``to_config`` of a composition registered with
+        ``fleche.storage.register_storage`` (see the README)::
+
+            def to_config(self):
+                return {**super().to_config(), **self.lock_config(), "type": "redis-locked"}
+        """
+        return {
+            "lock_urls": list(self.lock_urls),
+            "lock_ttl": self.lock_ttl,
+            "lock_timeout": self.lock_timeout,
+            "lock_namespace": self.lock_namespace,
+            "lock_reads": self.lock_reads,
+        }
+
     # -- which servers, which key ---------------------------------------------------
 
     def _lock_masters(self) -> tuple[tuple[ClientSlot, ...], Any]:

@@ -16,6 +16,7 @@ from fleche.storage import CallPickleFile, ValuePickleFile
 from fleche.storage.base import Intent
 from fleche.storage.thread_safe import PerKeyLockMixin as FlechePerKeyLockMixin
 from fleche_redis import (
+    CallRedis,
     LockError,
     LockTimeout,
     PerKeyLockMixin,
@@ -110,6 +111,26 @@ def test_lock_fields_are_keyword_only_config_and_pickle_with_the_storage(redis_s
     assert copy == files and hash(copy) == hash(files)
     key = copy.save("x")
     assert copy.load(key) == "x"
+
+
+@dataclass(frozen=True)
+class ConfiguredLockedCallRedis(PerKeyLockMixin, CallRedis):
+    def to_config(self):
+        return {**super().to_config(), **self.lock_config(), "type": "redis-locked-test"}
+
+
+def test_a_registered_composition_round_trips_through_fleche_config(redis_server, namespace):
+    from fleche.config import storage_from_config, storage_to_config
+    from fleche.storage import register_storage
+
+    register_storage("redis-locked-test", kind="call")(ConfiguredLockedCallRedis)
+    config = {"type": "redis-locked-test", "url": redis_server.url, "namespace": namespace,
+              "lock_ttl": 3.0, "lock_urls": [redis_server.url]}
+    calls = storage_from_config(config, "call")
+    assert isinstance(calls, ConfiguredLockedCallRedis) and calls.lock_urls == (redis_server.url,)
+    again = storage_to_config(calls)
+    assert again["lock_ttl"] == 3.0 and again["lock_urls"] == [redis_server.url]
+    assert storage_from_config(again, "call") == calls
 
 
 def test_storages_without_a_redis_of_their_own_need_lock_urls(tmp_path):
