@@ -11,14 +11,18 @@ from .backend import DEFAULT_URL, CallRedis, RedisBackend, ValueRedis
 from .errors import (
     FlecheRedisError,
     InvalidDigestError,
+    LockError,
+    LockLost,
+    LockNotOwned,
+    LockTimeout,
+    LockUnavailable,
     RedisStorageError,
     StorageUnavailable,
     UndecodableEntry,
 )
-from .errors import LockError, LockLost, LockNotOwned, LockTimeout, LockUnavailable
-from .keys import KeyLayout
+from .keys import KeyLayout, lock_key
 from .locks import PerKeyLockMixin, SerializingMixin
-from .redlock import Redlock, lock_key
+from .redlock import Redlock
 
 __version__ = "0.1.0"
 

@@ -2,51 +2,26 @@
 
 ::
 
-    from fleche_redis import Redlock, lock_key
-
     lock = Redlock(lock_key("nightly-report"), ["redis://cache-host:6379/0"], ttl=10)
     with lock:
         write_report(fence=lock.fencing_token)
 
-What it promises, and how:
+* Exclusion: ``SET NX PX`` with a random token on every master at once
+  (:mod:`fleche_redis.fanout`), held once a quorum ``N // 2 + 1`` accepted
+  and ``ttl - elapsed - drift`` is still positive.
+* Waiting is pushed, not polled: a waiter queues its token and blocks on a
+  signal list of its own.  On one master the release script makes the
+  oldest live waiter the holder (strict FIFO, nobody barges); with several
+  masters, whose queues may disagree, it only wakes the oldest and a split
+  vote backs off randomly.  A waiter re-checks after ``RECHECK`` seconds or
+  when the holder's lease ends, so a lost wakeup or a crash costs little.
+* Fencing tokens strictly increase, across restarts too (see ``_LUA``).
+* Release keeps the token until a quorum confirmed; retry after
+  :class:`LockUnavailable`.  The watchdog (:mod:`fleche_redis.watchdog`)
+  renews held locks and flags lost ones (:class:`LockLost` at release).
+  A forked child never renews or releases its parent's locks.
 
-* **Exclusion.**  ``SET NX PX`` with a random token on every master at once
-  (all requests are written before any reply is read, so N masters cost
-  one round trip of latency and no threads), held when a quorum
-  ``N // 2 + 1`` accepted and the validity ``ttl - elapsed - drift`` is
-  still positive.  Release and extend compare the token before acting, in
-  Lua, so nobody releases a lock they do not hold.
-* **Push wakeup and fairness.**  A waiter queues its token in a Redis list
-  and blocks on a signal list of its own (``BLPOP``).  On one master the
-  releasing script hands the lock straight to the oldest live waiter and
-  pushes the new fencing token onto its signal, so the waiter owns the lock
-  the moment it wakes and nobody can barge in: strict FIFO.  With several
-  masters the queues of independent servers may disagree on the order, so
-  a release only wakes the oldest waiter and it competes normally (no
-  starvation guarantee there).  A waiter never blocks longer than
-  ``RECHECK`` seconds or past the holder's lease, then checks again: a lost
-  wakeup or a crashed holder costs at most that.  Waiters keep a lease
-  (``WAITER_LEASE``); a dead waiter is skipped once it runs out.
-* **Fencing tokens.**  Every acquisition gets a number greater than every
-  earlier holder's, from a counter per hash slot that starts from the
-  server clock in microseconds, so it keeps increasing across a server
-  restart that lost the counter.  With several masters the token is the
-  largest counter of the quorum, and before ``acquire`` returns that value
-  is written back as a floor on a quorum, so any later quorum sees it.
-* **Release never forgets the token early.**  The token is dropped only
-  after every master answered; a release interrupted by a network error
-  raises :class:`LockUnavailable` and can be called again.
-* **Watchdog.**  With ``auto_renew`` the process's single renewer thread
-  (:mod:`fleche_redis.watchdog`) extends the lock every ``ttl / 3`` while it
-  is held.  A renewal that finds the lock gone marks it :attr:`lost`, and
-  ``release`` then raises :class:`LockLost`.
-* **Fork safety.**  A child process sees its parent's held locks as not its
-  own: ``release`` there forgets them without touching Redis, and the
-  child's watchdog never renews them.
-* **Redis Cluster.**  Every key of a lock carries the lock's hash tag, so
-  a master may be a ``redis+cluster://`` URL.
-
-Keys of a lock named ``ns:{tag}:rest`` (all in the tag's slot)::
+Keys of a lock named ``ns:{tag}:rest``, all in the tag's hash slot::
 
     ns:{tag}:rest               the lock: holder's token, PX ttl
     ns:{tag}:rest:q             waiting tokens, oldest first
@@ -54,9 +29,8 @@ Keys of a lock named ``ns:{tag}:rest`` (all in the tag's slot)::
     ns:{tag}:rest:s:<token>     a waiter's signal list
     ns:{tag}:fence              fencing counter shared by the slot's locks
 
-The lock is not reentrant; :mod:`fleche_redis.locks` adds reentrancy and
-in-process exclusion on top.  ``_clock`` and ``_sleep`` are module-level
-names so tests can replace them.
+Not reentrant: :mod:`fleche_redis.locks` adds reentrancy and in-process
+exclusion.  ``_clock`` and ``_sleep`` are module-level so tests replace them.
 """
 
 from __future__ import annotations
@@ -70,12 +44,12 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import redis
-from redis.exceptions import NoScriptError
 
 from . import watchdog as _watchdog
 from .connection import ClientSlot, client_from_url, fork_generation
 from .errors import LockError, LockLost, LockNotOwned, LockTimeout, LockUnavailable
-from .keys import check_namespace
+from .fanout import receive, run_script, send
+from .keys import lock_key, lock_tag_end
 from .scripts import LuaScript
 
 logger = logging.getLogger("fleche_redis.redlock")
@@ -94,31 +68,11 @@ waiter's ``BLPOP`` is never cut short).
 """
 
 
-def lock_key(name: str, namespace: str = "fleche") -> str:
-    """The Redis key of an application lock called *name*: ``<namespace>:{<name>}``."""
-    check_namespace(namespace)
-    if not name or "{" in name or "}" in name:
-        raise ValueError(f"lock name {name!r} must be non-empty and free of braces")
-    return f"{namespace}:{{{name}}}"
-
-
-def _tag_end(name: str) -> int:
-    """Index just past the hash tag that follows the namespace, or raise ``ValueError``."""
-    start = name.find(":{")
-    end = name.find("}", start + 2)
-    if start <= 0 or end == -1 or end == start + 2:
-        raise ValueError(
-            f"lock key {name!r} needs the form '<namespace>:{{<tag>}}...': keys must start with "
-            "the namespace (ACL confinement) and carry a hash tag (Redis Cluster); see lock_key()"
-        )
-    return end + 1
-
-
 # Shared by the scripts below.  ``fence`` is strictly increasing per counter;
 # a counter that is new (or was lost with a restart) starts again from the
 # server clock in microseconds, above every token drawn before (exact in a
 # Lua double until the year 2255).
-_LUA_HELPERS = """
+_LUA = """
 local function fence(counter)
   local n = redis.call('INCR', counter)
   if n < 1000000000000000 then
@@ -181,7 +135,7 @@ class Redlock:
     """
 
     ACQUIRE: ClassVar[LuaScript] = LuaScript(
-        _LUA_HELPERS
+        _LUA
         + """
         -- KEYS[1] lock, KEYS[2] fencing counter (same slot; the queue, leases
         -- and signals are the lock's name plus ':q', ':a:<token>', ':s:<token>')
@@ -236,7 +190,7 @@ class Redlock:
     """Try to take the lock; queue the caller otherwise."""
 
     RELEASE: ClassVar[LuaScript] = LuaScript(
-        _LUA_HELPERS
+        _LUA
         + """
         -- KEYS as ACQUIRE
         -- ARGV[1] token, ARGV[2] mode: 'f' fair hand-over or 'w' wake only,
@@ -308,7 +262,7 @@ class Redlock:
         auto_renew: bool = True,
         watchdog: _watchdog.Watchdog | None = None,
     ) -> None:
-        tag_end = _tag_end(name)
+        tag_end = lock_tag_end(name)
         if ttl <= 0:
             raise ValueError(f"ttl must be positive, got {ttl}")
         if isinstance(masters, str):
@@ -324,7 +278,6 @@ class Redlock:
         self._watchdog = watchdog
         self._mode = "f" if len(self.masters) == 1 else "w"
         self._keys = (name, f"{name[:tag_end]}:fence")
-        self._counter = self._keys[1]
         self._mutex = threading.Lock()
         self._token: str | None = None
         self._held = False
@@ -368,29 +321,9 @@ class Redlock:
     # -- keys and transport -----------------------------------------------------
 
     def _run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any], which: Sequence[int] | None = None) -> dict[int, Any]:
-        """Run *script* on the chosen masters; reply or exception per master index.
-
-        Every request is written before any reply is read, so several
-        masters cost one round trip of latency, without threads.
-        """
+        """Run *script* on the chosen masters at once; reply or exception per master index."""
         which = range(len(self.masters)) if which is None else which
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        out: dict[int, Any] = {}
-        sent = {}
-        for i in which:
-            try:
-                sent[i] = _send(self.masters[i].get(), [command])
-            except redis.RedisError as e:
-                out[i] = e
-        for i, pending in sent.items():
-            try:
-                reply = _receive(pending)[0]
-                if isinstance(reply, NoScriptError):  # a fresh or flushed server: load it
-                    reply = _receive(_send(pending[0], [("EVAL", script.source, *command[2:])]))[0]
-            except redis.RedisError as e:
-                reply = e
-            out[i] = reply
-        return out
+        return run_script({i: self.masters[i] for i in which}, script, keys, args)
 
     # -- acquire ----------------------------------------------------------------
 
@@ -480,12 +413,11 @@ class Redlock:
             if deadline is not None:
                 wait = min(wait, deadline - now)
             signal = self._wait(home, signal_key, wait)
-            if signal is not None and signal != b"0":
-                # The releaser made us the holder before pushing: no extra
-                # round trip.  It happened after our last attempt was sent.
-                if self._settle(int(signal), [home], start, drift):
-                    self._contended = True
-                    return True
+            # A fencing token here means the releaser made us the holder
+            # before pushing (no extra round trip), after our last attempt.
+            if signal not in (None, b"0") and self._settle(int(signal), [home], start, drift):
+                self._contended = True
+                return True
 
     def _attempt_and_wait(
         self, token: str, ttl_ms: int, lease_ms: int, mode: str, signal_key: str, wait: float
@@ -494,7 +426,7 @@ class Redlock:
         client = self.masters[0].get()
         acquire = ("EVALSHA", self.ACQUIRE.sha, 2, *self._keys, token, ttl_ms, lease_ms, mode)
         try:
-            attempt, popped = _receive(_send(client, [acquire, ("BLPOP", signal_key, max(wait, 0.001))]))
+            attempt, popped = receive(send(client, [acquire, ("BLPOP", signal_key, max(wait, 0.001))]))
         except redis.RedisError as e:
             return e, None
         if isinstance(popped, Exception) or popped is None:
@@ -506,7 +438,7 @@ class Redlock:
         token = self._token
         assert token is not None
         if len(self.masters) > 1:
-            replies = self._run(self.RAISE_FENCE, (self._counter,), (fence,), which=won)
+            replies = self._run(self.RAISE_FENCE, (self._keys[1],), (fence,), which=won)
             if sum(1 for r in replies.values() if r == 1) < self.quorum:
                 self._release_on(token, won)
                 return False
@@ -668,47 +600,3 @@ def _slot(master: Any) -> ClientSlot:
         return ClientSlot(lambda: client_from_url(url, **LOCK_CLIENT_OPTIONS))
     return ClientSlot(lambda: master, given=master)
 
-
-def _send(client: Any, commands: list[tuple[Any, ...]]) -> tuple[Any, Any, list[tuple[Any, ...]]]:
-    """Write *commands* to one connection in one go; :func:`_receive` reads the replies.
-
-    The connection comes from the client's pool and goes back after
-    :func:`_receive`.  A cluster client has no single connection: its
-    commands are run (routed by key) when the replies are asked for.
-    """
-    pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        return (client, None, commands)
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command(conn.pack_commands(commands))
-    except BaseException:
-        pool.release(conn)
-        raise
-    return (client, conn, commands)
-
-
-def _receive(pending: tuple[Any, Any, list[tuple[Any, ...]]]) -> list[Any]:
-    """Replies to :func:`_send`'s commands; an error reply is returned as its exception."""
-    client, conn, commands = pending
-    replies: list[Any] = []
-    if conn is None:
-        for command in commands:
-            try:
-                replies.append(client.execute_command(*command))
-            except redis.ResponseError as e:
-                replies.append(e)
-        return replies
-    try:
-        for _ in commands:
-            try:
-                replies.append(conn.read_response())
-            except redis.ResponseError as e:
-                replies.append(e)
-    except BaseException:
-        # Replies may be left unread on the socket: never reuse it.
-        conn.disconnect()
-        raise
-    finally:
-        client.connection_pool.release(conn)
-    return replies

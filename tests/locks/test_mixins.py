@@ -15,6 +15,16 @@ from fleche.caches import Cache, Rejected
 from fleche.storage import CallPickleFile, ValuePickleFile
 from fleche.storage.base import Intent
 from fleche.storage.thread_safe import PerKeyLockMixin as FlechePerKeyLockMixin
+from lockworkers import (
+    LockedCache,
+    LockedCallRedis,
+    LockedPickle,
+    LockedValueRedis,
+    SerialCallRedis,
+    SerialPickle,
+    SerialValueRedis,
+)
+
 from fleche_redis import (
     CallRedis,
     LockError,
@@ -25,16 +35,6 @@ from fleche_redis import (
     ValueRedis,
 )
 from fleche_redis.testing.roundtrips import RoundTrips
-
-from lockworkers import (
-    LockedCache,
-    LockedCallRedis,
-    LockedPickle,
-    LockedValueRedis,
-    SerialCallRedis,
-    SerialPickle,
-    SerialValueRedis,
-)
 
 DIGEST = "3f" + "a9" * 31
 
@@ -147,14 +147,15 @@ def test_nested_same_key_contexts_cost_no_extra_round_trip(redis_server, namespa
     storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
     with storage._operation_context(DIGEST):
         pass  # connect and load the scripts outside the count
-    with RoundTrips() as once:
-        with storage._operation_context(DIGEST):
-            pass
-    with RoundTrips() as nested:
-        with storage._operation_context(DIGEST):
-            with storage._operation_context(DIGEST):
-                with storage._operation_context(DIGEST, intent=Intent.WRITE):
-                    pass
+    with RoundTrips() as once, storage._operation_context(DIGEST):
+        pass
+    with (
+        RoundTrips() as nested,
+        storage._operation_context(DIGEST),
+        storage._operation_context(DIGEST),  # nested in the first
+        storage._operation_context(DIGEST, intent=Intent.WRITE),
+    ):
+        pass
     assert once.count == nested.count == 2  # acquire + release, whatever the depth
     assert nested.commands == [b"EVALSHA", b"EVALSHA"]
 
@@ -198,9 +199,8 @@ def test_reads_take_no_distributed_lock_unless_asked(redis_server, namespace):
 
 def test_intent_read_acquires_nothing(redis_server, namespace):
     storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
-    with RoundTrips() as trips:
-        with storage._operation_context(DIGEST, intent=Intent.READ):
-            pass
+    with RoundTrips() as trips, storage._operation_context(DIGEST, intent=Intent.READ):
+        pass
     assert trips.count == 0
 
 
@@ -243,9 +243,8 @@ def test_prefix_normalisation_does_not_recurse_even_when_reads_lock(redis_server
     fkey = files.save("w")
     assert files.load(fkey[:6]) == "w"
     # A prefix naming nothing takes no lock and is a plain miss.
-    with RoundTrips() as trips:
-        with pytest.raises(KeyError):
-            strict.load("ffff")
+    with RoundTrips() as trips, pytest.raises(KeyError):
+        strict.load("ffff")
     assert b"EVALSHA" not in trips.commands
 
 
@@ -274,10 +273,8 @@ def test_serializing_mixin_holds_one_lock_per_namespace(redis_server, namespace,
     # Any key of either storage in the namespace waits for the one lock.
     assert _blocked_while_held(values, DIGEST, lambda: calls.evict(other_key))
     # Nested across the two storages on one thread: reentrant, one acquisition.
-    with RoundTrips() as trips:
-        with values._operation_context(DIGEST):
-            with calls._operation_context(other_key):
-                pass
+    with RoundTrips() as trips, values._operation_context(DIGEST), calls._operation_context(other_key):
+        pass
     assert trips.count == 2
     elsewhere = SerialValueRedis(url=redis_server.url, namespace=namespace + "-b")
     assert not _blocked_while_held(values, DIGEST, lambda: elsewhere.save("x"))
@@ -345,9 +342,8 @@ def test_a_lock_failure_never_makes_a_memoized_function_raise(redis_server, name
 
 def test_call_storage_refusals_are_rejected_with_the_lock_error_as_cause(redis_server, namespace):
     calls = SerialCallRedis(url=redis_server.url, namespace=namespace, lock_timeout=0.1)
-    with Redlock(calls._lock_name(None), [redis_server.url], ttl=30):
-        with pytest.raises(Rejected) as err:
-            calls.evict(DIGEST)
+    with Redlock(calls._lock_name(None), [redis_server.url], ttl=30), pytest.raises(Rejected) as err:
+        calls.evict(DIGEST)
     assert isinstance(err.value.__cause__, LockTimeout)
 
 
@@ -355,9 +351,8 @@ def test_a_value_storage_lock_failure_leaves_the_call_uncached(redis_server, nam
     values = SerialValueRedis(url=redis_server.url, namespace=namespace, lock_timeout=0.1)
     calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
     square, runs = _square_calls()
-    with Redlock(values._lock_name(None), [redis_server.url], ttl=30):
-        with state.cache(Cache(values=values, calls=calls)):
-            assert square(5) == 25
+    with Redlock(values._lock_name(None), [redis_server.url], ttl=30), state.cache(Cache(values=values, calls=calls)):
+        assert square(5) == 25
     assert runs == [5] and list(calls.list()) == []
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+from itertools import pairwise
 
+import lockworkers
 import pytest
 from redis.cluster import key_slot
 
-import lockworkers
-from fleche_redis import LockUnavailable, Redlock, lock_key
+from fleche_redis import LockError, LockUnavailable, Redlock, lock_key
 
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
@@ -83,7 +84,7 @@ def test_no_starvation_under_eight_way_contention(redis_server, namespace):
     assert min(counts) / max(counts) >= 0.5, counts
     fences = [int(f) for f in redis_server.client().lrange(log, 0, -1)]
     assert len(fences) == sum(counts)
-    assert all(b > a for a, b in zip(fences, fences[1:]))
+    assert all(b > a for a, b in pairwise(fences))
 
 
 def test_a_forked_child_never_releases_or_renews_its_parents_lock(redis_server, namespace):
@@ -138,7 +139,7 @@ def test_an_interrupted_release_keeps_the_token_and_can_be_retried(three_masters
     with pytest.raises(LockUnavailable):
         lock.release()
     assert not lock.held
-    with pytest.raises(Exception):
+    with pytest.raises(LockError):
         lock.acquire(blocking=False)  # the unconfirmed release must be finished first
     assert three_masters[0].client().get(name) is None  # the live master did release
     three_masters[1].restart()
@@ -157,7 +158,7 @@ def test_quorum_fencing_tokens_increase_across_processes(three_masters, namespac
     counts = [results.get(timeout=5)[1] for _ in range(3)]
     fences = [int(f) for f in three_masters[0].client().lrange(log, 0, -1)]
     assert len(fences) == sum(counts) > 0
-    assert all(b > a for a, b in zip(fences, fences[1:]))
+    assert all(b > a for a, b in pairwise(fences))
 
 
 def test_quorum_fencing_survives_a_lagging_master(three_masters, namespace):

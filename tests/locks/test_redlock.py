@@ -5,12 +5,13 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from itertools import pairwise
 
 import pytest
 from redis.cluster import key_slot
 
 from fleche_redis import LockError, LockLost, LockNotOwned, LockTimeout, Redlock, lock_key
-from fleche_redis.redlock import _tag_end
+from fleche_redis.keys import lock_tag_end as _tag_end
 
 
 @pytest.fixture(params=["fakeredis", "redis-server"])
@@ -63,9 +64,8 @@ def test_release_is_idempotent_and_release_of_a_free_lock_does_nothing(master, n
 
 def test_the_primitive_is_not_reentrant(master, namespace):
     lock = Redlock(lock_key("x", namespace), [master], ttl=5)
-    with lock:
-        with pytest.raises(LockError):
-            lock.acquire(blocking=False)
+    with lock, pytest.raises(LockError):
+        lock.acquire(blocking=False)
     with pytest.raises(LockNotOwned):
         lock.extend()
 
@@ -76,7 +76,7 @@ def test_fencing_tokens_strictly_increase_across_holders(master, namespace):
     for _ in range(20):
         with Redlock(name, [master], ttl=5) as lock:
             tokens.append(lock.fencing_token)
-    assert all(b > a for a, b in zip(tokens, tokens[1:]))
+    assert all(b > a for a, b in pairwise(tokens))
 
 
 def test_timeout_raises_a_lock_error_carrying_the_name(master, namespace, clock):
