@@ -102,8 +102,8 @@ def _available(c: Contender) -> bool:
 # -- measurements -----------------------------------------------------------------------
 
 
-def uncontended(c: Contender, urls: list[str], n: int) -> float:
-    """p50 seconds of one acquire + release."""
+def uncontended(c: Contender, urls: list[str], n: int) -> list[float]:
+    """Seconds of *n* acquire + release pairs, one sample each."""
     lock = c.factory("uncontended", urls)
     for _ in range(max(5, n // 20)):
         lock.acquire()
@@ -114,7 +114,7 @@ def uncontended(c: Contender, urls: list[str], n: int) -> float:
         lock.acquire()
         lock.release()
         samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    return samples
 
 
 def _handoff_waiter(c: Contender, urls: list[str], conn) -> None:
@@ -183,30 +183,44 @@ def _ms(seconds: float) -> str:
 
 
 def run(smoke: bool) -> str:
-    n, rounds, seconds = (20, 3, 0.3) if smoke else (2000, 60, 3.0)
+    n, rounds, seconds, passes = (20, 3, 0.3, 1) if smoke else (2000, 60, 3.0, 3)
     servers = [RedisServer.start() for _ in range(3)]
     try:
         urls = [s.url for s in servers]
         version = servers[0].client().info("server")["redis_version"]
-        rows = []
-        figures: dict[str, tuple[float, float, float, float, float]] = {}
-        for c in CONTENDERS:
-            if not _available(c):
-                rows.append(f"| {c.label} | not installed | | | | |")
-                continue
-            use = urls[: c.masters]
-            for s in servers:
-                s.client().flushall()  # our own private servers
-            u = uncontended(c, use, n)
-            h = handoff(c, use, rounds)
-            h50, h90 = statistics.median(h), statistics.quantiles(h, n=10)[-1] if len(h) > 1 else h[0]
-            tput, fair = throughput(c, use, seconds)
-            figures[c.label] = (u, h50, h90, tput, fair)
-            rows.append(f"| {c.label} | {_us(u)} | {_ms(h50)} | {_ms(h90)} | {tput:,.0f} acq/s | {fair:.2f} |")
-            print(rows[-1], flush=True)
+        present = [c for c in CONTENDERS if _available(c)]
+        lat = {c.label: [] for c in present}
+        hand = {c.label: [] for c in present}
+        tput = {c.label: [] for c in present}
+        # Each measurement runs in passes that alternate between the locks, so
+        # a change in the machine's load during the run hits every row alike.
+        for _ in range(passes):
+            for c in present:
+                lat[c.label] += uncontended(c, urls[: c.masters], n // passes)
+        for _ in range(passes):
+            for c in present:
+                hand[c.label] += handoff(c, urls[: c.masters], rounds // passes)
+        for _ in range(passes):
+            for c in present:
+                tput[c.label].append(throughput(c, urls[: c.masters], seconds / passes))
     finally:
         for s in servers:
             s.close()
+    rows, figures = [], {}
+    for c in CONTENDERS:
+        if c not in present:
+            rows.append(f"| {c.label} | not installed | | | | |")
+            continue
+        h = hand[c.label]
+        f = (
+            statistics.median(lat[c.label]),
+            statistics.median(h),
+            statistics.quantiles(h, n=10)[-1] if len(h) > 1 else h[0],
+            statistics.mean(t for t, _ in tput[c.label]),
+            statistics.median(f for _, f in tput[c.label]),
+        )
+        figures[c.label] = f
+        rows.append(f"| {c.label} | {_us(f[0])} | {_ms(f[1])} | {_ms(f[2])} | {f[3]:,.0f} acq/s | {f[4]:.2f} |")
     table = "\n".join(
         [
             "| lock | uncontended acquire+release (p50) | handoff p50 | handoff p90 "
@@ -215,12 +229,15 @@ def run(smoke: bool) -> str:
             *rows,
         ]
     )
-    verdicts = _verdicts(figures)
+    sizes = "SMOKE sizes, not figures" if smoke else (
+        f"{n} uncontended pairs, {rounds} handoffs, {seconds:.0f} s of contention per lock, "
+        f"in {passes} alternating passes"
+    )
     note = (
         f"Measured {time.strftime('%Y-%m-%d')} on {_cpus()} core(s), loopback Redis {version}, "
-        f"Python {platform.python_version()}; {'SMOKE sizes, not figures' if smoke else f'{n} uncontended pairs, {rounds} handoffs, {seconds:.0f} s of contention'}."
+        f"Python {platform.python_version()}; {sizes}."
     )
-    return f"{note}\n\n{table}\n\n{TARGETS}\n\n{verdicts}\n"
+    return f"{note}\n\n{table}\n\n{TARGETS}\n\n{_verdicts(figures)}\n"
 
 
 def _cpus() -> int:

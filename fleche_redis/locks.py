@@ -285,7 +285,7 @@ class _DistributedLocking(OperationContext):
                     kl.depth -= 1
                 return
             deadline = _clock() + self.lock_timeout
-            if not kl.mutex.acquire(timeout=self.lock_timeout):
+            if not kl.mutex.acquire(timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)):
                 self._refuse(LockTimeout(
                     f"{name}: another thread of this process held it for {self.lock_timeout}s", name=name
                 ))
