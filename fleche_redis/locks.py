@@ -106,14 +106,13 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class _KeyLock:
-    """This process's side of one distributed lock: who holds it, how deep."""
+    """This process's side of one distributed lock: which thread holds it, who needs the entry."""
 
-    __slots__ = ("mutex", "owner", "depth", "users")
+    __slots__ = ("mutex", "owner", "users")
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
         self.owner: int | None = None
-        self.depth = 0
         self.users = 0
 
 
@@ -278,11 +277,7 @@ class _DistributedLocking(OperationContext):
             kl.users += 1
         try:
             if kl.owner == me:  # nested: this thread holds it already, no round trip
-                kl.depth += 1
-                try:
-                    yield
-                finally:
-                    kl.depth -= 1
+                yield
                 return
             deadline = _clock() + self.lock_timeout
             if not kl.mutex.acquire(timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)):
@@ -295,7 +290,7 @@ class _DistributedLocking(OperationContext):
                     lock.acquire(timeout=max(0.0, deadline - _clock()))
                 except LockError as e:
                     self._refuse(e)
-                kl.owner, kl.depth = me, 1
+                kl.owner = me
                 failed = False
                 try:
                     yield
@@ -303,7 +298,7 @@ class _DistributedLocking(OperationContext):
                     failed = True
                     raise
                 finally:
-                    kl.owner, kl.depth = None, 0
+                    kl.owner = None
                     try:
                         lock.release()
                     except LockError as e:
