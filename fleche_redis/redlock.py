@@ -315,6 +315,10 @@ class Redlock:
             return 0.0
         return max(0.0, self._valid_until - _clock())
 
+    def _drift(self, ttl: float) -> float:
+        # Clocks of client and servers may run at slightly different rates.
+        return ttl * self.DRIFT_FACTOR + 0.002
+
     def _renewer(self) -> _watchdog.Watchdog:
         return _watchdog.shared() if self._watchdog is None else self._watchdog
 
@@ -360,7 +364,7 @@ class Redlock:
         lease_ms = int(self.WAITER_LEASE * 1000)
         signal_key = f"{self.name}:s:{token}"
         mode = self._mode + ("q" if blocking else "")
-        drift = self.ttl * self.DRIFT_FACTOR + 0.002
+        drift = self._drift(self.ttl)
         home: int | None = None
         waited = False
         if blocking and self._contended and len(self.masters) == 1:
@@ -556,7 +560,7 @@ class Redlock:
         replies = self._run(self.EXTEND, (self.name,), (token, int(ttl * 1000)))
         yes = sum(1 for r in replies.values() if r == 1)
         no = sum(1 for r in replies.values() if r == 0)
-        drift = ttl * self.DRIFT_FACTOR + 0.002
+        drift = self._drift(ttl)
         with self._mutex:
             if self._token != token or not self._held:
                 return "released"
