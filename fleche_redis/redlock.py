@@ -226,16 +226,21 @@ class Redlock:
     )
     """Renew the lease if the token still holds the lock."""
 
-    RAISE_FENCE: ClassVar[LuaScript] = LuaScript(
+    SETTLE: ClassVar[LuaScript] = LuaScript(
         """
-        -- KEYS[1] fencing counter; ARGV[1] floor
-        -- Lifts the counter to at least the floor; returns 1.
-        local c = tonumber(redis.call('GET', KEYS[1]) or '0')
-        if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+        -- KEYS[1] lock, KEYS[2] fencing counter; ARGV[1] token, ARGV[2] fencing token
+        -- Several masters, after a quorum was won: lifts the counter to the
+        -- quorum's token, so every later quorum draws a larger one, and takes
+        -- the caller out of this master's queue (a stale head would be woken
+        -- in its place).  Returns 1.
+        local c = tonumber(redis.call('GET', KEYS[2]) or '0')
+        if c < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+        redis.call('LREM', KEYS[1] .. ':q', 0, ARGV[1])
+        redis.call('DEL', KEYS[1] .. ':a:' .. ARGV[1], KEYS[1] .. ':s:' .. ARGV[1])
         return 1
         """
     )
-    """Make a quorum's fencing token the floor for every later holder."""
+    """Make a quorum's fencing token the floor everywhere and leave every queue."""
 
     RECHECK: ClassVar[float] = 0.2
     """Longest a waiter blocks before checking again (bounds a lost wakeup)."""
@@ -442,7 +447,7 @@ class Redlock:
         token = self._token
         assert token is not None
         if len(self.masters) > 1:
-            replies = self._run(self.RAISE_FENCE, (self._keys[1],), (fence,), which=won)
+            replies = self._run(self.SETTLE, self._keys, (token, fence))
             if sum(1 for r in replies.values() if r == 1) < self.quorum:
                 self._release_on(token, won)
                 return False

@@ -149,6 +149,27 @@ def test_an_interrupted_release_keeps_the_token_and_can_be_retried(three_masters
     lock.release()
 
 
+def test_a_quorum_winner_leaves_every_masters_queue(three_masters, namespace):
+    """Left queued on a master it did not win, it would be woken there instead of a real waiter."""
+    urls = [s.url for s in three_masters]
+    name = lock_key("leave", namespace)
+    holder = Redlock(name, urls, ttl=10)
+    holder.acquire()
+    waiter = Redlock(name, urls, ttl=10)
+    thread = threading.Thread(target=lambda: waiter.acquire(timeout=10))
+    thread.start()
+    clients = [s.client() for s in three_masters]
+    while not all(c.llen(f"{name}:q") for c in clients):
+        time.sleep(0.005)
+    holder.release()
+    thread.join(10)
+    assert waiter.held
+    for c in clients:
+        assert c.llen(f"{name}:q") == 0
+        assert not list(c.scan_iter(match=f"{name}:a:*"))
+    waiter.release()
+
+
 def test_quorum_fencing_tokens_increase_across_processes(three_masters, namespace):
     urls = [s.url for s in three_masters]
     name = lock_key("qfence", namespace)
