@@ -161,6 +161,7 @@ def test_a_quorum_winner_leaves_every_masters_queue(three_masters, namespace):
     clients = [s.client() for s in three_masters]
     while not all(c.llen(f"{name}:q") for c in clients):
         time.sleep(0.005)
+    clients[2].set(name, "someone-else", px=10_000)  # the waiter can win only the other two
     holder.release()
     thread.join(10)
     assert waiter.held
