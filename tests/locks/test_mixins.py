@@ -62,7 +62,7 @@ def _hold_in_thread(storage, key):
     return t, leave
 
 
-def _blocked_while_held(storage, hold_key, op, *, settle=0.3):
+def _blocked_while_held(storage, hold_key, op, *, settle=1.0):
     """Run *op* in a thread while another thread holds *hold_key*; was it held back?"""
     holder, leave = _hold_in_thread(storage, hold_key)
     done = threading.Event()
