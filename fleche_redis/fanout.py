@@ -9,6 +9,9 @@ single write.
 
 Replies come back as values, and an error reply as its exception object, so
 a caller counts answers per server instead of handling exceptions.
+:class:`~fleche_redis.scripts.LuaScript` called with a client is the
+one-server, one-command form of :func:`run_script`; this one splits its
+``EVALSHA`` (and ``EVAL`` fallback) into a write and a read so servers overlap.
 """
 
 from __future__ import annotations

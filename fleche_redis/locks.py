@@ -76,7 +76,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -91,7 +90,7 @@ from fleche.storage.base import AmbiguousDigestError, CallStorage, Intent, Opera
 from .backend import RedisBackend
 from .connection import ClientSlot, client_from_url
 from .errors import LockError, LockTimeout
-from .keys import KeyLayout, check_namespace
+from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
 from .redlock import LOCK_CLIENT_OPTIONS, Redlock
 
 logger = logging.getLogger("fleche_redis.locks")
@@ -99,7 +98,6 @@ logger = logging.getLogger("fleche_redis.locks")
 __all__ = ["PerKeyLockMixin", "SerializingMixin"]
 
 _clock = time.monotonic
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 # -- process-wide state ----------------------------------------------------------
@@ -351,7 +349,10 @@ class _DistributedLocking(OperationContext):
 def _lockable_digest(key: str) -> str:
     # Keys that are not digests (fleche refuses them a moment later) are
     # hashed so that braces or globs in them never reach a Redis key.
-    return key if _DIGEST.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()
+    try:
+        return check_digest(key)
+    except InvalidDigestError:
+        return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)
