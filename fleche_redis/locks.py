@@ -106,12 +106,15 @@ _clock = time.monotonic
 class _KeyLock:
     """This process's side of one distributed lock: which thread holds it, who needs the entry."""
 
-    __slots__ = ("mutex", "owner", "users")
+    __slots__ = ("mutex", "owner", "users", "redlock")
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
         self.owner: int | None = None
         self.users = 0
+        # Used only by the thread holding ``mutex``; kept while the entry
+        # lives so a busy key remembers that it is contended.
+        self.redlock: Redlock | None = None
 
 
 # Keyed by (lock servers, lock key), not by storage object: two storages on
@@ -283,7 +286,10 @@ class _DistributedLocking(OperationContext):
                     f"{name}: another thread of this process held it for {self.lock_timeout}s", name=name
                 ))
             try:
-                lock = Redlock(name, masters, ttl=self.lock_ttl)
+                lock = kl.redlock
+                if lock is None:
+                    lock = kl.redlock = Redlock(name, masters, ttl=self.lock_ttl)
+                lock.ttl = self.lock_ttl
                 try:
                     lock.acquire(timeout=max(0.0, deadline - _clock()))
                 except LockError as e:
@@ -300,6 +306,7 @@ class _DistributedLocking(OperationContext):
                     try:
                         lock.release()
                     except LockError as e:
+                        kl.redlock = None  # an unconfirmed release: leave it to expire
                         if failed:  # the operation's own error says more
                             logger.warning("%s (while handling another error)", e)
                         else:
