@@ -28,6 +28,7 @@ from lockworkers import (
 from fleche_redis import (
     CallRedis,
     LockError,
+    LockLost,
     LockTimeout,
     PerKeyLockMixin,
     Redlock,
@@ -298,6 +299,21 @@ def test_lock_errors_are_refusals_carrying_the_lock_name(redis_server, namespace
         holder.join(10)
     assert isinstance(err.value, SaveError) and isinstance(err.value, LockError)
     assert err.value.name == values._layout.key(DIGEST, "lock")
+
+
+def test_a_lock_lost_during_the_operation_is_reported_at_release(redis_server, namespace):
+    """The holder finds out: LockLost from a value storage, Rejected (caused by it) from a call storage."""
+    r = redis_server.client()
+    values = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    with pytest.raises(LockLost), values._operation_context(DIGEST):
+        r.set(values._layout.key(DIGEST, "lock"), "an intruder")  # expired and taken over
+    calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
+    with pytest.raises(Rejected) as err, calls._operation_context(DIGEST):
+        r.set(calls._layout.key(DIGEST, "lock"), "an intruder")
+    assert isinstance(err.value.__cause__, LockLost)
+    r.delete(values._layout.key(DIGEST, "lock"), calls._layout.key(DIGEST, "lock"))
+    values.evict(DIGEST)  # the same keys lock normally again
+    calls.evict(DIGEST)
 
 
 def _square_calls():
