@@ -2,7 +2,9 @@
 
 Importing this package registers storage type ``"redis"`` for values and
 calls, so ``fleche.toml`` files and :func:`fleche.config.cache_from_config`
-can name it.
+can name it.  :class:`Redlock` is a distributed lock, and
+:class:`PerKeyLockMixin` / :class:`SerializingMixin` put it in front of any
+fleche storage or cache (see :mod:`fleche_redis.locks`).
 """
 
 from . import maintenance
@@ -11,11 +13,18 @@ from .caches import RedisCache
 from .errors import (
     FlecheRedisError,
     InvalidDigestError,
+    LockError,
+    LockLost,
+    LockNotOwned,
+    LockTimeout,
+    LockUnavailable,
     RedisStorageError,
     StorageUnavailable,
     UndecodableEntry,
 )
-from .keys import KeyLayout
+from .keys import KeyLayout, lock_key
+from .locks import PerKeyLockMixin, SerializingMixin
+from .redlock import Redlock
 
 __version__ = "0.1.0"
 
@@ -32,4 +41,13 @@ __all__ = [
     "StorageUnavailable",
     "InvalidDigestError",
     "UndecodableEntry",
+    "Redlock",
+    "lock_key",
+    "PerKeyLockMixin",
+    "SerializingMixin",
+    "LockError",
+    "LockTimeout",
+    "LockUnavailable",
+    "LockNotOwned",
+    "LockLost",
 ]

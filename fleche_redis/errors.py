@@ -6,6 +6,10 @@ defined next to the code that detects them and re-exported here), a refusal
 to store is a :class:`fleche.storage.SaveError`.  Everything that goes wrong
 *in Redis* is a :class:`RedisStorageError` naming the operation and the
 server (password redacted), with the redis-py exception as ``__cause__``.
+
+Lock failures are :class:`LockError`; it is also a ``SaveError`` because a
+lock that cannot be taken is a refusal to write, and fleche already turns a
+value storage's ``SaveError`` into an uncached call instead of a crash.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ __all__ = [
     "InvalidDigestError",
     "UndecodableEntry",
     "SaveError",
+    "LockError",
+    "LockTimeout",
+    "LockUnavailable",
+    "LockNotOwned",
+    "LockLost",
 ]
 
 
@@ -58,4 +67,44 @@ class SaveRefused(SaveError, FlecheRedisError):
 
     With ``on_error="miss"`` every write that fails in Redis is one
     (``__cause__`` is the :class:`RedisStorageError`).
+    """
+
+
+# -- locks ---------------------------------------------------------------------
+
+
+class LockError(FlecheRedisError, SaveError):
+    """A distributed lock could not be taken, kept or released.
+
+    ``name`` is the Redis key of the lock, so a log line says which entry or
+    namespace was contended.
+    """
+
+    def __init__(self, message: str, *, name: str = "?") -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class LockTimeout(LockError):
+    """The blocking timeout ran out while another holder kept the lock."""
+
+
+class LockUnavailable(LockError):
+    """Fewer than a quorum of the lock's Redis servers answered.
+
+    Raised by ``acquire`` when the timeout runs out in that state, and by
+    ``release`` when some server could not confirm: the lock keeps its token,
+    so calling ``release`` again finishes the job.
+    """
+
+
+class LockNotOwned(LockError):
+    """``release`` or ``extend`` on a lock this object does not hold."""
+
+
+class LockLost(LockError):
+    """The lock expired or passed to someone else while this holder believed it held it.
+
+    Whatever the holder did after the loss was not protected; a resource
+    guarded with fencing tokens has already refused its stale writes.
     """

@@ -35,6 +35,8 @@ __all__ = [
     "check_digest",
     "check_prefix",
     "check_namespace",
+    "lock_key",
+    "lock_tag_end",
 ]
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -129,3 +131,26 @@ class KeyLayout:
     def key(self, digest: str, suffix: str) -> str:
         """A per-entry helper key (lock, lease, channel) in the entry's own slot."""
         return f"{self.namespace}:{self.tag(digest[:SHARD_CHARS])}:{suffix}:{digest}"
+
+
+# -- locks ---------------------------------------------------------------------
+
+
+def lock_key(name: str, namespace: str = "fleche") -> str:
+    """The Redis key of an application lock called *name*: ``<namespace>:{<name>}``."""
+    check_namespace(namespace)
+    if not name or "{" in name or "}" in name:
+        raise ValueError(f"lock name {name!r} must be non-empty and free of braces")
+    return f"{namespace}:{{{name}}}"
+
+
+def lock_tag_end(name: str) -> int:
+    """Index just past the hash tag that follows the namespace, or raise ``ValueError``."""
+    start = name.find(":{")
+    end = name.find("}", start + 2)
+    if start <= 0 or end == -1 or end == start + 2:
+        raise ValueError(
+            f"lock key {name!r} needs the form '<namespace>:{{<tag>}}...': keys must start with "
+            "the namespace (ACL confinement) and carry a hash tag (Redis Cluster); see lock_key()"
+        )
+    return end + 1

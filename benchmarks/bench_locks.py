@@ -1,0 +1,276 @@
+"""Distributed locks side by side: fleche-redis ``Redlock`` and the Redis lock peers.
+
+Every lock runs against the same private redis-server(s) started here, in one
+run, so the figures compare as ratios on whatever machine runs it:
+
+* uncontended: one process, acquire + release in a loop (p50 per pair);
+* handoff: a waiter process blocks in ``acquire`` while the holder holds;
+  time from the holder calling ``release`` to the waiter holding (p50, p90);
+* throughput: 4 processes acquire and release with zero hold time for a
+  few seconds; total acquisitions per second and fairness (fewest / most
+  acquisitions of one process).
+
+    python benchmarks/bench_locks.py            # full run, writes benchmarks/results/locks.md
+    python benchmarks/bench_locks.py --smoke    # tiny sizes: checks that it runs (CI)
+
+Peers (``pip install -e '.[bench]'``): redis-py ``Lock``, python-redis-lock,
+pottery ``Redlock``; a peer that is not installed is listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from fleche_redis import Redlock, lock_key
+from fleche_redis.testing import RedisServer
+
+CTX = multiprocessing.get_context("fork")
+RESULTS = Path(__file__).parent / "results" / "locks.md"
+
+TARGETS = """\
+Targets (issue #3): handoff p50 <= 1 ms; uncontended <= redis-py's;
+4-process throughput >= 1.2 x redis-py's; fairness >= 0.5."""
+
+
+@dataclass(frozen=True)
+class Contender:
+    label: str
+    masters: int  # how many servers it uses
+    factory: Callable[[str, list[str]], object]  # (lock name, urls) -> lock with acquire/release
+    needs: str | None = None  # module that must be importable
+
+
+def _ours(name: str, urls: list[str]) -> object:
+    return Redlock(lock_key(name, "bench"), urls, ttl=10)
+
+
+def _redis_py(name: str, urls: list[str]) -> object:
+    return redis.Redis.from_url(urls[0]).lock(f"bench:{name}", timeout=10)
+
+
+def _python_redis_lock(name: str, urls: list[str]) -> object:
+    import redis_lock
+
+    return redis_lock.Lock(redis.Redis.from_url(urls[0]), f"bench:{name}", expire=10)
+
+
+class _Pottery:
+    def __init__(self, name: str, urls: list[str]) -> None:
+        import pottery
+
+        self._lock = pottery.Redlock(
+            key=f"bench:{name}", masters={redis.Redis.from_url(u) for u in urls}, auto_release_time=10
+        )
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+CONTENDERS = [
+    Contender("fleche-redis Redlock, 1 master", 1, _ours),
+    Contender("fleche-redis Redlock, 3 masters", 3, _ours),
+    Contender("redis-py Lock", 1, _redis_py),
+    Contender("python-redis-lock", 1, _python_redis_lock, needs="redis_lock"),
+    Contender("pottery Redlock, 1 master", 1, _Pottery, needs="pottery"),
+    Contender("pottery Redlock, 3 masters", 3, _Pottery, needs="pottery"),
+]
+
+
+def _available(c: Contender) -> bool:
+    if c.needs is None:
+        return True
+    try:
+        __import__(c.needs)
+    except ImportError:
+        return False
+    return True
+
+
+# -- measurements -----------------------------------------------------------------------
+
+
+def uncontended(c: Contender, urls: list[str], n: int) -> list[float]:
+    """Seconds of *n* acquire + release pairs, one sample each."""
+    lock = c.factory("uncontended", urls)
+    for _ in range(max(5, n // 20)):
+        lock.acquire()
+        lock.release()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        lock.acquire()
+        lock.release()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def _handoff_waiter(c: Contender, urls: list[str], conn) -> None:
+    lock = c.factory("handoff", urls)
+    while conn.recv() is not None:
+        lock.acquire()
+        held = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+        lock.release()
+        conn.send(held)
+
+
+def handoff(c: Contender, urls: list[str], rounds: int) -> list[float]:
+    """Seconds from the holder's ``release`` call to the blocked waiter holding."""
+    holder = c.factory("handoff", urls)
+    ours, theirs = CTX.Pipe()
+    waiter = CTX.Process(target=_handoff_waiter, args=(c, urls, theirs))
+    waiter.start()
+    samples = []
+    try:
+        for _ in range(rounds):
+            holder.acquire()
+            ours.send("go")
+            time.sleep(0.03)  # the waiter is blocked in acquire by now
+            released = time.perf_counter()
+            holder.release()
+            samples.append(ours.recv() - released)
+    finally:
+        ours.send(None)
+        waiter.join(30)
+    return samples
+
+
+def _contend(c: Contender, urls: list[str], seconds: float, barrier, results) -> None:
+    lock = c.factory("throughput", urls)
+    barrier.wait()
+    count = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        lock.acquire()
+        lock.release()
+        count += 1
+    results.put(count)
+
+
+def throughput(c: Contender, urls: list[str], seconds: float, procs: int = 4) -> tuple[float, float]:
+    """(acquisitions per second, fewest / most acquisitions of one process)."""
+    barrier, results = CTX.Barrier(procs), CTX.Queue()
+    workers = [CTX.Process(target=_contend, args=(c, urls, seconds, barrier, results)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    counts = [results.get(timeout=seconds + 120) for _ in workers]
+    for w in workers:
+        w.join(30)
+    return sum(counts) / seconds, min(counts) / max(counts) if max(counts) else 0.0
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.0f} us"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.2f} ms"
+
+
+def run(smoke: bool) -> str:
+    n, rounds, seconds, passes = (20, 3, 0.3, 1) if smoke else (2000, 60, 3.0, 3)
+    servers = [RedisServer.start() for _ in range(3)]
+    try:
+        urls = [s.url for s in servers]
+        version = servers[0].client().info("server")["redis_version"]
+        present = [c for c in CONTENDERS if _available(c)]
+        lat = {c.label: [] for c in present}
+        hand = {c.label: [] for c in present}
+        tput = {c.label: [] for c in present}
+        # Each measurement runs in passes that alternate between the locks, so
+        # a change in the machine's load during the run hits every row alike.
+        for _ in range(passes):
+            for c in present:
+                lat[c.label] += uncontended(c, urls[: c.masters], n // passes)
+        for _ in range(passes):
+            for c in present:
+                hand[c.label] += handoff(c, urls[: c.masters], rounds // passes)
+        for _ in range(passes):
+            for c in present:
+                tput[c.label].append(throughput(c, urls[: c.masters], seconds / passes))
+    finally:
+        for s in servers:
+            s.close()
+    rows, figures = [], {}
+    for c in CONTENDERS:
+        if c not in present:
+            rows.append(f"| {c.label} | not installed | | | | |")
+            continue
+        h = hand[c.label]
+        f = (
+            statistics.median(lat[c.label]),
+            statistics.median(h),
+            statistics.quantiles(h, n=10)[-1] if len(h) > 1 else h[0],
+            statistics.mean(t for t, _ in tput[c.label]),
+            statistics.median(f for _, f in tput[c.label]),
+        )
+        figures[c.label] = f
+        rows.append(f"| {c.label} | {_us(f[0])} | {_ms(f[1])} | {_ms(f[2])} | {f[3]:,.0f} acq/s | {f[4]:.2f} |")
+    table = "\n".join(
+        [
+            "| lock | uncontended acquire+release (p50) | handoff p50 | handoff p90 "
+            "| 4 procs, zero hold | fairness (min/max) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    sizes = "SMOKE sizes, not figures" if smoke else (
+        f"{n} uncontended pairs, {rounds} handoffs, {seconds:.0f} s of contention per lock, "
+        f"in {passes} alternating passes"
+    )
+    note = (
+        f"Measured {time.strftime('%Y-%m-%d')} on {_cpus()} core(s), loopback Redis {version}, "
+        f"Python {platform.python_version()}; {sizes}."
+    )
+    return f"{note}\n\n{table}\n\n{TARGETS}\n\n{_verdicts(figures)}\n"
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def _verdicts(f: dict[str, tuple[float, float, float, float, float]]) -> str:
+    ours, peer = f.get("fleche-redis Redlock, 1 master"), f.get("redis-py Lock")
+    if ours is None or peer is None:
+        return ""
+    lines = [
+        ("handoff p50 <= 1 ms", ours[1] <= 1e-3, _ms(ours[1])),
+        ("uncontended <= redis-py", ours[0] <= peer[0], f"{_us(ours[0])} vs {_us(peer[0])}"),
+        ("throughput >= 1.2 x redis-py", ours[3] >= 1.2 * peer[3], f"{ours[3] / peer[3]:.2f} x"),
+        ("fairness >= 0.5", ours[4] >= 0.5, f"{ours[4]:.2f}"),
+    ]
+    return "\n".join(f"- {name}: {'met' if ok else 'NOT met'} ({value})" for name, ok, value in lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; only checks that it runs")
+    args = parser.parse_args(argv)
+    report = run(args.smoke)
+    print(report)
+    if not args.smoke:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text("# Distributed locks benchmark\n\n" + report)
+        print(f"written to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

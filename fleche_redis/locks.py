@@ -1,0 +1,414 @@
+"""Distributed counterparts of fleche's ``PerKeyLockMixin`` and ``SerializingMixin``.
+
+fleche's mixins in ``fleche.storage.thread_safe`` exclude the threads of one
+process.  These exclude every thread of every process that shares the lock
+servers, and compose the same way: they override
+``_operation_context(key, *, intent)`` and chain through ``super()``, so
+they go in front of any fleche storage or cache::
+
+    from dataclasses import dataclass
+    from fleche.caches import Cache
+    from fleche.storage import ValuePickleFile
+    from fleche_redis import CallRedis, PerKeyLockMixin, SerializingMixin, ValueRedis
+
+    @dataclass(frozen=True)
+    class LockedValueRedis(PerKeyLockMixin, ValueRedis): ...      # locks on the storage's Redis
+
+    @dataclass(frozen=True)
+    class LockedPickle(PerKeyLockMixin, ValuePickleFile): ...     # files on a shared filesystem
+
+    @dataclass(frozen=True)
+    class LockedCache(PerKeyLockMixin, Cache): ...                # the whole cache, per call key
+
+    values = LockedPickle(root="/shared/cache", lock_urls=("redis://lock-host:6379/0",))
+
+* :class:`PerKeyLockMixin` takes one lock per entry.  Next to a fleche-redis
+  storage the lock key sits in the entry's own hash slot
+  (``<namespace>:{c.3f}:lock:<digest>``), so a script can later touch lock
+  and record together; elsewhere it is ``<lock_namespace>:{lock.3f}:lock:<digest>``.
+  A short digest prefix is expanded *before* locking (without taking the
+  lock: expansion is a read), so ``evict("3fa9")`` and ``save(x)`` with
+  digest ``3fa9...`` exclude each other.  A prefix that names no entry, or
+  several, locks nothing: the operation it guards is a miss or an
+  ambiguity error anyway.
+* :class:`SerializingMixin` takes one lock per namespace,
+  ``<namespace>:{<namespace>}:lock``.
+
+Both are reentrant per thread and lock key: nested contexts (fleche nests
+them: ``CallMixin.save`` calls ``contains`` and ``evict``) cost no Redis
+round trip.  Other threads of the process wait on an in-process lock first
+and go to Redis after it, in turn with the other processes.
+
+**Reads take no distributed lock.**  fleche enters the hook with the
+default intent ``WRITE`` even from ``load``, but a lock around a read buys
+nothing here: fleche-redis reads and writes entries with single atomic
+commands and fleche's file storages replace files atomically, so a reader
+sees an entry before or after a write, never half of one.  A lock would add
+two round trips to every cache hit.  So ``load``, ``load_value``,
+``contains``, ``expand`` and ``shrink`` (and everything they call) pass
+straight through; ``Intent.READ`` acquires nothing, as upstream.  Set
+``lock_reads=True`` for a storage whose writes are not atomic.
+
+**A lock failure never fails a finished computation.**  The lock
+exceptions are :class:`fleche.storage.SaveError` subclasses (refusals).
+fleche turns a value storage's refusal into ``Rejected``, but lets a call
+storage's escape after the function body ran.  So in a call storage or a
+cache these mixins raise ``fleche.caches.Rejected`` instead (the
+:class:`~fleche_redis.errors.LockError` is its ``__cause__``): the memoized
+function returns its result uncached, fleche logs "Cache rejected save",
+and the result value already written is an orphan that ``Cache.gc()``
+reclaims.  The next call computes again.  The same holds when the watchdog
+finds, at release, that the lock was lost during the write.
+
+Configuration (keyword-only fields; ``lock_urls`` defaults to the storage's
+own Redis when composed with a fleche-redis storage, and is required
+otherwise)::
+
+    lock_urls = ("redis://a:6379/0", "redis://b:6379/0", "redis://c:6379/0")  # Redlock quorum
+    lock_ttl = 10.0        # seconds a crashed holder blocks the key; renewed while alive
+    lock_timeout = 30.0    # seconds a waiter blocks before the refusal
+    lock_namespace = "fleche"   # for storages without a namespace of their own
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from fleche.caches import BaseCache, Rejected
+from fleche.digest import DIGEST_LENGTH
+from fleche.storage.base import AmbiguousDigestError, CallStorage, Intent, OperationContext
+
+from .backend import RedisBackend
+from .connection import ClientSlot, client_from_url
+from .errors import LockError, LockTimeout
+from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
+from .redlock import LOCK_CLIENT_OPTIONS, Redlock
+
+logger = logging.getLogger("fleche_redis.locks")
+
+__all__ = ["PerKeyLockMixin", "SerializingMixin"]
+
+_clock = time.monotonic
+
+
+# -- process-wide state ----------------------------------------------------------
+
+
+class _KeyLock:
+    """This process's side of one distributed lock: which thread holds it, who needs the entry."""
+
+    __slots__ = ("mutex", "owner", "users", "redlock")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.owner: int | None = None
+        self.users = 0
+        # Used only by the thread holding ``mutex``; kept while the entry
+        # lives so a busy key remembers that it is contended.
+        self.redlock: Redlock | None = None
+
+
+# Keyed by (lock servers, lock key), not by storage object: two storages on
+# the same servers and key (a pickled copy, a value and a call storage under
+# SerializingMixin) are one lock, so nesting them stays reentrant.
+_table: dict[tuple[Any, str], _KeyLock] = {}
+_table_lock = threading.Lock()
+_url_slots: dict[str, ClientSlot] = {}
+
+
+def _reset_in_child() -> None:
+    # Locks taken by other threads of the parent would never be released here.
+    global _table, _table_lock, _url_slots
+    _table, _table_lock, _url_slots = {}, threading.Lock(), {}
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
+
+
+def _url_slot(url: str) -> ClientSlot:
+    """One client per lock URL per process, shared by every storage using it."""
+    slot = _url_slots.get(url)
+    if slot is None:
+        with _table_lock:
+            slot = _url_slots.setdefault(url, ClientSlot(partial(client_from_url, url, **LOCK_CLIENT_OPTIONS)))
+    return slot
+
+
+class _Bypass:
+    """Per-thread depth of operations that take no distributed lock (reads, prefix expansion)."""
+
+    __slots__ = ("local",)
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def __bool__(self) -> bool:
+        return getattr(self.local, "depth", 0) > 0
+
+    def __enter__(self) -> None:
+        self.local.depth = getattr(self.local, "depth", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.local.depth -= 1
+
+
+class _LockState:
+    """A storage's process-local lock state; pickles as a fresh one.
+
+    Storages cross process boundaries by pickle (fleche's own storages with
+    their ``__dict__``), and a lock's clients and thread-locals are only
+    meaningful in the process that made them.
+    """
+
+    def __init__(self) -> None:
+        self.bypass = _Bypass()
+        self.masters: tuple[ClientSlot, ...] | None = None
+        self.servers: Any = None
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return (_LockState, ())
+
+
+# -- the shared base -------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class _DistributedLocking(OperationContext):
+    lock_urls: tuple[str, ...] = ()
+    """Redis URLs of the lock servers: one, or 3/5 independent masters for a quorum."""
+    lock_ttl: float = 10.0
+    """Seconds a lock outlives a crashed holder; the watchdog renews it while the holder lives."""
+    lock_timeout: float = 30.0
+    """Seconds to wait for a lock before the operation is refused."""
+    lock_namespace: str = "fleche"
+    """Key prefix of the locks of storages that have no namespace of their own."""
+    lock_reads: bool = False
+    """Also lock ``load``/``contains``/``expand``/``shrink`` (for storages whose writes are not atomic)."""
+
+    _lock_state: _LockState = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self, *args: Any, **kwargs: Any) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent(*args, **kwargs)
+        urls = (self.lock_urls,) if isinstance(self.lock_urls, str) else tuple(self.lock_urls)
+        object.__setattr__(self, "lock_urls", urls)
+        if self.lock_ttl <= 0:
+            raise ValueError(f"lock_ttl must be positive, got {self.lock_ttl}")
+        if self.lock_timeout < 0:
+            raise ValueError(f"lock_timeout must not be negative, got {self.lock_timeout}")
+        check_namespace(self.lock_namespace)
+        if not urls and not isinstance(self, RedisBackend):
+            raise ValueError(
+                f"{type(self).__name__} needs lock_urls=('redis://host:6379/0',): only fleche-redis "
+                "storages have a Redis of their own to lock on"
+            )
+        object.__setattr__(self, "_lock_state", _LockState())
+
+    def lock_config(self) -> dict[str, Any]:
+        """The lock fields as TOML-safe configuration.
+
+        For the ``to_config`` of a composition registered with
+        ``fleche.storage.register_storage`` (see the README)::
+
+            def to_config(self):
+                return {**super().to_config(), **self.lock_config(), "type": "redis-locked"}
+        """
+        return {
+            "lock_urls": list(self.lock_urls),
+            "lock_ttl": self.lock_ttl,
+            "lock_timeout": self.lock_timeout,
+            "lock_namespace": self.lock_namespace,
+            "lock_reads": self.lock_reads,
+        }
+
+    # -- which servers, which key ---------------------------------------------------
+
+    def _lock_masters(self) -> tuple[tuple[ClientSlot, ...], Any]:
+        state = self._lock_state
+        if state.masters is None:
+            if self.lock_urls:
+                state.servers = self.lock_urls
+                state.masters = tuple(_url_slot(u) for u in self.lock_urls)
+            else:
+                assert isinstance(self, RedisBackend)
+                state.servers = ("storage", self.url, id(self.client) if self.client is not None else None)
+                state.masters = (self._slot,)
+        return state.masters, state.servers
+
+    def _lock_namespace(self) -> str:
+        return self.namespace if isinstance(self, RedisBackend) else self.lock_namespace
+
+    def _lock_name(self, key: Any) -> str | None:
+        """The Redis key of the lock guarding *key*, or ``None`` to lock nothing."""
+        raise NotImplementedError
+
+    # -- the hook -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _operation_context(self, key: Any, *, intent: Intent = Intent.WRITE) -> Iterator[None]:
+        name = None
+        if intent is not Intent.READ and not self._lock_state.bypass:
+            name = self._lock_name(key)
+        if name is None:
+            with super()._operation_context(key, intent=intent):
+                yield
+            return
+        with self._hold(name), super()._operation_context(key, intent=intent):
+            yield
+
+    @contextlib.contextmanager
+    def _hold(self, name: str) -> Iterator[None]:
+        masters, servers = self._lock_masters()
+        me = threading.get_ident()
+        entry = (servers, name)
+        with _table_lock:
+            kl = _table.get(entry)
+            if kl is None:
+                kl = _table[entry] = _KeyLock()
+            kl.users += 1
+        try:
+            if kl.owner == me:  # nested: this thread holds it already, no round trip
+                yield
+                return
+            deadline = _clock() + self.lock_timeout
+            if not kl.mutex.acquire(timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)):
+                self._refuse(LockTimeout(
+                    f"{name}: another thread of this process held it for {self.lock_timeout}s", name=name
+                ))
+            try:
+                lock = kl.redlock
+                if lock is None:
+                    lock = kl.redlock = Redlock(name, masters, ttl=self.lock_ttl)
+                lock.ttl = self.lock_ttl
+                try:
+                    lock.acquire(timeout=max(0.0, deadline - _clock()))
+                except LockError as e:
+                    self._refuse(e)
+                kl.owner = me
+                failed = False
+                try:
+                    yield
+                except BaseException:
+                    failed = True
+                    raise
+                finally:
+                    kl.owner = None
+                    try:
+                        lock.release()
+                    except LockError as e:
+                        kl.redlock = None  # an unconfirmed release: leave it to expire
+                        if failed:  # the operation's own error says more
+                            logger.warning("%s (while handling another error)", e)
+                        else:
+                            self._refuse(e)
+            finally:
+                kl.mutex.release()
+        finally:
+            # The module globals, not copies: after a fork they are the child's.
+            with _table_lock:
+                kl.users -= 1
+                if kl.users == 0 and _table.get(entry) is kl:
+                    del _table[entry]
+
+    def _refuse(self, error: LockError) -> None:
+        """Raise *error* as this storage's refusal (see the module docstring)."""
+        if isinstance(self, (CallStorage, BaseCache)):
+            raise Rejected(f"lock failure, call not recorded: {error}") from error
+        raise error
+
+    # -- reads pass through -------------------------------------------------------
+
+    def _reads(self) -> Any:
+        return contextlib.nullcontext() if self.lock_reads else self._lock_state.bypass
+
+    def load(self, key: Any) -> Any:
+        with self._reads():
+            return super().load(key)
+
+    def load_value(self, key: Any) -> Any:
+        """Caches only (``fleche.caches.Cache.load_value``); a read."""
+        with self._reads():
+            return super().load_value(key)
+
+    def contains(self, key: Any) -> bool:
+        with self._reads():
+            return super().contains(key)
+
+    def expand(self, key: Any) -> Any:
+        with self._reads():
+            return super().expand(key)
+
+    def shrink(self, *keys: Any) -> Any:
+        with self._reads():
+            return super().shrink(*keys)
+
+
+def _lockable_digest(key: str) -> str:
+    # Keys that are not digests (fleche refuses them a moment later) are
+    # hashed so that braces or globs in them never reach a Redis key.
+    try:
+        return check_digest(key)
+    except InvalidDigestError:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerKeyLockMixin(_DistributedLocking):
+    """One distributed lock per entry, across processes and hosts.
+
+    Place before the storage or cache class::
+
+        @dataclass(frozen=True)
+        class LockedCallRedis(PerKeyLockMixin, CallRedis): ...
+
+        calls = LockedCallRedis(url="redis://cache-host:6379/0", namespace="team-a")
+
+    The lock of entry ``3fa9...`` is ``team-a:{c.3f}:lock:3fa9...``, in the
+    entry's hash slot.  See :mod:`fleche_redis.locks` for what is locked
+    and what happens when a lock cannot be had.
+    """
+
+    def _lock_name(self, key: Any) -> str | None:
+        key = str(key)
+        if len(key) < DIGEST_LENGTH:
+            # Expanding is a read, so it takes no lock and cannot recurse
+            # into this hook; then the full key is locked.
+            with self._lock_state.bypass:
+                try:
+                    key = str(self.expand(key))
+                except (KeyError, AmbiguousDigestError):
+                    return None
+        digest = _lockable_digest(key)
+        if isinstance(self, RedisBackend):
+            return self._layout.key(digest, "lock")
+        return KeyLayout(self.lock_namespace, "lock").key(digest, "lock")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SerializingMixin(_DistributedLocking):
+    """One distributed lock per namespace: at most one operation at a time, anywhere.
+
+    For storages that cannot take concurrent writers at all.  Two storages
+    in one namespace share the lock, so nesting one inside the other on the
+    same thread stays reentrant::
+
+        @dataclass(frozen=True)
+        class SerialPickle(SerializingMixin, ValuePickleFile): ...
+
+        values = SerialPickle(root="/shared/cache", lock_urls=("redis://lock-host:6379/0",),
+                              lock_namespace="team-a")      # lock key team-a:{team-a}:lock
+    """
+
+    def _lock_name(self, key: Any) -> str | None:
+        ns = self._lock_namespace()
+        return f"{ns}:{{{ns}}}:lock"

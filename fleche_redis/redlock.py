@@ -1,0 +1,611 @@
+"""A distributed lock on one Redis server or a Redlock quorum of several.
+
+::
+
+    lock = Redlock(lock_key("nightly-report"), ["redis://cache-host:6379/0"], ttl=10)
+    with lock:
+        write_report(fence=lock.fencing_token)
+
+* Exclusion: ``SET NX PX`` with a random token on every master at once
+  (:mod:`fleche_redis.fanout`), held once a quorum ``N // 2 + 1`` accepted
+  and ``ttl - elapsed - drift`` is still positive.
+* Waiting is pushed, not polled: a waiter queues its token and blocks on a
+  signal list of its own.  On one master the release script makes the
+  oldest live waiter the holder (strict FIFO, nobody barges); with several
+  masters, whose queues may disagree, it only wakes the oldest and a split
+  vote backs off randomly.  A waiter re-checks after ``RECHECK`` seconds or
+  when the holder's lease ends, so a lost wakeup or a crash costs little.
+* Fencing tokens strictly increase, across restarts too (see ``_LUA``).
+* Release keeps the token until a quorum confirmed; retry after
+  :class:`LockUnavailable`.  The watchdog (:mod:`fleche_redis.watchdog`)
+  renews held locks and flags lost ones (:class:`LockLost` at release).
+  A forked child never renews or releases its parent's locks.
+
+Keys of a lock named ``ns:{tag}:rest``, all in the tag's hash slot::
+
+    ns:{tag}:rest               the lock: holder's token, PX ttl
+    ns:{tag}:rest:q             waiting tokens, oldest first
+    ns:{tag}:rest:a:<token>     a waiter's lease (value: its ttl in ms)
+    ns:{tag}:rest:s:<token>     a waiter's signal list
+    ns:{tag}:fence              fencing counter shared by the slot's locks
+
+Not reentrant: :mod:`fleche_redis.locks` adds reentrancy and in-process
+exclusion.  ``_clock`` and ``_sleep`` are module-level so tests replace them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import redis
+
+from . import watchdog as _watchdog
+from .connection import ClientSlot, client_from_url, fork_generation
+from .errors import LockError, LockLost, LockNotOwned, LockTimeout, LockUnavailable
+from .fanout import receive, run_script, send
+from .keys import lock_key, lock_tag_end
+from .scripts import LuaScript
+
+logger = logging.getLogger("fleche_redis.redlock")
+
+__all__ = ["Redlock", "lock_key", "LOCK_CLIENT_OPTIONS"]
+
+_clock = time.monotonic
+_sleep = time.sleep
+
+LOCK_CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
+"""Options of the clients a lock builds from URLs.
+
+Short timeouts: a master that hangs must cost a bounded part of the
+validity, never block an acquisition (socket_timeout > ``RECHECK``, so a
+waiter's ``BLPOP`` is never cut short).
+"""
+
+
+# Shared by the scripts below.  ``fence`` is strictly increasing per counter;
+# a counter that is new (or was lost with a restart) starts again from the
+# server clock in microseconds, above every token drawn before (exact in a
+# Lua double until the year 2255).
+_LUA = """
+local function fence(counter)
+  local n = redis.call('INCR', counter)
+  if n < 1000000000000000 then
+    local t = redis.call('TIME')
+    n = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('SET', counter, string.format('%.0f', n))
+  end
+  return string.format('%.0f', n)
+end
+
+-- The oldest waiter whose lease is alive, and the ttl it asked for;
+-- waiters whose lease ran out are dropped on the way.
+local function head(lock, queue)
+  for _ = 1, 64 do
+    local w = redis.call('LINDEX', queue, 0)
+    if not w then return nil end
+    local ttl = redis.call('GET', lock .. ':a:' .. w)
+    if ttl then return w, ttl end
+    redis.call('LPOP', queue)
+  end
+  return nil
+end
+
+-- The lock has just become free.  Fair mode makes the oldest waiter the
+-- holder and sends it its fencing token; otherwise it is only woken.
+local function pass_on(lock, queue, counter, fair)
+  local w, ttl = head(lock, queue)
+  if not w then return nil end
+  local alive = lock .. ':a:' .. w
+  local signal = lock .. ':s:' .. w
+  if fair then
+    redis.call('LPOP', queue)
+    redis.call('DEL', alive)
+    redis.call('SET', lock, w, 'PX', ttl)
+    redis.call('RPUSH', signal, fence(counter))
+    redis.call('PEXPIRE', signal, ttl)
+  else
+    redis.call('DEL', signal)  -- one wake-up is enough
+    redis.call('RPUSH', signal, '0')
+    redis.call('PEXPIRE', signal, math.max(redis.call('PTTL', alive), 1))
+  end
+  return w
+end
+"""
+
+
+class Redlock:
+    """A lock named by a Redis key, held on one master or a quorum of several.
+
+    Args:
+        name: the lock's key, ``<namespace>:{<tag>}...`` (see :func:`lock_key`).
+        masters: URLs, redis-py clients or :class:`~fleche_redis.connection.ClientSlot`
+            objects of independent masters (1, 3 or 5; a ``redis+cluster://``
+            URL counts as one).
+        ttl: seconds the lock lives without renewal; also what a crashed
+            holder costs the others.
+        timeout: default seconds ``acquire`` blocks (``None``: forever).
+        auto_renew: let the process's watchdog renew the lock while held.
+        watchdog: the renewer to register with (default: the process's own).
+    """
+
+    ACQUIRE: ClassVar[LuaScript] = LuaScript(
+        _LUA
+        + """
+        -- KEYS[1] lock, KEYS[2] fencing counter (same slot; the queue, leases
+        -- and signals are the lock's name plus ':q', ':a:<token>', ':s:<token>')
+        -- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] waiter lease ms,
+        -- ARGV[4] mode: 'f' fair hand-over (one master) or 'w' wake only,
+        --   then 'q' to queue the caller if the lock is taken, 'c' if the caller
+        --   may be queued already (a re-check), 'p' if a BLPOP on the caller's
+        --   signal follows in the same write (so success must push the fence)
+        -- Returns {1, fencing token, 0} if the caller holds the lock now, else
+        -- {0, 0, ms until the holder's lease ends}.
+        local lock, token, mode = KEYS[1], ARGV[1], ARGV[4]
+        local fair = string.sub(mode, 1, 1) == 'f'
+        local queue = lock .. ':q'
+        local alive, signal = lock .. ':a:' .. token, lock .. ':s:' .. token
+        local holder = redis.call('GET', lock)
+        if holder == token then
+          -- Handed over while the caller was not listening (or a retried
+          -- attempt): collect the token's fence, or draw a new one.
+          local f = redis.call('LPOP', signal)
+          if not f or f == '0' then f = fence(KEYS[2]) end
+          redis.call('PEXPIRE', lock, ARGV[2])
+          redis.call('DEL', alive, signal)
+          redis.call('LREM', queue, 0, token)
+          return {1, f, 0}
+        end
+        if not holder and fair then
+          -- Free but with live waiters (the holder expired): the oldest goes first.
+          local w = head(lock, queue)
+          if w and w ~= token then
+            pass_on(lock, queue, KEYS[2], true)
+            holder = w
+          end
+        end
+        if not holder then
+          redis.call('SET', lock, token, 'NX', 'PX', ARGV[2])
+          if string.find(mode, 'c', 2, true) then
+            redis.call('DEL', alive, signal)
+            redis.call('LREM', queue, 0, token)
+          end
+          local f = fence(KEYS[2])
+          if string.find(mode, 'p', 2, true) then redis.call('RPUSH', signal, f) end
+          return {1, f, 0}
+        end
+        if string.find(mode, 'q', 2, true) then
+          if redis.call('EXISTS', alive) == 0 then redis.call('RPUSH', queue, token) end
+          redis.call('SET', alive, ARGV[2], 'PX', ARGV[3])
+          redis.call('PEXPIRE', queue, ARGV[3])
+        end
+        return {0, 0, redis.call('PTTL', lock)}
+        """
+    )
+    """Try to take the lock; queue the caller otherwise."""
+
+    RELEASE: ClassVar[LuaScript] = LuaScript(
+        _LUA
+        + """
+        -- KEYS as ACQUIRE
+        -- ARGV[1] token, ARGV[2] mode: 'f' fair hand-over or 'w' wake only,
+        --   then 'c' if the caller may be queued (a waiter giving up)
+        -- Returns 1 if the token held the lock (now released), else 0.
+        local lock, token, mode = KEYS[1], ARGV[1], ARGV[2]
+        local released = 0
+        if redis.call('GET', lock) == token then
+          redis.call('DEL', lock)
+          released = 1
+        end
+        if string.find(mode, 'c', 2, true) then
+          redis.call('LREM', lock .. ':q', 0, token)
+          redis.call('DEL', lock .. ':a:' .. token, lock .. ':s:' .. token)
+        end
+        if released == 1 then
+          pass_on(lock, lock .. ':q', KEYS[2], string.sub(mode, 1, 1) == 'f')
+        end
+        return released
+        """
+    )
+    """Release if the token holds the lock, and pass it on; idempotent."""
+
+    EXTEND: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] lock; ARGV[1] token, ARGV[2] ttl ms
+        -- Returns 1 if the token holds the lock (its lease is now ttl), else 0.
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+          return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        end
+        return 0
+        """
+    )
+    """Renew the lease if the token still holds the lock."""
+
+    SETTLE: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] lock, KEYS[2] fencing counter; ARGV[1] token, ARGV[2] fencing token
+        -- Several masters, after a quorum was won: lifts the counter to the
+        -- quorum's token, so every later quorum draws a larger one, and takes
+        -- the caller out of this master's queue (a stale head would be woken
+        -- in its place).  Returns 1.
+        local c = tonumber(redis.call('GET', KEYS[2]) or '0')
+        if c < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+        redis.call('LREM', KEYS[1] .. ':q', 0, ARGV[1])
+        redis.call('DEL', KEYS[1] .. ':a:' .. ARGV[1], KEYS[1] .. ':s:' .. ARGV[1])
+        return 1
+        """
+    )
+    """Make a quorum's fencing token the floor everywhere and leave every queue."""
+
+    RECHECK: ClassVar[float] = 0.2
+    """Longest a waiter blocks before checking again (bounds a lost wakeup)."""
+
+    WAITER_LEASE: ClassVar[float] = 5.0
+    """Seconds a queued waiter stays in line without checking in."""
+
+    DRIFT_FACTOR: ClassVar[float] = 0.01
+    """Clock drift allowed for, as a fraction of the ttl (plus 2 ms)."""
+
+    RENEW_EVERY: ClassVar[float] = 1 / 3
+    """Renewal period as a fraction of the ttl."""
+
+    SPLIT_BACKOFF: ClassVar[float] = 0.02
+    """Upper bound of the random pause after a split vote among several masters."""
+
+    def __init__(
+        self,
+        name: str,
+        masters: Sequence[Any] | str,
+        *,
+        ttl: float = 10.0,
+        timeout: float | None = None,
+        auto_renew: bool = True,
+        watchdog: _watchdog.Watchdog | None = None,
+    ) -> None:
+        tag_end = lock_tag_end(name)
+        if ttl <= 0:
+            raise ValueError(f"ttl must be positive, got {ttl}")
+        if isinstance(masters, str):
+            masters = (masters,)
+        self.name = name
+        self.masters: tuple[ClientSlot, ...] = tuple(_slot(m) for m in masters)
+        if not self.masters:
+            raise ValueError("a Redlock needs at least one master")
+        self.quorum = len(self.masters) // 2 + 1
+        self.ttl = float(ttl)
+        self.timeout = timeout
+        self.auto_renew = auto_renew
+        self._watchdog = watchdog
+        self._mode = "f" if len(self.masters) == 1 else "w"
+        self._keys = (name, f"{name[:tag_end]}:fence")
+        self._mutex = threading.Lock()
+        self._token: str | None = None
+        self._held = False
+        self._pending: set[int] = set()
+        self._fence: int | None = None
+        self._valid_until = 0.0
+        self._lost = False
+        self._contended = False
+        self._generation = fork_generation()
+
+    def __repr__(self) -> str:
+        state = "held" if self.held else ("lost" if self._lost else "free")
+        return f"<Redlock {self.name!r} on {len(self.masters)} master(s), {state}>"
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock (as far as it knows: see :attr:`lost`)."""
+        return self._held and not self._lost and self._generation == fork_generation()
+
+    @property
+    def lost(self) -> bool:
+        """Whether a renewal found the lock expired or taken while it was held."""
+        return self._lost
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The current acquisition's token: greater than every earlier holder's."""
+        return self._fence if self._held else None
+
+    def remaining(self) -> float:
+        """Seconds the lock is still safely held (0 when not held)."""
+        if not self.held:
+            return 0.0
+        return max(0.0, self._valid_until - _clock())
+
+    def _drift(self, ttl: float) -> float:
+        # Clocks of client and servers may run at slightly different rates.
+        return ttl * self.DRIFT_FACTOR + 0.002
+
+    def _renewer(self) -> _watchdog.Watchdog:
+        return _watchdog.shared() if self._watchdog is None else self._watchdog
+
+    # -- keys and transport -----------------------------------------------------
+
+    def _run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any], which: Sequence[int] | None = None) -> dict[int, Any]:
+        """Run *script* on the chosen masters at once; reply or exception per master index."""
+        which = range(len(self.masters)) if which is None else which
+        return run_script({i: self.masters[i] for i in which}, script, keys, args)
+
+    # -- acquire ----------------------------------------------------------------
+
+    def acquire(self, blocking: bool = True, timeout: float | None | type[Ellipsis] = ...) -> bool:
+        """Take the lock; ``True`` once held.
+
+        Blocks up to *timeout* seconds (default: the lock's ``timeout``),
+        then raises :class:`LockTimeout` (held by others) or
+        :class:`LockUnavailable` (no quorum of masters answered).  With
+        ``blocking=False`` it tries once and returns ``False`` instead.
+        """
+        with self._mutex:
+            if self._generation != fork_generation():
+                self._forget()  # a parent's lock: never ours to release
+            if self._held or self._pending:
+                raise LockError(
+                    f"{self.name}: this Redlock object is already held (or its release is "
+                    "unconfirmed); it is not reentrant, use one object per holder",
+                    name=self.name,
+                )
+            self._token = token = secrets.token_hex(16)
+            self._lost = False
+        if timeout is ...:
+            timeout = self.timeout
+        deadline = None if timeout is None or not blocking else _clock() + timeout
+        try:
+            return self._acquire(token, blocking, deadline)
+        except BaseException:
+            self._give_up(token)
+            raise
+
+    def _acquire(self, token: str, blocking: bool, deadline: float | None) -> bool:
+        ttl_ms = int(self.ttl * 1000)
+        lease_ms = int(self.WAITER_LEASE * 1000)
+        signal_key = f"{self.name}:s:{token}"
+        mode = self._mode + ("q" if blocking else "")
+        drift = self._drift(self.ttl)
+        home: int | None = None
+        waited = False
+        if blocking and self._contended and len(self.masters) == 1:
+            # This object had to wait last time: attempt and wait in one
+            # write, saving a round trip per turn in a busy hand-over chain.
+            # (On a server that lost the script, the BLPOP just times out once.)
+            start = _clock()
+            wait = self.RECHECK if deadline is None else min(self.RECHECK, max(0.0, deadline - start))
+            attempt, signal = self._attempt_and_wait(token, ttl_ms, lease_ms, mode + "p", signal_key, wait)
+            mode = self._mode + "qc"
+            if not isinstance(attempt, Exception):
+                home = 0
+                waited = attempt[0] == 0
+                fence = signal if waited else attempt[1]
+                if fence is not None and fence != b"0" and self._settle(int(fence), [0], start, drift):
+                    self._contended = waited
+                    return True
+        while True:
+            start = _clock()
+            replies = self._run(self.ACQUIRE, self._keys, (token, ttl_ms, lease_ms, mode))
+            ok = {i: r for i, r in replies.items() if not isinstance(r, Exception)}
+            won = [i for i, r in ok.items() if r[0] == 1]
+            if len(won) >= self.quorum:
+                fence = max(int(ok[i][1]) for i in won)
+                if self._settle(fence, won, start, drift):
+                    self._contended = waited
+                    return True
+            elif won:
+                self._release_on(token, won)  # split vote: let others through, keep our place
+            mode = self._mode + "qc"  # from now on we may be queued
+            if ok:
+                home = home if home in ok else min(ok)
+            if not blocking:
+                self._give_up(token)
+                return False
+            waited = True
+            now = _clock()
+            if deadline is not None and now >= deadline:
+                self._give_up(token)
+                cls, why = (LockTimeout, "held by another holder") if len(ok) >= self.quorum else (
+                    LockUnavailable, f"only {len(ok)} of {len(self.masters)} master(s) answered"
+                )
+                raise cls(f"{self.name}: not acquired within the timeout ({why})", name=self.name)
+            wait = self.RECHECK
+            leases = [r[2] / 1000 for r in ok.values() if r[0] == 0 and r[2] > 0]
+            if leases:
+                wait = min(wait, min(leases) + 0.001)
+            if won:
+                wait = min(wait, random.uniform(0.001, self.SPLIT_BACKOFF))
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            signal = self._wait(home, signal_key, wait)
+            # A fencing token here means the releaser made us the holder
+            # before pushing (no extra round trip), after our last attempt.
+            if signal not in (None, b"0") and self._settle(int(signal), [home], start, drift):
+                self._contended = True
+                return True
+
+    def _attempt_and_wait(
+        self, token: str, ttl_ms: int, lease_ms: int, mode: str, signal_key: str, wait: float
+    ) -> tuple[Any, bytes | None]:
+        """ACQUIRE and a BLPOP on our signal in one write: (attempt's reply, signal or ``None``)."""
+        client = self.masters[0].get()
+        acquire = ("EVALSHA", self.ACQUIRE.sha, 2, *self._keys, token, ttl_ms, lease_ms, mode)
+        try:
+            attempt, popped = receive(send(client, [acquire, ("BLPOP", signal_key, max(wait, 0.001))]))
+        except redis.RedisError as e:
+            return e, None
+        if isinstance(popped, Exception) or popped is None:
+            return attempt, None
+        return attempt, popped[1]
+
+    def _settle(self, fence: int, won: list[int], start: float, drift: float) -> bool:
+        """Finish an acquisition held on *won*; ``False`` (and released) if it came too late."""
+        token = self._token
+        assert token is not None
+        if len(self.masters) > 1:
+            replies = self._run(self.SETTLE, self._keys, (token, fence))
+            if sum(1 for r in replies.values() if r == 1) < self.quorum:
+                self._release_on(token, won)
+                return False
+        validity = self.ttl - (_clock() - start) - drift
+        if validity <= 0:
+            self._release_on(token, won)
+            return False
+        with self._mutex:
+            self._held = True
+            self._fence = fence
+            self._valid_until = start + self.ttl - drift
+            self._pending = set(range(len(self.masters)))
+        if self.auto_renew:
+            self._renewer().watch(self, self.ttl * self.RENEW_EVERY)
+        return True
+
+    def _wait(self, home: int | None, signal_key: str, seconds: float) -> bytes | None:
+        """Block on our signal list for up to *seconds*; the value pushed, or ``None``."""
+        seconds = max(seconds, 0.001)
+        if home is None:
+            _sleep(seconds)  # nobody answered: nothing to listen to
+            return None
+        try:
+            reply = self.masters[home].get().blpop([signal_key], timeout=seconds)
+        except redis.RedisError:
+            _sleep(min(seconds, 0.05))
+            return None
+        return None if reply is None else reply[1]
+
+    def _release_on(self, token: str, which: Sequence[int]) -> None:
+        self._run(self.RELEASE, self._keys, (token, self._mode), which=which)
+
+    def _give_up(self, token: str) -> None:
+        """Leave the queue everywhere, releasing anything handed to us meanwhile."""
+        with self._mutex:
+            if self._held or self._token != token:
+                return
+            self._token = None
+        try:
+            self._run(self.RELEASE, self._keys, (token, self._mode + "c"))
+        except Exception:  # best effort: leases and ttls clean up after us
+            logger.debug("leaving the queue of %s failed", self.name, exc_info=True)
+
+    # -- release and extend -----------------------------------------------------
+
+    def release(self) -> None:
+        """Release on every master; idempotent.
+
+        Done once a quorum of masters confirmed (a master that stays silent
+        lets the key expire).  With fewer confirmations it raises
+        :class:`LockUnavailable` and keeps the token: call ``release`` again.
+        Raises :class:`LockLost` if the lock had certainly expired or passed
+        to another holder before this release.  Releasing a lock that is not
+        held does nothing; in a forked child it forgets the parent's lock
+        without touching Redis.
+        """
+        with self._mutex:
+            token = self._token
+            if token is None or not (self._held or self._pending):
+                return
+            if self._generation != fork_generation():
+                self._forget()
+                return
+            first = self._held
+            self._held = False
+            pending = sorted(self._pending)
+            lost = self._lost
+        self._renewer().unwatch(self)
+        replies = self._run(self.RELEASE, self._keys, (token, self._mode), which=pending)
+        confirmed = {i for i, r in replies.items() if not isinstance(r, Exception)}
+        with self._mutex:
+            self._pending -= confirmed
+            if len(self.masters) - len(self._pending) < self.quorum:
+                raise LockUnavailable(
+                    f"{self.name}: only {len(self.masters) - len(self._pending)} master(s) confirmed "
+                    "the release; the token is kept, call release() again",
+                    name=self.name,
+                )
+            # Only a first attempt can tell: a retry finds the key gone when
+            # the earlier attempt's reply was lost after it ran.
+            still_ours = sum(1 for i in confirmed if replies[i] == 1) + len(self._pending)
+            lost = lost or (first and still_ours < self.quorum)
+            self._forget()
+        if lost:
+            raise LockLost(
+                f"{self.name}: the lock had expired or passed to another holder before release",
+                name=self.name,
+            )
+
+    def _forget(self) -> None:
+        self._token = None
+        self._held = False
+        self._pending = set()
+        self._fence = None
+        self._generation = fork_generation()
+
+    def extend(self, ttl: float | None = None) -> None:
+        """Reset the lease to *ttl* seconds (default: the lock's ttl) on a quorum.
+
+        Raises :class:`LockNotOwned` if not held, :class:`LockLost` if a quorum
+        says the token no longer holds it, :class:`LockUnavailable` if too
+        few masters answered.
+        """
+        if not self.held:
+            raise LockNotOwned(f"{self.name}: extend() of a lock this object does not hold", name=self.name)
+        outcome = self._extend(ttl if ttl is not None else self.ttl)
+        if outcome == "lost":
+            raise LockLost(f"{self.name}: the lock was lost before extend()", name=self.name)
+        if outcome == "unavailable":
+            raise LockUnavailable(f"{self.name}: too few masters answered extend()", name=self.name)
+
+    def _extend(self, ttl: float) -> str:
+        token = self._token
+        start = _clock()
+        replies = self._run(self.EXTEND, (self.name,), (token, int(ttl * 1000)))
+        yes = sum(1 for r in replies.values() if r == 1)
+        no = sum(1 for r in replies.values() if r == 0)
+        drift = self._drift(ttl)
+        with self._mutex:
+            if self._token != token or not self._held:
+                return "released"
+            if yes >= self.quorum and _clock() - start < ttl - drift:
+                self._valid_until = start + ttl - drift
+                return "ok"
+            if no > len(self.masters) - self.quorum or _clock() >= self._valid_until:
+                self._lost = True
+                return "lost"
+            return "unavailable"
+
+    def _renew(self) -> float | None:
+        """The watchdog's call: extend now, say when to come back (``None``: stop)."""
+        if not self.held:
+            return None
+        outcome = self._extend(self.ttl)
+        if outcome == "ok":
+            return self.ttl * self.RENEW_EVERY
+        if outcome == "unavailable":
+            # Try again soon, while the lease still has time left.
+            return max(0.01, min(self.RECHECK, self.remaining() / 2))
+        if outcome == "lost":
+            logger.warning("lock %s was lost while held (expired or taken over)", self.name)
+        return None
+
+    # -- context manager ----------------------------------------------------------
+
+    def __enter__(self) -> Redlock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _slot(master: Any) -> ClientSlot:
+    if isinstance(master, ClientSlot):
+        return master
+    if isinstance(master, str):
+        url = master
+        return ClientSlot(lambda: client_from_url(url, **LOCK_CLIENT_OPTIONS))
+    return ClientSlot(lambda: master, given=master)
+

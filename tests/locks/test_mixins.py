@@ -1,0 +1,453 @@
+"""The mixins composed with fleche-redis storages, fleche's own storages and fleche's Cache."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+from fleche import fleche as memoize
+from fleche import state
+from fleche.caches import Cache, Rejected
+from fleche.storage import CallPickleFile, ValuePickleFile
+from fleche.storage.base import Intent
+from fleche.storage.thread_safe import PerKeyLockMixin as FlechePerKeyLockMixin
+from lockworkers import (
+    LockedCache,
+    LockedCallRedis,
+    LockedPickle,
+    LockedValueRedis,
+    SerialCallRedis,
+    SerialPickle,
+    SerialValueRedis,
+)
+
+from fleche_redis import (
+    CallRedis,
+    LockError,
+    LockLost,
+    LockTimeout,
+    PerKeyLockMixin,
+    Redlock,
+    SerializingMixin,
+    ValueRedis,
+)
+from fleche_redis.testing.roundtrips import RoundTrips
+
+DIGEST = "3f" + "a9" * 31
+
+
+@dataclass(frozen=True)
+class LockedCallPickle(PerKeyLockMixin, CallPickleFile): ...
+
+
+@dataclass(frozen=True)
+class SerialCache(SerializingMixin, Cache): ...
+
+
+def _hold_in_thread(storage, key):
+    """Enter the storage's context for *key* in another thread; return (entered, leave)."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def run():
+        with storage._operation_context(key):
+            entered.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert entered.wait(10)
+    return t, leave
+
+
+def _blocked_while_held(storage, hold_key, op, *, settle=1.0):
+    """Run *op* in a thread while another thread holds *hold_key*; was it held back?"""
+    holder, leave = _hold_in_thread(storage, hold_key)
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (op(), done.set()))
+    t.start()
+    blocked = not done.wait(settle)
+    leave.set()
+    holder.join(10)
+    t.join(10)
+    assert done.is_set()
+    return blocked
+
+
+# -- composition ---------------------------------------------------------------------
+
+
+def test_compositions_keep_fleches_own_in_process_lock_in_the_chain(redis_server, namespace, tmp_path):
+    pickle_store = LockedPickle(root=str(tmp_path), lock_urls=(redis_server.url,))
+    assert FlechePerKeyLockMixin in type(pickle_store).__mro__
+    key = pickle_store.save({"a": 1})
+    assert pickle_store.load(key) == {"a": 1}
+    assert pickle_store.load(key[:8]) == {"a": 1}
+    pickle_store.evict(key)
+    assert not pickle_store.contains(key)
+
+
+@pytest.mark.parametrize("cls", [LockedValueRedis, SerialValueRedis])
+def test_redis_storages_lock_on_their_own_redis_by_default(connection, cls):
+    storage = cls(**connection)
+    assert storage.lock_urls == ()
+    key = storage.save([1, 2, 3])
+    assert storage.load(key) == [1, 2, 3]
+    assert storage.load(key[:6]) == [1, 2, 3]
+    storage.evict(key[:6])
+    assert not storage.contains(key)
+
+
+def test_lock_fields_are_keyword_only_config_and_pickle_with_the_storage(redis_server, namespace, tmp_path):
+    storage = LockedValueRedis(url=redis_server.url, namespace=namespace, lock_ttl=3.0, lock_timeout=1.5)
+    copy = pickle.loads(pickle.dumps(storage))
+    assert copy == storage and copy.lock_ttl == 3.0 and copy.lock_timeout == 1.5
+    assert copy._lock_state is not storage._lock_state
+    files = LockedPickle(root=str(tmp_path), lock_urls=[redis_server.url], lock_namespace="team-a")
+    assert files.lock_urls == (redis_server.url,)  # a TOML list becomes a hashable tuple
+    copy = pickle.loads(pickle.dumps(files))
+    assert copy == files and hash(copy) == hash(files)
+    key = copy.save("x")
+    assert copy.load(key) == "x"
+
+
+@dataclass(frozen=True)
+class ConfiguredLockedCallRedis(PerKeyLockMixin, CallRedis):
+    def to_config(self):
+        return {**super().to_config(), **self.lock_config(), "type": "redis-locked-test"}
+
+
+def test_a_registered_composition_round_trips_through_fleche_config(redis_server, namespace):
+    from fleche.config import storage_from_config, storage_to_config
+    from fleche.storage import register_storage
+
+    register_storage("redis-locked-test", kind="call")(ConfiguredLockedCallRedis)
+    config = {"type": "redis-locked-test", "url": redis_server.url, "namespace": namespace,
+              "lock_ttl": 3.0, "lock_urls": [redis_server.url]}
+    calls = storage_from_config(config, "call")
+    assert isinstance(calls, ConfiguredLockedCallRedis) and calls.lock_urls == (redis_server.url,)
+    again = storage_to_config(calls)
+    assert again["lock_ttl"] == 3.0 and again["lock_urls"] == [redis_server.url]
+    assert storage_from_config(again, "call") == calls
+
+
+def test_storages_without_a_redis_of_their_own_need_lock_urls(tmp_path):
+    with pytest.raises(ValueError, match="lock_urls"):
+        LockedPickle(root=str(tmp_path))
+    with pytest.raises(ValueError):
+        LockedPickle(root=str(tmp_path), lock_urls=("redis://x",), lock_namespace="bad{ns}")
+
+
+# -- what is locked, and how much it costs --------------------------------------------
+
+
+def test_nested_same_key_contexts_cost_no_extra_round_trip(redis_server, namespace):
+    storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    with storage._operation_context(DIGEST):
+        pass  # connect and load the scripts outside the count
+    with RoundTrips() as once, storage._operation_context(DIGEST):
+        pass
+    with (
+        RoundTrips() as nested,
+        storage._operation_context(DIGEST),
+        storage._operation_context(DIGEST),  # nested in the first
+        storage._operation_context(DIGEST, intent=Intent.WRITE),
+    ):
+        pass
+    assert once.count == nested.count == 2  # acquire + release, whatever the depth
+    assert nested.commands == [b"EVALSHA", b"EVALSHA"]
+
+
+def test_fleches_nested_save_path_takes_the_lock_once(redis_server, namespace, tmp_path):
+    """CallMixin.save -> contains -> evict -> put re-enter the hook: 2 Redis round trips in all."""
+    calls = LockedCallPickle(root=str(tmp_path), lock_urls=(redis_server.url,), lock_namespace=namespace)
+    cache = Cache(values=ValuePickleFile(root=str(tmp_path / "v")), calls=calls)
+
+    @memoize
+    def square(x):
+        return x * x
+
+    with state.cache(cache):
+        square(3)
+        record = next(iter(calls.list()))
+        stored = calls.load(record)
+        with RoundTrips() as trips:
+            calls.save(stored)  # present already: contains, evict and put all nested
+    assert trips.count == 2, trips.commands
+
+
+def test_reads_take_no_distributed_lock_unless_asked(redis_server, namespace):
+    storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    key = storage.save("v")
+    storage.expand(key[:8])  # loads the expand script on the server
+    with RoundTrips() as trips:
+        storage.load(key)
+        storage.contains(key)
+        storage.expand(key[:8])
+    assert trips.commands == [b"GET", b"EXISTS", b"EVALSHA"]
+    strict = LockedValueRedis(url=redis_server.url, namespace=namespace, lock_reads=True)
+    strict.load(key)  # connect outside the count
+    with RoundTrips() as trips:
+        assert strict.load(key) == "v"
+    assert trips.commands == [b"EVALSHA", b"GET", b"EVALSHA"]
+    # A read passes a held lock; a write waits for it.
+    assert not _blocked_while_held(storage, key, lambda: storage.load(key))
+    assert _blocked_while_held(storage, key, lambda: storage.save("v"))
+    assert _blocked_while_held(strict, key, lambda: strict.load(key))
+
+
+def test_intent_read_acquires_nothing(redis_server, namespace):
+    storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    with RoundTrips() as trips, storage._operation_context(DIGEST, intent=Intent.READ):
+        pass
+    assert trips.count == 0
+
+
+def test_other_threads_of_the_process_are_excluded(redis_server, namespace):
+    storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    order = []
+    holder, leave = _hold_in_thread(storage, DIGEST)
+
+    def second():
+        with storage._operation_context(DIGEST):
+            order.append("second")
+
+    t = threading.Thread(target=second)
+    t.start()
+    time.sleep(0.2)
+    order.append("first leaves")
+    leave.set()
+    holder.join(10)
+    t.join(10)
+    assert order == ["first leaves", "second"]
+
+
+def test_a_prefix_and_its_full_key_exclude_each_other(redis_server, namespace):
+    storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    key = storage.save("v")
+    assert _blocked_while_held(storage, key, lambda: storage.evict(key[:8]))
+    key = storage.save("v")
+    assert _blocked_while_held(storage, key[:10], lambda: storage.evict(key))
+    # Different entries do not block each other.
+    other = storage.save("w")
+    assert not _blocked_while_held(storage, key, lambda: storage.evict(other))
+
+
+def test_prefix_normalisation_does_not_recurse_even_when_reads_lock(redis_server, namespace, tmp_path):
+    strict = LockedValueRedis(url=redis_server.url, namespace=namespace, lock_reads=True)
+    key = strict.save("v")
+    assert strict.load(key[:6]) == "v"
+    assert strict.expand(key[:6]) == key
+    files = LockedPickle(root=str(tmp_path), lock_urls=(redis_server.url,), lock_reads=True)
+    fkey = files.save("w")
+    assert files.load(fkey[:6]) == "w"
+    # A prefix naming nothing takes no lock and is a plain miss.
+    acquired = []
+    original = Redlock.acquire
+
+    def spy(lock, *a, **k):
+        acquired.append(lock.name)
+        return original(lock, *a, **k)
+
+    Redlock.acquire = spy
+    try:
+        with pytest.raises(KeyError):
+            strict.load("ffff")
+    finally:
+        Redlock.acquire = original
+    assert acquired == []
+
+
+def test_per_key_locks_live_in_the_entrys_hash_slot(redis_server, namespace):
+    storage = LockedCallRedis(url=redis_server.url, namespace=namespace)
+    seen = []
+    held = Redlock.acquire
+
+    def spy(lock, *a, **k):
+        seen.append(lock.name)
+        return held(lock, *a, **k)
+
+    Redlock.acquire = spy
+    try:
+        with storage._operation_context(DIGEST):
+            pass
+    finally:
+        Redlock.acquire = held
+    assert seen == [storage._layout.key(DIGEST, "lock")] == [f"{namespace}:{{c.3f}}:lock:{DIGEST}"]
+
+
+def test_serializing_mixin_holds_one_lock_per_namespace(redis_server, namespace, tmp_path):
+    values = SerialValueRedis(url=redis_server.url, namespace=namespace)
+    calls = SerialCallRedis(url=redis_server.url, namespace=namespace)
+    other_key = "77" * 32
+    # Any key of either storage in the namespace waits for the one lock.
+    assert _blocked_while_held(values, DIGEST, lambda: calls.evict(other_key))
+    # Nested across the two storages on one thread: reentrant, one acquisition.
+    with RoundTrips() as trips, values._operation_context(DIGEST), calls._operation_context(other_key):
+        pass
+    assert trips.count == 2
+    elsewhere = SerialValueRedis(url=redis_server.url, namespace=namespace + "-b")
+    assert not _blocked_while_held(values, DIGEST, lambda: elsewhere.save("x"))
+    files = SerialPickle(root=str(tmp_path), lock_urls=(redis_server.url,), lock_namespace=namespace)
+    assert files._lock_name("anything") == f"{namespace}:{{{namespace}}}:lock"
+
+
+# -- failures ------------------------------------------------------------------------
+
+
+def test_lock_errors_are_refusals_carrying_the_lock_name(redis_server, namespace):
+    from fleche.storage import SaveError
+
+    values = LockedValueRedis(url=redis_server.url, namespace=namespace, lock_timeout=0.2)
+    holder, leave = _hold_in_thread(values, DIGEST)
+    try:
+        with pytest.raises(LockTimeout) as err:
+            values.evict(DIGEST)
+    finally:
+        leave.set()
+        holder.join(10)
+    assert isinstance(err.value, SaveError) and isinstance(err.value, LockError)
+    assert err.value.name == values._layout.key(DIGEST, "lock")
+
+
+def test_a_lock_lost_during_the_operation_is_reported_at_release(redis_server, namespace):
+    """The holder finds out: LockLost from a value storage, Rejected (caused by it) from a call storage."""
+    r = redis_server.client()
+    values = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    with pytest.raises(LockLost), values._operation_context(DIGEST):
+        r.set(values._layout.key(DIGEST, "lock"), "an intruder")  # expired and taken over
+    calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
+    with pytest.raises(Rejected) as err, calls._operation_context(DIGEST):
+        r.set(calls._layout.key(DIGEST, "lock"), "an intruder")
+    assert isinstance(err.value.__cause__, LockLost)
+    r.delete(values._layout.key(DIGEST, "lock"), calls._layout.key(DIGEST, "lock"))
+    values.evict(DIGEST)  # the same keys lock normally again
+    calls.evict(DIGEST)
+
+
+def _square_calls():
+    runs = []
+
+    @memoize
+    def square(x):
+        runs.append(x)
+        return x * x
+
+    return square, runs
+
+
+@pytest.mark.parametrize("where", ["call storage", "cache"])
+def test_a_lock_failure_never_makes_a_memoized_function_raise(redis_server, namespace, where, caplog):
+    """The body ran: the caller gets its result, uncached, and fleche logs the rejection."""
+    values = ValueRedis(url=redis_server.url, namespace=namespace)
+    if where == "call storage":
+        calls = SerialCallRedis(url=redis_server.url, namespace=namespace, lock_timeout=0.2)
+        cache = Cache(values=values, calls=calls)
+        blocker = Redlock(calls._lock_name(None), [redis_server.url], ttl=30)
+    else:
+        calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
+        cache = SerialCache(values, calls, lock_urls=(redis_server.url,), lock_namespace=namespace, lock_timeout=0.2)
+        blocker = Redlock(cache._lock_name(None), [redis_server.url], ttl=30)
+    square, runs = _square_calls()
+    blocker.acquire()
+    try:
+        with state.cache(cache), caplog.at_level(logging.WARNING):
+            assert square(4) == 16
+            assert square(4) == 16
+    finally:
+        blocker.release()
+    assert runs == [4, 4]  # computed both times: nothing was recorded
+    assert list(calls.list()) == []
+    assert "Cache rejected save" in caplog.text
+    with state.cache(cache):
+        assert square(4) == 16  # the lock is free again: now it is recorded
+        assert square(4) == 16
+    assert runs == [4, 4, 4]
+
+
+def test_call_storage_refusals_are_rejected_with_the_lock_error_as_cause(redis_server, namespace):
+    calls = SerialCallRedis(url=redis_server.url, namespace=namespace, lock_timeout=0.1)
+    with Redlock(calls._lock_name(None), [redis_server.url], ttl=30), pytest.raises(Rejected) as err:
+        calls.evict(DIGEST)
+    assert isinstance(err.value.__cause__, LockTimeout)
+
+
+def test_a_value_storage_lock_failure_leaves_the_call_uncached(redis_server, namespace):
+    values = SerialValueRedis(url=redis_server.url, namespace=namespace, lock_timeout=0.1)
+    calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
+    square, runs = _square_calls()
+    with Redlock(values._lock_name(None), [redis_server.url], ttl=30), state.cache(Cache(values=values, calls=calls)):
+        assert square(5) == 25
+    assert runs == [5] and list(calls.list()) == []
+
+
+def test_locked_cache_memoizes_and_hits_without_locking(redis_server, namespace):
+    values = ValueRedis(url=redis_server.url, namespace=namespace)
+    calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
+    cache = LockedCache(values, calls, lock_urls=(redis_server.url,), lock_namespace=namespace)
+    square, runs = _square_calls()
+    with state.cache(cache):
+        assert square(6) == 36
+        with RoundTrips() as trips:
+            assert square(6) == 36
+    assert runs == [6]
+    assert b"EVALSHA" not in trips.commands  # a hit: record and value reads only
+    assert pickle.loads(pickle.dumps(cache)) == cache
+
+
+# -- confinement ---------------------------------------------------------------------
+
+
+def test_a_user_confined_to_the_namespace_can_use_every_lock_key(fresh_server, namespace):
+    """ACL ``~<namespace>:* &<namespace>:*``: the locks never touch a key outside it."""
+    admin = fresh_server.client()
+    admin.execute_command(
+        "ACL", "SETUSER", "worker", "on", ">pw", f"~{namespace}:*", f"&{namespace}:*", "+@all"
+    )
+    url = f"redis://worker:pw@127.0.0.1:{fresh_server.port}/0"
+    storage = LockedValueRedis(url=url, namespace=namespace)
+    errors = []
+
+    def work():
+        try:
+            for i in range(20):
+                storage.save(i)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    holder, leave = _hold_in_thread(storage, storage.save(0))  # make the others queue
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    leave.set()
+    holder.join(10)
+    for t in threads:
+        t.join(30)
+    assert not errors
+    keys = [k.decode() for k in admin.scan_iter()]
+    assert keys and all(k.startswith(f"{namespace}:") for k in keys)
+
+
+@pytest.mark.cluster
+def test_mixins_on_a_cluster(redis_cluster, namespace):
+    storage = LockedValueRedis(url=redis_cluster.url, namespace=namespace)
+    key = storage.save({"x": 1})
+    assert storage.load(key[:8]) == {"x": 1}
+    counter = f"{namespace}:{{n}}"
+    client = redis_cluster.client()
+
+    def work():
+        for _ in range(20):
+            with storage._operation_context(DIGEST):
+                client.set(counter, int(client.get(counter) or 0) + 1)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert int(client.get(counter)) == 60
