@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import platform
+import random
 import statistics
 import sys
 import time
@@ -102,18 +103,27 @@ def _available(c: Contender) -> bool:
 # -- measurements -----------------------------------------------------------------------
 
 
-def uncontended(c: Contender, urls: list[str], n: int) -> list[float]:
-    """Seconds of *n* acquire + release pairs, one sample each."""
-    lock = c.factory("uncontended", urls)
-    for _ in range(max(5, n // 20)):
-        lock.acquire()
-        lock.release()
-    samples = []
+def uncontended(contenders: list[Contender], urls: list[str], n: int) -> dict[str, list[float]]:
+    """Seconds of *n* acquire + release pairs per lock, one sample each.
+
+    The locks take turns pair by pair, in a fresh random order each round
+    (a fixed order would give every lock the same predecessor, and some
+    peers leave threads busy after their turn), so a change in the
+    machine's load hits them all alike.
+    """
+    rng = random.Random(0)
+    locks = [(c.label, c.factory("uncontended", urls[: c.masters])) for c in contenders]
+    for _, lock in locks:
+        for _ in range(max(5, n // 20)):
+            lock.acquire()
+            lock.release()
+    samples: dict[str, list[float]] = {label: [] for label, _ in locks}
     for _ in range(n):
-        t0 = time.perf_counter()
-        lock.acquire()
-        lock.release()
-        samples.append(time.perf_counter() - t0)
+        for label, lock in rng.sample(locks, len(locks)):
+            t0 = time.perf_counter()
+            lock.acquire()
+            lock.release()
+            samples[label].append(time.perf_counter() - t0)
     return samples
 
 
@@ -194,9 +204,8 @@ def run(smoke: bool) -> str:
         tput = {c.label: [] for c in present}
         # Each measurement runs in passes that alternate between the locks, so
         # a change in the machine's load during the run hits every row alike.
-        for _ in range(passes):
-            for c in present:
-                lat[c.label] += uncontended(c, urls[: c.masters], n // passes)
+        for label, samples in uncontended(present, urls, n).items():
+            lat[label] += samples
         for _ in range(passes):
             for c in present:
                 hand[c.label] += handoff(c, urls[: c.masters], rounds // passes)
@@ -230,7 +239,7 @@ def run(smoke: bool) -> str:
         ]
     )
     sizes = "SMOKE sizes, not figures" if smoke else (
-        f"{n} uncontended pairs, {rounds} handoffs, {seconds:.0f} s of contention per lock, "
+        f"{n} uncontended pairs (locks interleaved in random order), {rounds} handoffs, {seconds:.0f} s of contention per lock, "
         f"in {passes} alternating passes"
     )
     note = (
