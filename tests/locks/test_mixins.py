@@ -15,7 +15,7 @@ from fleche.caches import Cache, Rejected
 from fleche.storage import CallPickleFile, ValuePickleFile
 from fleche.storage.base import Intent
 from fleche.storage.thread_safe import PerKeyLockMixin as FlechePerKeyLockMixin
-from lockworkers import (
+from .lockworkers import (
     LockedCache,
     LockedCallRedis,
     LockedPickle,

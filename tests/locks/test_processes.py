@@ -7,7 +7,7 @@ import threading
 import time
 from itertools import pairwise
 
-import lockworkers
+from . import lockworkers
 import pytest
 from redis.cluster import key_slot
 

@@ -10,12 +10,14 @@ from fleche_redis import CallRedis, ValueRedis, maintenance
 from fleche_redis.maintenance import GcAlreadyRunning
 
 
-@pytest.fixture(params=["fakeredis", "redis-server", "cluster"])
+@pytest.fixture(params=["fakeredis", "redis-server", "cluster", "sentinel"])
 def cache(request, namespace):
     if request.param == "fakeredis":
         conn = {"client": fakeredis.FakeRedis(server=fakeredis.FakeServer())}
     elif request.param == "cluster":
         conn = {"url": request.getfixturevalue("redis_cluster").url}
+    elif request.param == "sentinel":
+        conn = {"url": request.getfixturevalue("redis_sentinel").url}
     else:
         conn = {"url": request.getfixturevalue("redis_server").url}
     return Cache(ValueRedis(namespace=namespace, **conn), CallRedis(namespace=namespace, **conn))

@@ -18,14 +18,14 @@ from fleche_redis import CallRedis
 from fleche_redis.calls import IndexedCallsMixin
 
 
-@pytest.fixture(params=["sql", "fakeredis", "redis-server", "cluster"])
+@pytest.fixture(params=["sql", "fakeredis", "redis-server", "cluster", "sentinel"])
 def store(request, namespace):
     if request.param == "sql":
         return Sql()
     if request.param == "fakeredis":
         return CallRedis(client=fakeredis.FakeRedis(server=fakeredis.FakeServer()), namespace=namespace)
-    if request.param == "cluster":
-        return CallRedis(url=request.getfixturevalue("redis_cluster").url, namespace=namespace)
+    if request.param in ("cluster", "sentinel"):
+        return CallRedis(url=request.getfixturevalue(f"redis_{request.param}").url, namespace=namespace)
     return CallRedis(url=request.getfixturevalue("redis_server").url, namespace=namespace)
 
 
