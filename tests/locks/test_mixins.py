@@ -15,15 +15,6 @@ from fleche.caches import Cache, Rejected
 from fleche.storage import CallPickleFile, ValuePickleFile
 from fleche.storage.base import Intent
 from fleche.storage.thread_safe import PerKeyLockMixin as FlechePerKeyLockMixin
-from .lockworkers import (
-    LockedCache,
-    LockedCallRedis,
-    LockedPickle,
-    LockedValueRedis,
-    SerialCallRedis,
-    SerialPickle,
-    SerialValueRedis,
-)
 
 from fleche_redis import (
     CallRedis,
@@ -36,6 +27,16 @@ from fleche_redis import (
     ValueRedis,
 )
 from fleche_redis.testing.roundtrips import RoundTrips
+
+from .lockworkers import (
+    LockedCache,
+    LockedCallRedis,
+    LockedPickle,
+    LockedValueRedis,
+    SerialCallRedis,
+    SerialPickle,
+    SerialValueRedis,
+)
 
 DIGEST = "3f" + "a9" * 31
 

@@ -7,11 +7,12 @@ import threading
 import time
 from itertools import pairwise
 
-from . import lockworkers
 import pytest
 from redis.cluster import key_slot
 
 from fleche_redis import LockError, LockUnavailable, Redlock, lock_key
+
+from . import lockworkers
 
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
