@@ -301,8 +301,17 @@ class Redlock:
 
     @property
     def held(self) -> bool:
-        """Whether this object holds the lock (as far as it knows: see :attr:`lost`)."""
-        return self._held and not self._lost and self._generation == fork_generation()
+        """Whether this object holds the lock: acquired, not found lost, and its lease not run out.
+
+        The lease counts even when no renewal could tell (Redis unreachable):
+        past it, the lock is never assumed held.
+        """
+        return (
+            self._held
+            and not self._lost
+            and self._generation == fork_generation()
+            and _clock() < self._valid_until
+        )
 
     @property
     def lost(self) -> bool:

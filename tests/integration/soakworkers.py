@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 
 from fleche.digest import digest
 from fleche.storage import AmbiguousDigestError
 
-from fleche_redis import CallRedis, ValueRedis
+from fleche_redis import CallRedis, PerKeyLockMixin, ValueRedis
+
+
+@dataclass(frozen=True)
+class LockedValueRedis(PerKeyLockMixin, ValueRedis): ...
+
+
+def locked_increment(url: str, namespace: str):
+    """A lock operation for the soak: a non-atomic increment under a per-key distributed lock."""
+    storage = LockedValueRedis(url=url, namespace=namespace, lock_ttl=5.0, lock_timeout=30.0)
+    client = storage.redis()
+
+    def lock(i: int) -> None:
+        key = digest(f"counter-{i % 3}")
+        with storage._operation_context(key):
+            counter = f"{namespace}:counter:{i % 3}"
+            client.set(counter, int(client.get(counter) or 0) + 1)
+
+    return lock
 
 
 def value_for(i: int) -> dict:
@@ -16,7 +35,7 @@ def value_for(i: int) -> dict:
     return {"i": i, "payload": "p" * (i % 200), "nested": [i, [i % 7]]}
 
 
-def soak(url: str, namespace: str, seconds: float, seed: int, lock_factory=None) -> dict:
+def soak(url: str, namespace: str, seconds: float, seed: int, lock_factory=locked_increment) -> dict:
     rng = random.Random(seed)
     values = ValueRedis(url=url, namespace=namespace)
     calls = CallRedis(url=url, namespace=namespace)

@@ -74,3 +74,23 @@ def test_raise_mode_reports_the_crash_clearly(fresh_server, namespace):
     time.sleep(0.3)  # past the breaker's cool-down
     with fleche.cache(cache), fleche.meta():
         assert work(1)["double"] == 2  # recovered by itself
+
+
+def test_a_lock_held_through_a_crash_is_reported_lost(fresh_server, namespace):
+    from fleche_redis import LockLost, Redlock, lock_key
+
+    lock = Redlock(lock_key("outage", namespace), [fresh_server.url], ttl=1.0)
+    lock.acquire()
+    assert lock.held
+    fresh_server.kill()
+    time.sleep(1.3)  # renewals fail; the lease runs out
+    assert not lock.held and lock.remaining() == 0.0
+    fresh_server.restart()
+    time.sleep(0.2)
+    assert lock.lost or not lock.held
+    with pytest.raises(LockLost):
+        lock.release()
+    # and the lock works again for the next holder
+    other = Redlock(lock_key("outage", namespace), [fresh_server.url], ttl=1.0)
+    assert other.acquire(timeout=2)
+    other.release()

@@ -30,7 +30,10 @@ def test_soak(fresh_server, namespace, record_property, capsys):
     with capsys.disabled():
         print(f"\nsoak: 8 processes x {SECONDS:g} s: {totals} ({sum(totals.values()):,} operations)")
     assert wrong == []
-    assert totals["save"] > 100 and totals["load"] > 100 and totals["evict"] > 10
+    assert totals["save"] > 100 and totals["load"] > 100 and totals["evict"] > 10 and totals["lock"] > 10
+    client = fresh_server.client()
+    counted = sum(int(client.get(f"{namespace}:counter:{j}") or 0) for j in range(3))
+    assert counted == totals["lock"]  # no increment lost: the locks excluded each other
     for storage in (ValueRedis(url=fresh_server.url, namespace=namespace), CallRedis(url=fresh_server.url, namespace=namespace)):
         report = storage.verify()
         assert report.ok, report.to_dict()
