@@ -23,6 +23,7 @@ import redis
 from fleche.call import DigestedCall
 from fleche.digest import DIGEST_LENGTH, Digest
 
+from . import chunks
 from .backend import CallRedis, RedisBackend, ValueRedis
 from .codec import UndecodableEntry
 from .keys import SHARDS
@@ -74,6 +75,8 @@ class Report:
     """Terms a record has that the query index lacks (queries would miss it)."""
     stale_references: int = 0
     """Reference lists (for gc) of values that are gone."""
+    orphan_chunks: int = 0
+    """Chunks of big entries whose manifest is gone (a writer died mid-write): wasted memory."""
     undecodable: int = 0
     """Entries that fail signature verification or decoding (left in place)."""
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -86,6 +89,7 @@ class Report:
             or self.stale_terms
             or self.missing_terms
             or self.stale_references
+            or self.orphan_chunks
         )
 
     def note(self, kind: str, digest: str, n: int = 1) -> None:
@@ -104,6 +108,7 @@ class Report:
             "stale_terms": self.stale_terms,
             "missing_terms": self.missing_terms,
             "stale_references": self.stale_references,
+            "orphan_chunks": self.orphan_chunks,
             "undecodable": self.undecodable,
             "examples": self.examples,
         }
@@ -196,11 +201,29 @@ def _check(storage: RedisBackend, *, fix: bool, progress: Progress) -> Report:
         seen += len(batch)
         progress("data", seen, None)
 
+    _check_chunks(storage, report, fix=fix)
     if isinstance(storage, CallRedis):
         _check_terms(storage, report, fix=fix, progress=progress)
     if isinstance(storage, ValueRedis):
         _check_references(storage, report, fix=fix, progress=progress)
     return report
+
+
+def _check_chunks(storage: RedisBackend, report: Report, *, fix: bool) -> None:
+    """Chunk keys (``<data key>:<n>``) whose data key holds no manifest naming them."""
+    client, layout = storage.redis(), storage._layout
+    pattern = layout.data_prefix("??") + "?" * DIGEST_LENGTH + ":*"
+    for batch in _batches(client.scan_iter(match=pattern, count=1000)):
+        owners = [raw.decode().rsplit(":", 1) for raw in batch]
+        heads = _each(client, owners, lambda p, o: p.getrange(o[0], 0, 200))
+        orphans = []
+        for raw, (owner, index), head in zip(batch, owners, heads, strict=True):
+            fields = head[len(chunks.MAGIC) :].split() if chunks.is_manifest(head) else []
+            if not fields or not index.isdigit() or int(index) >= int(fields[0]):
+                orphans.append(raw)
+                report.note("orphan_chunks", owner.rsplit(":", 1)[1])
+        if fix and orphans:
+            _each(client, orphans, lambda p, k: p.delete(k))
 
 
 def _check_terms(storage: CallRedis, report: Report, *, fix: bool, progress: Progress) -> None:

@@ -38,3 +38,23 @@ def test_expand_after_evictions(small_server, namespace):
                 continue
             assert storage.load(found)["pad"] == "x" * 2000
     assert lost > 0  # some entries really were evicted
+
+
+def test_memoization_keeps_serving_under_memory_pressure(small_server, namespace):
+    """allkeys-lru evicts entries (and index shards): calls miss and recompute, never fail."""
+    import fleche
+    from fleche.caches import Cache
+
+    from fleche_redis import CallRedis
+
+    cache = Cache(ValueRedis(url=small_server.url, namespace=namespace), CallRedis(url=small_server.url, namespace=namespace))
+
+    @fleche.fleche
+    def padded(i):
+        return {"i": i, "pad": "y" * 3000}
+
+    with fleche.cache(cache), fleche.meta():
+        for _round in range(2):
+            for i in range(1500):
+                assert padded(i) == {"i": i, "pad": "y" * 3000}
+    assert small_server.client().info("stats")["evicted_keys"] > 0

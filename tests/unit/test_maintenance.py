@@ -200,3 +200,27 @@ def test_redis_cache_gc_agrees_with_fleche_cache_gc(cache):
     assert ours.gc() == len(evicted) > 0
     assert set(ours.values.list()) == set(theirs.values.list())
     assert set(ours.calls.list()) == set(theirs.calls.list())
+
+
+def test_orphan_chunks_of_an_interrupted_big_write_are_found_and_removed(cache):
+    values = ValueRedis(**{**_connection(cache.values), "chunk_size": 100})
+    key = values.save(b"z" * 1000)
+    from fleche_redis import chunks
+
+    # A writer that died after writing its chunks but before the manifest:
+    data_key = values._layout.data(digest("never finished"))
+    chunks.write(values.redis(), data_key, b"q" * 500, 100, 0)
+    report = values.verify()
+    assert report.orphan_chunks == 5 and not report.ok
+    values.repair()
+    assert values.verify().ok
+    assert values.load(key) == b"z" * 1000  # the healthy big value kept its chunks
+
+
+def _connection(storage):
+    conn = {"namespace": storage.namespace}
+    if storage.client is not None:
+        conn["client"] = storage.client
+    else:
+        conn["url"] = storage.url
+    return conn
