@@ -33,14 +33,12 @@ size of the store; ``shrink(*keys)`` costs one pipelined trip for all keys.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, NoReturn
 
 import redis
 from fleche.call import DigestedCall
-from fleche.digest import DIGEST_LENGTH, Digest
+from fleche.digest import Digest
 from fleche.security import get_secret_key, normalize_secret_key
 from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
 from fleche.storage.destructuring import DestructuringMixin, Digested
@@ -53,7 +51,8 @@ from .codec import Codec
 from .connection import ClientSlot, client_from_url, redact_url, url_from_client
 from .errors import RedisStorageError, SaveRefused, StorageUnavailable, UnavailableMiss
 from .health import POLICIES, Breaker
-from .keys import SHARDS, InvalidDigestError, KeyLayout, check_digest, check_namespace, check_prefix
+from .index import PrefixIndexMixin
+from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
 from .scripts import LuaScript
 
 __all__ = ["RedisBackend", "ValueRedis", "CallRedis", "DEFAULT_URL"]
@@ -68,7 +67,7 @@ def _restore(cls: type, kwargs: dict[str, Any], secret_explicit: bool) -> RedisB
 
 
 @dataclass(frozen=True, kw_only=True)
-class RedisBackend(StorageBackend):
+class RedisBackend(PrefixIndexMixin, StorageBackend):
     """Entries under digest keys in Redis, plus a sorted-set index per shard.
 
     Configuration is the dataclass fields; the connection is built lazily in
@@ -99,12 +98,6 @@ class RedisBackend(StorageBackend):
 
     keyspace: ClassVar[str] = "kv"
     """Separates stores sharing a namespace; see :class:`~fleche_redis.keys.KeyLayout`."""
-
-    LIST_PAGE: ClassVar[int] = 1000
-    """Digests fetched per round trip while :meth:`list` streams an index shard."""
-
-    LIST_BATCH: ClassVar[int] = 16
-    """Shards whose first page :meth:`list` fetches in one pipelined round trip."""
 
     PUT: ClassVar[LuaScript] = LuaScript(
         """
@@ -150,32 +143,6 @@ class RedisBackend(StorageBackend):
           end
         end
         return redis.call('DEL', KEYS[1])
-        """
-    )
-
-    EXPAND: ClassVar[LuaScript] = LuaScript(
-        """
-        -- KEYS[1] index shard
-        -- ARGV[1] hex prefix, ARGV[2] data key prefix of the shard ('<ns>:{v.ab}:')
-        -- Returns the (at most) two smallest indexed digests starting with
-        -- ARGV[1] whose data still exists.  Members whose data expired (ttl) or
-        -- was evicted under maxmemory are removed on the way, so a dead entry
-        -- never makes a prefix ambiguous or expands to a key that cannot load.
-        local low, high = '[' .. ARGV[1], '[' .. ARGV[1] .. '\255'
-        local found = {}
-        while #found < 2 do
-          local batch = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, 2 - #found)
-          if #batch == 0 then break end
-          for _, member in ipairs(batch) do
-            if redis.call('EXISTS', ARGV[2] .. member) == 1 then
-              found[#found + 1] = member
-            else
-              redis.call('ZREM', KEYS[1], member)
-            end
-            low = '(' .. member
-          end
-        end
-        return found
         """
     )
 
@@ -390,109 +357,6 @@ class RedisBackend(StorageBackend):
             self._io("evict", self._delete, key)
         except UnavailableMiss:
             pass  # failing open: the entry stays until a later evict, its ttl, or gc
-
-    def list(self) -> Iterator[Digest]:
-        """Every stored digest, in sorted order, streamed page by page.
-
-        Holds at most ``LIST_BATCH * LIST_PAGE`` digests at a time.  Entries
-        written or evicted while the listing runs may or may not appear.
-        """
-        layout, page_size = self._layout, self.LIST_PAGE
-
-        def first_pages(client: Any, shards: tuple[str, ...]) -> list[list[bytes]]:
-            pipe = client.pipeline(transaction=False)
-            for shard in shards:
-                pipe.zrangebylex(layout.index(shard), "-", "+", start=0, num=page_size)
-            return pipe.execute()
-
-        def next_page(client: Any, shard: str, after: bytes) -> list[bytes]:
-            # A lexicographic cursor stays correct while members come and go.
-            return client.zrangebylex(
-                layout.index(shard), b"(" + after, "+", start=0, num=page_size
-            )
-
-        try:
-            for start in range(0, len(SHARDS), self.LIST_BATCH):
-                batch = SHARDS[start : start + self.LIST_BATCH]
-                for shard, page in zip(batch, self._io("list", first_pages, batch), strict=True):
-                    while True:
-                        for member in page:
-                            yield Digest(member.decode())
-                        if len(page) < page_size:
-                            break
-                        page = self._io("list", next_page, shard, page[-1])
-        except UnavailableMiss:
-            return  # failing open: what could not be listed is not there
-
-    def count(self) -> int:
-        """Number of indexed entries, from one pipelined ``ZCARD`` per shard."""
-
-        def cards(client: Any) -> int:
-            pipe = client.pipeline(transaction=False)
-            for shard in SHARDS:
-                pipe.zcard(self._layout.index(shard))
-            return sum(pipe.execute())
-
-        try:
-            return self._io("count", cards)
-        except UnavailableMiss:
-            return 0
-
-    # -- prefixes -----------------------------------------------------------
-
-    def expand(self, key: Digest | str) -> Digest:
-        # fleche returns any string of 64+ characters unchanged; a storage
-        # keyed by hex digests refuses the ones that cannot be digests.
-        if isinstance(key, str) and len(key) >= DIGEST_LENGTH:
-            check_digest(key)
-        return super().expand(key)
-
-    def _prefix_candidates(self, prefix: str) -> list[Digest]:
-        """The two smallest live digests starting with *prefix*: one script on one shard."""
-        try:
-            prefix = check_prefix(prefix)
-        except InvalidDigestError:
-            return []
-        layout = self._layout
-        found = self._io(
-            "expand",
-            self.EXPAND,
-            (layout.index_of(prefix),),
-            (prefix, layout.data_prefix(prefix[:2])),
-        )
-        return [Digest(m.decode()) for m in found]
-
-    def _shrink(self, *keys: Digest | str) -> tuple[Digest, ...]:
-        """Shortest unambiguous prefixes from each key's sorted-set neighbours.
-
-        Only a key's immediate neighbours in the index can share a longer
-        prefix with it, and they live in its own shard (keys in other shards
-        differ within the first two characters, below the 4-character
-        minimum).  All lookups go out in one pipeline.
-        """
-        with ExitStack() as stack:
-            for k in keys:
-                stack.enter_context(self._operation_context(k))
-            digests = [check_digest(k) for k in keys]
-
-            def neighbours(client: Any) -> list[Any]:
-                pipe = client.pipeline(transaction=False)
-                for d in digests:
-                    index, member = self._layout.index_of(d), d.encode()
-                    pipe.zscore(index, member)
-                    pipe.zrevrangebylex(index, b"(" + member, "-", start=0, num=1)
-                    pipe.zrangebylex(index, b"(" + member, "+", start=0, num=1)
-                return pipe.execute()
-
-            replies = self._io("shrink", neighbours)
-            out = []
-            for i, d in enumerate(digests):
-                score, left, right = replies[3 * i : 3 * i + 3]
-                if score is None:
-                    raise KeyError(d)
-                neighbourhood = [m.decode() for m in left] + [d] + [m.decode() for m in right]
-                out.append(self._shrink_one(d, neighbourhood))
-            return tuple(out)
 
     # -- configuration ------------------------------------------------------
 

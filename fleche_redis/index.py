@@ -1,0 +1,167 @@
+"""Reading the sorted-set prefix index: listing, counting, expanding and shrinking digests.
+
+Each keyspace of a namespace has 256 index shards (see
+:mod:`fleche_redis.keys`), sorted sets of equal-score members, so Redis
+orders them lexicographically.  A prefix of four or more characters names
+one shard, and ``ZRANGEBYLEX ... LIMIT`` finds its two smallest matches in
+one request however large the store; a digest's shortest unambiguous
+prefix depends only on its two neighbours in that shard.  Nothing here
+lists the store, except :meth:`PrefixIndexMixin.list`, which streams it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any, ClassVar
+
+from fleche.digest import DIGEST_LENGTH, Digest
+
+from .errors import UnavailableMiss
+from .keys import SHARDS, InvalidDigestError, check_digest, check_prefix
+from .scripts import LuaScript
+
+__all__ = ["PrefixIndexMixin"]
+
+
+class PrefixIndexMixin:
+    """The index-reading half of :class:`~fleche_redis.backend.RedisBackend`.
+
+    Needs the backend's ``_layout`` and ``_io`` (requests under the error
+    policy); writes to the index happen in the backend's write scripts,
+    together with the data.
+    """
+
+    LIST_PAGE: ClassVar[int] = 1000
+    """Digests fetched per round trip while :meth:`list` streams an index shard."""
+
+    LIST_BATCH: ClassVar[int] = 16
+    """Shards whose first page :meth:`list` fetches in one pipelined round trip."""
+    EXPAND: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS[1] index shard
+        -- ARGV[1] hex prefix, ARGV[2] data key prefix of the shard ('<ns>:{v.ab}:')
+        -- Returns the (at most) two smallest indexed digests starting with
+        -- ARGV[1] whose data still exists.  Members whose data expired (ttl) or
+        -- was evicted under maxmemory are removed on the way, so a dead entry
+        -- never makes a prefix ambiguous or expands to a key that cannot load.
+        local low, high = '[' .. ARGV[1], '[' .. ARGV[1] .. '\255'
+        local found = {}
+        while #found < 2 do
+          local batch = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, 2 - #found)
+          if #batch == 0 then break end
+          for _, member in ipairs(batch) do
+            if redis.call('EXISTS', ARGV[2] .. member) == 1 then
+              found[#found + 1] = member
+            else
+              redis.call('ZREM', KEYS[1], member)
+            end
+            low = '(' .. member
+          end
+        end
+        return found
+        """
+    )
+
+    def list(self) -> Iterator[Digest]:
+        """Every stored digest, in sorted order, streamed page by page.
+
+        Holds at most ``LIST_BATCH * LIST_PAGE`` digests at a time.  Entries
+        written or evicted while the listing runs may or may not appear.
+        """
+        layout, page_size = self._layout, self.LIST_PAGE
+
+        def first_pages(client: Any, shards: tuple[str, ...]) -> list[list[bytes]]:
+            pipe = client.pipeline(transaction=False)
+            for shard in shards:
+                pipe.zrangebylex(layout.index(shard), "-", "+", start=0, num=page_size)
+            return pipe.execute()
+
+        def next_page(client: Any, shard: str, after: bytes) -> list[bytes]:
+            # A lexicographic cursor stays correct while members come and go.
+            return client.zrangebylex(
+                layout.index(shard), b"(" + after, "+", start=0, num=page_size
+            )
+
+        try:
+            for start in range(0, len(SHARDS), self.LIST_BATCH):
+                batch = SHARDS[start : start + self.LIST_BATCH]
+                for shard, page in zip(batch, self._io("list", first_pages, batch), strict=True):
+                    while True:
+                        for member in page:
+                            yield Digest(member.decode())
+                        if len(page) < page_size:
+                            break
+                        page = self._io("list", next_page, shard, page[-1])
+        except UnavailableMiss:
+            return  # failing open: what could not be listed is not there
+
+    def count(self) -> int:
+        """Number of indexed entries, from one pipelined ``ZCARD`` per shard."""
+
+        def cards(client: Any) -> int:
+            pipe = client.pipeline(transaction=False)
+            for shard in SHARDS:
+                pipe.zcard(self._layout.index(shard))
+            return sum(pipe.execute())
+
+        try:
+            return self._io("count", cards)
+        except UnavailableMiss:
+            return 0
+
+    # -- prefixes -----------------------------------------------------------
+
+    def expand(self, key: Digest | str) -> Digest:
+        # fleche returns any string of 64+ characters unchanged; a storage
+        # keyed by hex digests refuses the ones that cannot be digests.
+        if isinstance(key, str) and len(key) >= DIGEST_LENGTH:
+            check_digest(key)
+        return super().expand(key)
+
+    def _prefix_candidates(self, prefix: str) -> list[Digest]:
+        """The two smallest live digests starting with *prefix*: one script on one shard."""
+        try:
+            prefix = check_prefix(prefix)
+        except InvalidDigestError:
+            return []
+        layout = self._layout
+        found = self._io(
+            "expand",
+            self.EXPAND,
+            (layout.index_of(prefix),),
+            (prefix, layout.data_prefix(prefix[:2])),
+        )
+        return [Digest(m.decode()) for m in found]
+
+    def _shrink(self, *keys: Digest | str) -> tuple[Digest, ...]:
+        """Shortest unambiguous prefixes from each key's sorted-set neighbours.
+
+        Only a key's immediate neighbours in the index can share a longer
+        prefix with it, and they live in its own shard (keys in other shards
+        differ within the first two characters, below the 4-character
+        minimum).  All lookups go out in one pipeline.
+        """
+        with ExitStack() as stack:
+            for k in keys:
+                stack.enter_context(self._operation_context(k))
+            digests = [check_digest(k) for k in keys]
+
+            def neighbours(client: Any) -> list[Any]:
+                pipe = client.pipeline(transaction=False)
+                for d in digests:
+                    index, member = self._layout.index_of(d), d.encode()
+                    pipe.zscore(index, member)
+                    pipe.zrevrangebylex(index, b"(" + member, "-", start=0, num=1)
+                    pipe.zrangebylex(index, b"(" + member, "+", start=0, num=1)
+                return pipe.execute()
+
+            replies = self._io("shrink", neighbours)
+            out = []
+            for i, d in enumerate(digests):
+                score, left, right = replies[3 * i : 3 * i + 3]
+                if score is None:
+                    raise KeyError(d)
+                neighbourhood = [m.decode() for m in left] + [d] + [m.decode() for m in right]
+                out.append(self._shrink_one(d, neighbourhood))
+            return tuple(out)
