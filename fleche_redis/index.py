@@ -45,7 +45,7 @@ class PrefixIndexMixin:
         -- ARGV[1] whose data still exists.  Members whose data expired (ttl) or
         -- was evicted under maxmemory are removed on the way, so a dead entry
         -- never makes a prefix ambiguous or expands to a key that cannot load.
-        local low, high = '[' .. ARGV[1], '[' .. ARGV[1] .. '\255'
+        local low, high = '[' .. ARGV[1], '[' .. ARGV[1] .. '\\255'
         local found = {}
         while #found < 2 do
           local batch = redis.call('ZRANGEBYLEX', KEYS[1], low, high, 'LIMIT', 0, 2 - #found)
