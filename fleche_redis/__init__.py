@@ -9,7 +9,7 @@ fleche storage or cache (see :mod:`fleche_redis.locks`).
 
 from . import maintenance
 from .backend import DEFAULT_URL, CallRedis, RedisBackend, ValueRedis
-from .caches import RedisCache
+from .caches import RedisCache, redis_cache
 from .errors import (
     FlecheRedisError,
     InvalidDigestError,
@@ -34,6 +34,7 @@ __all__ = [
     "ValueRedis",
     "CallRedis",
     "RedisCache",
+    "redis_cache",
     "maintenance",
     "KeyLayout",
     "FlecheRedisError",

@@ -1,29 +1,180 @@
-"""fleche caches that know their storages are Redis.
+"""fleche caches that know their storages are Redis: single flight, batched writes, streaming gc.
 
-:class:`RedisCache` is a :class:`fleche.caches.Cache` whose whole-store
-operations (``gc``, ``redigest``) stream with bounded memory through
-:mod:`fleche_redis.maintenance` instead of fleche's load-everything loops.
+:class:`RedisCache` is a :class:`fleche.caches.Cache` over a
+:class:`~fleche_redis.ValueRedis` and a :class:`~fleche_redis.CallRedis`.  It
+changes how a memoized call travels, never what it returns:
+
+- **Single flight.**  When eight workers miss the same key at once, the first
+  to look takes a compute lease and runs the function; the others wait for
+  its record (pushed to them, not polled) and return the saved result.  If
+  the computing worker raises, returns ``None`` (which fleche never caches)
+  or dies, one waiter takes over.  A waiter gives up after ``wait_timeout``
+  seconds, warns and computes itself.  See :mod:`fleche_redis.singleflight`.
+- **Round trips.**  A hit costs 2 requests (record, result); a miss 3 in all:
+  look up or take the lease, store every argument in one pipelined request at
+  ``prepare``, store result and record and release the lease in one request
+  at commit (see :mod:`fleche_redis.batch`).
+- **Scale.**  :meth:`RedisCache.gc` and :meth:`RedisCache.redigest` stream with
+  bounded memory through :mod:`fleche_redis.maintenance`.
+
+::
+
+    import fleche
+    from fleche_redis import redis_cache
+
+    with fleche.cache(redis_cache(url="redis://cache-host:6379/0", namespace="team-a")):
+        result = simulate(seed=1)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
-from fleche.caches import Cache
+from fleche.caches import Cache, Rejected
+from fleche.call import Call, DigestedCall, LazyCall, PreparedCall
+from fleche.digest import DIGEST_LENGTH, Digest
+from fleche.storage import SaveError
 
-from . import maintenance
+from . import maintenance, singleflight
+from .backend import CallRedis, ValueRedis
+from .batch import write_batch
+from .codec import UndecodableEntry
 
-__all__ = ["RedisCache"]
+__all__ = ["RedisCache", "LeasedCall", "redis_cache"]
+
+logger = logging.getLogger("fleche_redis.caches")
+
+# Claims a thread's load() took, for the prepare() fleche calls next in the
+# same thread: (calls storage identity, key) -> Lease.  Thread-local, so a
+# cache object carries no runtime state and pickles as configuration.
+_pending = threading.local()
+
+
+def _claims() -> dict[tuple[int, str], singleflight.Lease]:
+    claims = getattr(_pending, "claims", None)
+    if claims is None:
+        claims = _pending.claims = {}
+    return claims
+
+
+@dataclass
+class LeasedCall(PreparedCall):
+    """A prepared call that holds the compute lease of its record (or ``None``)."""
+
+    lease: singleflight.Lease | None = None
+
+    def abandon(self) -> None:
+        already = self._finished
+        super().abandon()
+        if not already and self.lease is not None:
+            try:
+                self.lease.finish()  # the waiters look again; one of them computes
+            except Exception:
+                logger.warning(
+                    "could not release the compute lease of %s", self.lease.key, exc_info=True
+                )
 
 
 @dataclass(frozen=True)
 class RedisCache(Cache):
-    """A fleche ``Cache`` over a :class:`~fleche_redis.ValueRedis` and a :class:`~fleche_redis.CallRedis`.
+    """A fleche ``Cache`` with single-flight misses, batched writes and streaming gc.
 
-    Everything fleche's ``Cache`` does works unchanged; :meth:`gc` and
-    :meth:`redigest` run at scale.
+    Args:
+        values: a :class:`~fleche_redis.ValueRedis` (any value storage works,
+            without batching).
+        calls: a :class:`~fleche_redis.CallRedis` (needed for single flight).
+        single_flight: ``False`` makes every worker compute its own misses.
+        lease_ttl: seconds a computing worker's lease outlives its last
+            renewal (renewed every third of it while the function runs): what
+            a crashed worker costs the waiters.
+        claim_ttl: seconds a lease taken by ``load`` lives until ``prepare``
+            confirms it (a ``load`` not followed by a computation).
+        wait_timeout: seconds a waiter waits before computing itself.
     """
+
+    single_flight: bool = field(default=True, kw_only=True)
+    lease_ttl: float = field(default=30.0, kw_only=True)
+    claim_ttl: float = field(default=2.0, kw_only=True)
+    wait_timeout: float = field(default=600.0, kw_only=True)
+
+    # -- reading --------------------------------------------------------------
+
+    def load(self, key: str) -> LazyCall:
+        calls = self.calls
+        if not (self.single_flight and isinstance(calls, CallRedis) and len(key) == DIGEST_LENGTH):
+            return super().load(key)
+        # Deliberately outside the per-key operation context: a waiter must not
+        # hold the in-process lock the computing thread needs to save.
+        return self._lookup(calls, Digest(key)).fetch(self)
+
+    def _lookup(self, calls: CallRedis, key: Digest) -> DigestedCall:
+        layout = calls._layout
+        keys = (layout.data(key), layout.key(key, "lease"), layout.key(key, "waiters"))
+        token = singleflight.new_token()
+        claim_ms = int(self.claim_ttl * 1000)
+        deadline = singleflight.clock() + self.wait_timeout
+        while True:
+            status, payload = calls._io("get", singleflight.LOOKUP, keys, (token, claim_ms, 60_000))
+            if status == singleflight.HIT:
+                return calls._codec.decode(payload, key=key)
+            if status == singleflight.CLAIMED:
+                _claims()[(id(calls), key)] = singleflight.Lease(calls, key, token, self.lease_ttl)
+                raise KeyError(key)
+            if singleflight.clock() >= deadline:
+                logger.warning(
+                    "waited %.0f s for %s, computed by another worker; computing it here",
+                    self.wait_timeout,
+                    key,
+                )
+                raise KeyError(key)
+            message = singleflight.wait_for_record(calls, key, token, int(payload), deadline)
+            if message is not None:
+                try:
+                    return calls._codec.decode(message, key=key)
+                except UndecodableEntry:
+                    pass  # logged; look again
+
+    # -- writing --------------------------------------------------------------
+
+    def prepare(self, call: Call) -> PreparedCall:
+        lease = None
+        with write_batch() as batch:
+            digested = call.stash(self.values)
+            if self.single_flight and isinstance(self.calls, CallRedis):
+                lease = _claims().pop((id(self.calls), digested.to_lookup_key()), None)
+                if lease is not None:
+                    batch.add(self.calls, lease.hold_request(), (singleflight.EXTEND,))
+        if lease is not None:
+            lease.watch()
+        return LeasedCall(digested=digested, cache=self, lease=lease)
+
+    def save(self, call: PreparedCall | Call) -> str:
+        lease = call.lease if isinstance(call, LeasedCall) else None
+        try:
+            with write_batch() as batch:
+                key = super().save(call)
+                if lease is not None:
+                    batch.add(self.calls, lease.finish_request(), (singleflight.FINISH,))
+        except BaseException as e:
+            if lease is not None and not lease.finished:
+                try:
+                    lease.finish()
+                except Exception:
+                    logger.debug(
+                        "could not release the compute lease of %s", lease.key, exc_info=True
+                    )
+            if isinstance(e, SaveError):
+                # fleche turns Rejected into "returned uncached"; a SaveError
+                # from the batched record write would escape after the
+                # function ran.
+                raise Rejected(e) from e
+            raise
+        return key
+
+    # -- whole-store work -----------------------------------------------------
 
     def gc(self, *, progress: maintenance.Progress | None = None) -> int:  # type: ignore[override]
         """Evict unreachable values, streaming; returns how many were evicted.
@@ -41,3 +192,30 @@ class RedisCache(Cache):
 
 def _progress(progress: Any) -> dict[str, Any]:
     return {"progress": progress} if progress is not None else {}
+
+
+def redis_cache(
+    url: str | None = None,
+    namespace: str = "fleche",
+    *,
+    single_flight: bool = True,
+    lease_ttl: float = 30.0,
+    claim_ttl: float = 2.0,
+    wait_timeout: float = 600.0,
+    **storage_options: Any,
+) -> RedisCache:
+    """A ready :class:`RedisCache` over a ``ValueRedis`` and a ``CallRedis`` in *namespace*.
+
+    *storage_options* go to both storages (``secret_key``, ``compress``,
+    ``ttl``, ``on_error``, ...); *url* defaults to the storages' default.
+    """
+    if url is not None:
+        storage_options["url"] = url
+    return RedisCache(
+        ValueRedis(namespace=namespace, **storage_options),
+        CallRedis(namespace=namespace, **storage_options),
+        single_flight=single_flight,
+        lease_ttl=lease_ttl,
+        claim_ttl=claim_ttl,
+        wait_timeout=wait_timeout,
+    )

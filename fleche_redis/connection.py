@@ -29,6 +29,7 @@ import redis
 
 __all__ = [
     "ClientSlot",
+    "shared_slot",
     "client_from_url",
     "parse_cluster_url",
     "parse_sentinel_url",
@@ -249,3 +250,22 @@ class ClientSlot:
                 self._client.close()
             self._client = None
             self._generation = -1
+
+
+_shared_slots: dict[tuple[Any, ...], ClientSlot] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_slot(url: str, options: dict[str, Any], key: tuple[Any, ...]) -> ClientSlot:
+    """The process's one slot for a server and client *key* (the options that matter).
+
+    Storages that talk to the same server with the same settings share a
+    client, so they share a connection pool, and one pipeline can carry the
+    writes of a value storage and a call storage together (see
+    :mod:`fleche_redis.batch`).
+    """
+    with _shared_lock:
+        slot = _shared_slots.get(key)
+        if slot is None:
+            slot = _shared_slots[key] = ClientSlot(lambda: client_from_url(url, **options))
+        return slot

@@ -70,9 +70,18 @@ def test_pickled_storage_does_not_carry_a_connection(redis_server, namespace):
     data = pickle.dumps(storage)
     assert b"redis.connection" not in data and b"ConnectionPool" not in data and b"_socket" not in data
     clone = pickle.loads(data)
-    assert clone._slot._client is None  # connects lazily, on first use
     clone.count()
-    assert clone.redis().client_id() != storage.redis().client_id()
+    # In this process the clone shares the client of its server; in a worker
+    # it builds its own on first use (see the fork and pool tests above).
+    assert clone.redis() is storage.redis()
+
+
+def test_storages_of_one_server_share_a_client(redis_server, namespace):
+    values = ValueRedis(url=redis_server.url, namespace=namespace)
+    calls = CallRedis(url=redis_server.url, namespace=namespace)
+    assert values.redis() is calls.redis()
+    slower = CallRedis(url=redis_server.url, namespace=namespace, socket_timeout=9)
+    assert slower.redis() is not values.redis()  # other settings, other client
 
 
 def test_storage_built_on_a_client_pickles_by_its_address(redis_server, namespace):

@@ -1,0 +1,111 @@
+"""Deferring a group of writes so they reach Redis in one pipelined request.
+
+fleche stores a call in pieces: each argument value, then the result, then
+the record, each through ``storage.save``.  Inside a :func:`write_batch`
+block, the ``put`` of every fleche-redis storage only *encodes* the entry
+and queues its write; when the block ends, the queued writes (plus any extra
+steps, such as releasing a compute lease) go out in order, one pipelined
+request per client.  Value and call storages of the same server share a
+client (:func:`fleche_redis.connection.shared_slot`), so a whole miss costs
+one request, and since commands of one pipeline run in order on one
+server, a record is never visible before the values it points to.
+
+Each write keeps its own atomic script, so a batch is not a transaction: a
+failure part-way leaves the earlier entries stored, which is harmless for
+content-addressed values and records.  Redis Cluster pipelines refuse
+scripts, so there the writes run one request each, in order.
+
+A batch that fails raises the storages' usual error (by their error policy:
+a :class:`~fleche_redis.errors.RedisStorageError`, or a
+:class:`~fleche_redis.errors.SaveRefused` when failing open) at the end of the
+block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .scripts import LuaScript, pipelined
+
+if TYPE_CHECKING:
+    from .backend import RedisBackend
+
+__all__ = ["WriteBatch", "write_batch", "active_batch"]
+
+_active: ContextVar[WriteBatch | None] = ContextVar("fleche_redis.batch", default=None)
+
+
+def active_batch() -> WriteBatch | None:
+    """The batch of the innermost :func:`write_batch` block of this context, if any."""
+    return _active.get()
+
+
+@dataclass
+class WriteBatch:
+    """Queued steps: ``(storage, request(client), scripts the request may run)``."""
+
+    steps: list[tuple[RedisBackend, Callable[[Any], Any], tuple[LuaScript, ...]]] = field(
+        default_factory=list
+    )
+
+    def add(
+        self,
+        storage: RedisBackend,
+        request: Callable[[Any], Any],
+        scripts: tuple[LuaScript, ...] = (),
+    ) -> None:
+        self.steps.append((storage, request, scripts))
+
+    def flush(self) -> None:
+        steps, self.steps = self.steps, []
+        i = 0
+        while i < len(steps):
+            # Consecutive steps on one client share one request.
+            client = steps[i][0].redis()
+            j = i + 1
+            while j < len(steps) and steps[j][0].redis() is client:
+                j += 1
+            self._send(client, steps[i:j])
+            i = j
+
+    @staticmethod
+    def _send(
+        client: Any, group: list[tuple[RedisBackend, Callable[[Any], Any], tuple[LuaScript, ...]]]
+    ) -> None:
+        owner = group[0][0]
+        if len(group) == 1 or isinstance(client, redis.RedisCluster):
+            for storage, request, _ in group:
+                storage._io("put", request)
+            return
+        scripts = tuple({s.sha: s for _, _, ss in group for s in ss}.values())
+
+        def send(c: Any) -> list[Any]:
+            return pipelined(c, lambda pipe: [request(pipe) for _, request, _ in group], scripts)
+
+        owner._io("put", send)
+
+
+@contextlib.contextmanager
+def write_batch() -> Iterator[WriteBatch]:
+    """Queue the writes of fleche-redis storages in this block; send them when it ends.
+
+    Nested blocks join the outer batch.  If the block raises, nothing queued
+    is sent.
+    """
+    outer = _active.get()
+    if outer is not None:
+        yield outer
+        return
+    batch = WriteBatch()
+    token = _active.set(batch)
+    try:
+        yield batch
+    finally:
+        _active.reset(token)
+    batch.flush()

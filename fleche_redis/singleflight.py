@@ -1,0 +1,213 @@
+"""Compute leases for missing call records: one worker computes, the others wait for its record.
+
+All keys of one record's lease live in the record's hash slot::
+
+    team-a:{c.3f}:lease:<digest>         token of the worker computing it (expires)
+    team-a:{c.3f}:waiters:<digest>       tokens of the workers waiting for it
+    team-a:{c.3f}:wake:<token>           a waiter's own signal list (BLPOP)
+
+:data:`LOOKUP` runs at load time: it returns the record if it exists; else it
+*claims* the lease for the caller (who will compute) or, when another worker
+holds it, enlists the caller as a waiter, all in one atomic request, so no
+wakeup can fall between "not there yet" and "wait".  The computing worker's
+commit stores the result and the record and then runs :data:`FINISH`, in the
+same pipelined request: it drops the lease and pushes the encoded record onto
+every waiter's signal list, so a waiter wakes holding the record and only
+fetches the result.  When the computation fails (or returns ``None``, which
+fleche never caches), FINISH pushes an empty message instead and each waiter
+looks again; one of them gets the lease.  A worker that dies stops renewing
+its lease; it expires, and the waiters' bounded re-checks notice.
+
+A claim taken by ``load`` expires after a short ``claim_ttl`` unless
+``prepare`` (which fleche calls right before running the function) turns it
+into a lease renewed by the process's watchdog for as long as the function
+runs.  So a plain ``cache.load`` that is never followed by a computation
+holds up other workers for at most ``claim_ttl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import watchdog as _watchdog
+from .scripts import LuaScript
+
+if TYPE_CHECKING:
+    from .backend import CallRedis
+
+__all__ = ["LOOKUP", "FINISH", "EXTEND", "Lease", "HIT", "CLAIMED", "WAIT", "clock"]
+
+logger = logging.getLogger("fleche_redis.singleflight")
+
+clock = time.monotonic
+"""Replaced by tests to drive waiting without sleeping."""
+
+HIT, CLAIMED, WAIT = 1, 2, 3
+
+LOOKUP = LuaScript(
+    """
+    -- KEYS[1] record hash, KEYS[2] its lease, KEYS[3] its waiters list
+    -- ARGV[1] caller's token, ARGV[2] claim ttl ms, ARGV[3] waiter registration ttl ms
+    -- Returns {1, record}: stored; {2, ''}: the caller now holds the lease and
+    -- computes; {3, ms}: another worker computes (lease ends in ms unless
+    -- renewed) and the caller is enlisted to be woken.
+    local record = redis.call('HGET', KEYS[1], 'v')
+    if record then return {1, record} end
+    local holder = redis.call('GET', KEYS[2])
+    if not holder or holder == ARGV[1] then
+      redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+      return {2, ''}
+    end
+    redis.call('RPUSH', KEYS[3], ARGV[1])
+    redis.call('PEXPIRE', KEYS[3], ARGV[3])
+    return {3, redis.call('PTTL', KEYS[2])}
+    """
+)
+
+FINISH = LuaScript(
+    """
+    -- KEYS[1] lease, KEYS[2] waiters list, KEYS[3] record hash
+    -- ARGV[1] the finishing worker's token, ARGV[2] signal key prefix
+    -- ('<ns>:{c.3f}:wake:'), ARGV[3] signal ttl ms
+    -- Drops the lease if the caller still holds it and wakes every waiter
+    -- with the record as stored now ('' when there is none: look again).
+    -- Returns how many waiters were woken.
+    if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+    local waiters = redis.call('LRANGE', KEYS[2], 0, -1)
+    redis.call('DEL', KEYS[2])
+    local message = redis.call('HGET', KEYS[3], 'v') or ''
+    for _, token in ipairs(waiters) do
+      local signal = ARGV[2] .. token
+      redis.call('RPUSH', signal, message)
+      redis.call('PEXPIRE', signal, ARGV[3])
+    end
+    return #waiters
+    """
+)
+
+EXTEND = LuaScript(
+    """
+    -- KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms
+    -- Extends the lease if the caller still holds it; returns 1, else 0.
+    if redis.call('GET', KEYS[1]) == ARGV[1] then
+      return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    end
+    return 0
+    """
+)
+
+
+def new_token() -> str:
+    return secrets.token_hex(12)
+
+
+@dataclass(eq=False)
+class Lease:
+    """This worker's right to compute one record, renewed while it computes.
+
+    Created by a claim in ``load``; ``hold`` extends it to *ttl* and hands it
+    to the process's watchdog; ``finish`` (in the commit's request, or on its
+    own when the computation is abandoned) drops it and wakes the waiters.
+    """
+
+    calls: CallRedis
+    key: str
+    token: str
+    ttl: float
+    finished: bool = False
+    lost: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def keys(self) -> tuple[str, str]:
+        layout = self.calls._layout
+        return layout.key(self.key, "lease"), layout.key(self.key, "waiters")
+
+    def hold_request(self) -> Any:
+        """A batch step extending the claim to the full lease."""
+        lease, _ = self.keys()
+        return lambda client: EXTEND(client, (lease,), (self.token, int(self.ttl * 1000)))
+
+    def watch(self) -> None:
+        """Keep the lease alive in the background while the function runs."""
+        _watchdog.shared().watch(self, self.ttl / 3)
+
+    def _extend(self) -> bool:
+        lease, _ = self.keys()
+        kept = self.calls._io("lease", EXTEND, (lease,), (self.token, int(self.ttl * 1000)))
+        if not kept:
+            self.lost = True
+        return bool(kept)
+
+    def _renew(self) -> float | None:
+        """The watchdog's call while the function runs."""
+        with self._lock:
+            if self.finished:
+                return None
+        try:
+            if not self._extend():
+                logger.warning(
+                    "compute lease of %s ran out while computing; waiters may compute it too",
+                    self.key,
+                )
+                return None
+        except Exception:  # Redis down: try again soon; the lease may still live
+            return max(0.05, self.ttl / 10)
+        return self.ttl / 3
+
+    def finish_request(self) -> Any:
+        """A batch step: ``request(client)`` that drops the lease and wakes the waiters.
+
+        Queued right after the record's write, so the waiters wake holding it.
+        """
+        self._stop()
+        lease, waiters = self.keys()
+        record = self.calls._layout.data(self.key)
+        prefix = self.calls._layout.key(self.key, "wake")[: -len(self.key)]
+
+        def request(client: Any) -> Any:
+            return FINISH(client, (lease, waiters, record), (self.token, prefix, 60_000))
+
+        return request
+
+    def finish(self) -> None:
+        """Drop the lease and wake the waiters now (an abandoned computation: they look again)."""
+        if not self.finished:
+            self.calls._io("lease", self.finish_request())
+
+    def _stop(self) -> bool:
+        with self._lock:
+            if self.finished:
+                return False
+            self.finished = True
+        _watchdog.shared().unwatch(self)
+        return True
+
+
+def wait_for_record(
+    calls: CallRedis, key: str, token: str, lease_ms: int, deadline: float
+) -> bytes | None:
+    """Block until the computing worker's message arrives; ``None`` means "look again".
+
+    Returns the encoded record, or ``None`` when the computation was abandoned,
+    the lease ran out, or *deadline* passed; the caller then looks again (or
+    gives up waiting).  The wait is a ``BLPOP`` on the caller's own signal list,
+    cut into slices no longer than the lease's remaining time (a dead worker
+    is noticed then) or a second (a lost wakeup costs at most that).
+    """
+    signal = calls._layout.key(key, "wake")[: -len(key)] + token
+    socket_timeout = calls.socket_timeout
+    slice_cap = 1.0 if socket_timeout is None else max(0.05, min(1.0, socket_timeout / 2))
+    remaining = deadline - clock()
+    if remaining <= 0:
+        return None
+    wait = min(slice_cap, remaining, max(0.05, lease_ms / 1000 + 0.05))
+    reply = calls._io("wait", lambda client: client.blpop([signal], timeout=wait))
+    if reply is None:
+        return None
+    message = reply[1]
+    return message or None
