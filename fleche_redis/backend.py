@@ -296,6 +296,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         batch = active_batch()
         if batch is not None:
             batch.add(self, lambda client: self._write(client, key, data, value), self._scripts())
+            batch.encoded[(id(self), key)] = data
         else:
             self._io("put", self._write, key, data, value)
         return key

@@ -53,6 +53,8 @@ class WriteBatch:
     steps: list[tuple[RedisBackend, Callable[[Any], Any], tuple[LuaScript, ...]]] = field(
         default_factory=list
     )
+    encoded: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    """``(id(storage), key) -> bytes`` of every entry queued: a commit passes some on to waiters."""
 
     def add(
         self,

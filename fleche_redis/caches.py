@@ -37,6 +37,7 @@ from fleche.caches import Cache, Rejected
 from fleche.call import Call, DigestedCall, LazyCall, PreparedCall
 from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.storage import SaveError
+from fleche.storage.destructuring import Digested
 
 from . import maintenance, singleflight
 from .backend import CallRedis, ValueRedis
@@ -108,9 +109,13 @@ class RedisCache(Cache):
             return super().load(key)
         # Deliberately outside the per-key operation context: a waiter must not
         # hold the in-process lock the computing thread needs to save.
-        return self._lookup(calls, Digest(key)).fetch(self)
+        record, result = self._lookup(calls, Digest(key))
+        if result is _NOTHING:
+            return record.fetch(self)
+        return record.fetch(_Pushed(self, record.result, result))
 
-    def _lookup(self, calls: CallRedis, key: Digest) -> DigestedCall:
+    def _lookup(self, calls: CallRedis, key: Digest) -> tuple[DigestedCall, Any]:
+        """The record (and a result pushed along with it, else ``_NOTHING``); ``KeyError`` to compute."""
         layout = calls._layout
         keys = (layout.data(key), layout.key(key, "lease"), layout.key(key, "waiters"))
         token = singleflight.new_token()
@@ -119,7 +124,7 @@ class RedisCache(Cache):
         while True:
             status, payload = calls._io("get", singleflight.LOOKUP, keys, (token, claim_ms, 60_000))
             if status == singleflight.HIT:
-                return calls._codec.decode(payload, key=key)
+                return calls._codec.decode(payload, key=key), _NOTHING
             if status == singleflight.CLAIMED:
                 _claims()[(id(calls), key)] = singleflight.Lease(calls, key, token, self.lease_ttl)
                 raise KeyError(key)
@@ -133,9 +138,18 @@ class RedisCache(Cache):
             message = singleflight.wait_for_record(calls, key, token, int(payload), deadline)
             if message is not None:
                 try:
-                    return calls._codec.decode(message, key=key)
+                    return self._unpack(calls, key, message)
                 except UndecodableEntry:
                     pass  # logged; look again
+
+    def _unpack(self, calls: CallRedis, key: Digest, message: bytes) -> tuple[DigestedCall, Any]:
+        encoded_record, encoded_result = singleflight.unpack(message)
+        record = calls._codec.decode(encoded_record, key=key)
+        if encoded_result is None or not isinstance(self.values, ValueRedis):
+            return record, _NOTHING
+        result = self.values._codec.decode(encoded_result, key=str(record.result))
+        # A destructured result arrives as its wrapper: load it in full instead.
+        return record, (_NOTHING if isinstance(result, Digested) else result)
 
     # -- writing --------------------------------------------------------------
 
@@ -153,25 +167,47 @@ class RedisCache(Cache):
 
     def save(self, call: PreparedCall | Call) -> str:
         lease = call.lease if isinstance(call, LeasedCall) else None
+        if lease is None:
+            return self._save_batched(call)
         try:
-            with write_batch() as batch:
-                key = super().save(call)
-                if lease is not None:
-                    batch.add(self.calls, lease.finish_request(), (singleflight.FINISH,))
+            return self._save_leased(call, lease)
         except BaseException as e:
-            if lease is not None and not lease.finished:
+            if not lease.finished:
                 try:
-                    lease.finish()
+                    lease.finish()  # the waiters look again
                 except Exception:
                     logger.debug(
                         "could not release the compute lease of %s", lease.key, exc_info=True
                     )
             if isinstance(e, SaveError):
-                # fleche turns Rejected into "returned uncached"; a SaveError
-                # from the batched record write would escape after the
-                # function ran.
                 raise Rejected(e) from e
             raise
+
+    def _save_batched(self, call: PreparedCall | Call) -> str:
+        try:
+            with write_batch():
+                return super().save(call)
+        except SaveError as e:
+            # fleche turns Rejected into "returned uncached"; a SaveError from
+            # the batched record write would escape after the function ran.
+            raise Rejected(e) from e
+
+    def _save_leased(self, call: LeasedCall, lease: singleflight.Lease) -> str:
+        # fleche's Cache.save for a prepared call, unrolled to keep the record
+        # and the result's bytes for the waiters' message.
+        key = call.to_lookup_key()
+        with self._operation_context(key), write_batch() as batch:
+            try:
+                digested = call.resolve(self.values)
+            except SaveError as e:
+                raise Rejected(e) from e
+            self.calls.save(digested)
+            encoded = batch.encoded
+            message = singleflight.pack(
+                encoded.get((id(self.calls), key)) or self.calls._codec.encode(digested),
+                encoded.get((id(self.values), digested.result)),
+            )
+            batch.add(self.calls, lease.finish_request(message), (singleflight.FINISH,))
         return key
 
     # -- whole-store work -----------------------------------------------------
@@ -188,6 +224,23 @@ class RedisCache(Cache):
     def redigest(self, *, progress: maintenance.Progress | None = None) -> int:  # type: ignore[override]
         """Re-key records whose digest changed, streaming; returns how many moved."""
         return maintenance.redigest(self, **_progress(progress))
+
+
+_NOTHING = object()
+
+
+@dataclass(frozen=True)
+class _Pushed:
+    """The cache a waiter's ``LazyCall`` reads through: the pushed result first, then the cache."""
+
+    cache: RedisCache
+    digest: Any
+    value: Any
+
+    def load_value(self, key: Any) -> Any:
+        if key == self.digest:
+            return self.value
+        return self.cache.load_value(key)
 
 
 def _progress(progress: Any) -> dict[str, Any]:

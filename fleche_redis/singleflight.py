@@ -11,9 +11,9 @@ All keys of one record's lease live in the record's hash slot::
 holds it, enlists the caller as a waiter, all in one atomic request, so no
 wakeup can fall between "not there yet" and "wait".  The computing worker's
 commit stores the result and the record and then runs :data:`FINISH`, in the
-same pipelined request: it drops the lease and pushes the encoded record onto
-every waiter's signal list, so a waiter wakes holding the record and only
-fetches the result.  When the computation fails (or returns ``None``, which
+same pipelined request: it drops the lease and pushes the encoded record (and
+a small result) onto every waiter's signal list, so a waiter wakes holding
+what it came for and returns without another request.  When the computation fails (or returns ``None``, which
 fleche never caches), FINISH pushes an empty message instead and each waiter
 looks again; one of them gets the lease.  A worker that dies stops renewing
 its lease; it expires, and the waiters' bounded re-checks notice.
@@ -40,7 +40,18 @@ from .scripts import LuaScript
 if TYPE_CHECKING:
     from .backend import CallRedis
 
-__all__ = ["LOOKUP", "FINISH", "EXTEND", "Lease", "HIT", "CLAIMED", "WAIT", "clock"]
+__all__ = [
+    "LOOKUP",
+    "FINISH",
+    "EXTEND",
+    "Lease",
+    "HIT",
+    "CLAIMED",
+    "WAIT",
+    "clock",
+    "pack",
+    "unpack",
+]
 
 logger = logging.getLogger("fleche_redis.singleflight")
 
@@ -71,20 +82,19 @@ LOOKUP = LuaScript(
 
 FINISH = LuaScript(
     """
-    -- KEYS[1] lease, KEYS[2] waiters list, KEYS[3] record hash
-    -- ARGV[1] the finishing worker's token, ARGV[2] signal key prefix
-    -- ('<ns>:{c.3f}:wake:'), ARGV[3] signal ttl ms
-    -- Drops the lease if the caller still holds it and wakes every waiter
-    -- with the record as stored now ('' when there is none: look again).
+    -- KEYS[1] lease, KEYS[2] waiters list
+    -- ARGV[1] the finishing worker's token, ARGV[2] message for the waiters
+    -- (see pack(); '' means "look again"), ARGV[3] signal key prefix
+    -- ('<ns>:{c.3f}:wake:'), ARGV[4] signal ttl ms
+    -- Drops the lease if the caller still holds it and wakes every waiter.
     -- Returns how many waiters were woken.
     if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
     local waiters = redis.call('LRANGE', KEYS[2], 0, -1)
     redis.call('DEL', KEYS[2])
-    local message = redis.call('HGET', KEYS[3], 'v') or ''
     for _, token in ipairs(waiters) do
-      local signal = ARGV[2] .. token
-      redis.call('RPUSH', signal, message)
-      redis.call('PEXPIRE', signal, ARGV[3])
+      local signal = ARGV[3] .. token
+      redis.call('RPUSH', signal, ARGV[2])
+      redis.call('PEXPIRE', signal, ARGV[4])
     end
     return #waiters
     """
@@ -159,18 +169,18 @@ class Lease:
             return max(0.05, self.ttl / 10)
         return self.ttl / 3
 
-    def finish_request(self) -> Any:
-        """A batch step: ``request(client)`` that drops the lease and wakes the waiters.
+    def finish_request(self, message: bytes = b"") -> Any:
+        """A batch step: ``request(client)`` that drops the lease and wakes the waiters with *message*.
 
-        Queued right after the record's write, so the waiters wake holding it.
+        Queued right after the record's write (see :func:`pack`), so the waiters
+        wake holding the record and, when it is small, the result.
         """
         self._stop()
         lease, waiters = self.keys()
-        record = self.calls._layout.data(self.key)
         prefix = self.calls._layout.key(self.key, "wake")[: -len(self.key)]
 
         def request(client: Any) -> Any:
-            return FINISH(client, (lease, waiters, record), (self.token, prefix, 60_000))
+            return FINISH(client, (lease, waiters), (self.token, message, prefix, 60_000))
 
         return request
 
@@ -188,12 +198,29 @@ class Lease:
         return True
 
 
+MAX_PUSHED_RESULT = 64 * 1024
+"""Results up to this size travel to the waiters with the record; bigger ones they fetch."""
+
+
+def pack(record: bytes, result: bytes | None) -> bytes:
+    """The waiters' message: the encoded record and, optionally, the encoded result."""
+    if result is None or len(result) > MAX_PUSHED_RESULT:
+        result = b""
+    return len(record).to_bytes(4, "big") + record + result
+
+
+def unpack(message: bytes) -> tuple[bytes, bytes | None]:
+    size = int.from_bytes(message[:4], "big")
+    result = message[4 + size :]
+    return message[4 : 4 + size], result or None
+
+
 def wait_for_record(
     calls: CallRedis, key: str, token: str, lease_ms: int, deadline: float
 ) -> bytes | None:
     """Block until the computing worker's message arrives; ``None`` means "look again".
 
-    Returns the encoded record, or ``None`` when the computation was abandoned,
+    Returns its message (see :func:`unpack`), or ``None`` when the computation was abandoned,
     the lease ran out, or *deadline* passed; the caller then looks again (or
     gives up waiting).  The wait is a ``BLPOP`` on the caller's own signal list,
     cut into slices no longer than the lease's remaining time (a dead worker

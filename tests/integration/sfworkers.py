@@ -27,6 +27,10 @@ def compute(x: int, behaviour: fleche.Ignored[str] = "ok", seconds: fleche.Ignor
         return None
     if n == 1 and behaviour == "die":
         os.kill(os.getpid(), signal.SIGKILL)
+    if behaviour == "nested":  # destructured by the value storage: travels as parts
+        return {"x": x, "parts": [x, [x, x * x]], "execution": n}
+    if behaviour == "big":  # too big to be pushed to the waiters with the record
+        return {"x": x, "blob": b"b" * 100_000, "execution": n}
     return {"x": x, "square": x * x, "execution": n}
 
 

@@ -64,6 +64,20 @@ def test_eight_workers_one_execution(redis_server, namespace, counter):
     assert counter() == 1 and len(out) == 8
 
 
+@pytest.mark.parametrize(
+    "behaviour, expected",
+    [
+        ("nested", {"x": 2, "parts": [2, [2, 4]], "execution": 1}),
+        ("big", {"x": 2, "blob": b"b" * 100_000, "execution": 1}),
+    ],
+)
+def test_waiters_get_results_that_are_not_pushed_whole(redis_server, namespace, counter, behaviour, expected):
+    cache = redis_cache(url=redis_server.url, namespace=namespace)
+    out, _ = race(cache, (2, behaviour, 0.3))
+    assert [value for _, value, _ in out] == [expected] * 8
+    assert counter() == 1
+
+
 @pytest.mark.parametrize("behaviour", ["raise", "none"])
 def test_a_failed_computation_hands_over_to_a_waiter(redis_server, namespace, counter, behaviour):
     cache = redis_cache(url=redis_server.url, namespace=namespace)
