@@ -84,6 +84,19 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+class _ClosedOnExit:
+    """``with`` support for the process groups here: leaving the block closes them."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
@@ -141,7 +154,7 @@ class TlsFiles:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(_ClosedOnExit):
     """One private ``redis-server`` process.
 
     ``stop()`` ends it gracefully, ``kill()`` with SIGKILL (a crash), and
@@ -347,15 +360,10 @@ class RedisServer:
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 @dataclass
-class RedisClusterProcesses:
+class RedisClusterProcesses(_ClosedOnExit):
     """A local Redis Cluster of *masters* primaries and no replicas.
 
     Each node is a :class:`RedisServer` started with ``--cluster-enabled yes``;
@@ -446,15 +454,10 @@ class RedisClusterProcesses:
         for n in self.nodes:
             n.close()
 
-    def __enter__(self) -> RedisClusterProcesses:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 @dataclass
-class RedisSentinelProcesses:
+class RedisSentinelProcesses(_ClosedOnExit):
     """A primary, one replica and *sentinels* sentinels watching them as *service*.
 
     ``failover()`` kills the primary and waits until the sentinels promoted the
@@ -541,8 +544,3 @@ class RedisSentinelProcesses:
         for server in (*self.sentinels, self.replica, self.primary):
             server.close()
 
-    def __enter__(self) -> RedisSentinelProcesses:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

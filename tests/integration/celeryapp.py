@@ -29,3 +29,21 @@ cache = redis_cache(url=URL, namespace=NAMESPACE)
 def memo_square(x: int) -> dict:
     with fleche.cache(cache), fleche.meta():
         return slow_square(x)
+
+
+def submit_duplicates() -> None:
+    """The producer side, run in a subprocess of its own by the test.
+
+    Kombu registers after-fork hooks for the broker connections a producer
+    opens; in the pytest process they would make every later fork hang.
+    """
+    import json
+    import time
+
+    deadline = time.monotonic() + 60
+    while not app.control.ping(timeout=0.5):
+        if time.monotonic() > deadline:
+            raise SystemExit("celery worker did not come up")
+    inputs = [1, 2, 3]
+    pending = [memo_square.delay(x) for x in inputs for _ in range(4)]  # four copies of each, at once
+    print(json.dumps([p.get(timeout=60) for p in pending]))

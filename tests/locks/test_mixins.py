@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import threading
@@ -246,37 +247,32 @@ def test_prefix_normalisation_does_not_recurse_even_when_reads_lock(redis_server
     fkey = files.save("w")
     assert files.load(fkey[:6]) == "w"
     # A prefix naming nothing takes no lock and is a plain miss.
-    acquired = []
+    with acquisitions() as acquired, pytest.raises(KeyError):
+        strict.load("ffff")
+    assert acquired == []
+
+
+@contextlib.contextmanager
+def acquisitions():
+    """The names of the Redlocks acquired in the block."""
+    seen: list[str] = []
     original = Redlock.acquire
 
     def spy(lock, *a, **k):
-        acquired.append(lock.name)
+        seen.append(lock.name)
         return original(lock, *a, **k)
 
     Redlock.acquire = spy
     try:
-        with pytest.raises(KeyError):
-            strict.load("ffff")
+        yield seen
     finally:
         Redlock.acquire = original
-    assert acquired == []
 
 
 def test_per_key_locks_live_in_the_entrys_hash_slot(redis_server, namespace):
     storage = LockedCallRedis(url=redis_server.url, namespace=namespace)
-    seen = []
-    held = Redlock.acquire
-
-    def spy(lock, *a, **k):
-        seen.append(lock.name)
-        return held(lock, *a, **k)
-
-    Redlock.acquire = spy
-    try:
-        with storage._operation_context(DIGEST):
-            pass
-    finally:
-        Redlock.acquire = held
+    with acquisitions() as seen, storage._operation_context(DIGEST):
+        pass
     assert seen == [storage._layout.key(DIGEST, "lock")] == [f"{namespace}:{{c.3f}}:lock:{DIGEST}"]
 
 
