@@ -43,6 +43,7 @@ from fleche.security import get_secret_key, normalize_secret_key
 from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
 from fleche.storage.destructuring import DestructuringMixin, Digested
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError  # annotations: `redis` is also a method name here
 from redis.retry import Retry
 
 from . import chunks
@@ -284,7 +285,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             raise SaveRefused(f"not stored: {fault}") from fault
         raise UnavailableMiss(operation, str(fault)) from fault
 
-    def _fault(self, operation: str, exc: redis.RedisError) -> RedisStorageError:
+    def _fault(self, operation: str, exc: RedisError) -> RedisStorageError:
         unavailable = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
         cls = StorageUnavailable if unavailable else RedisStorageError
         fault = cls(

@@ -89,7 +89,7 @@ def _storages(url: str, namespace: str) -> tuple[Any, Any]:
     except redis.RedisError as e:
         raise CliError(_explain(e, redact_url(url))) from None
     # A command line fails fast: no retry, and a breaker that never opens.
-    options = {"retries": 0, "breaker_threshold": 10**9}
+    options: dict[str, Any] = {"retries": 0, "breaker_threshold": 10**9}
     values = ValueRedis(url=url, namespace=namespace, **options)
     calls = CallRedis(url=url, namespace=namespace, **options)
     calls._io("ping", lambda client: client.ping())
@@ -170,6 +170,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     url = getattr(args, "url", None) or os.environ.get("REDIS_URL")
     namespace = getattr(args, "namespace", None)
+    where: contextlib.AbstractContextManager[tuple[str, str]]
     if url:
         _storages(url, namespace or DEFAULT_NAMESPACE)  # a clear error before workers start
         where = contextlib.nullcontext((url, f"{redact_url(url)} (from --url/REDIS_URL)"))

@@ -205,7 +205,7 @@ def _shrink(calls: CallRedis, keys: list[Digest]) -> list[str]:
     except KeyError:
         # A record evicted (or re-keyed) since it was read: shrink one by one.
         return [_shrink_one(calls, k) for k in keys]
-    return list(shrunk) if len(keys) > 1 else [shrunk]  # type: ignore[list-item]
+    return [str(s) for s in shrunk] if isinstance(shrunk, tuple) else [str(shrunk)]
 
 
 def _shrink_one(calls: CallRedis, key: Digest) -> str:

@@ -192,7 +192,7 @@ class RedisServer:
                 "or set FLECHE_REDIS_SERVER"
             )
         owns = directory is None
-        path = Path(tempfile.mkdtemp(prefix="fleche-redis-")) if owns else Path(directory)
+        path = Path(tempfile.mkdtemp(prefix="fleche-redis-") if directory is None else directory)
         path.mkdir(parents=True, exist_ok=True)
         last_error: Exception | None = None
         for _ in range(attempts if port is None else 1):
