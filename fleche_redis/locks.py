@@ -140,7 +140,9 @@ def _url_slot(url: str) -> ClientSlot:
     slot = _url_slots.get(url)
     if slot is None:
         with _table_lock:
-            slot = _url_slots.setdefault(url, ClientSlot(partial(client_from_url, url, **LOCK_CLIENT_OPTIONS)))
+            slot = _url_slots.setdefault(
+                url, ClientSlot(partial(client_from_url, url, **LOCK_CLIENT_OPTIONS))
+            )
     return slot
 
 
@@ -243,7 +245,11 @@ class _DistributedLocking(OperationContext):
                 state.masters = tuple(_url_slot(u) for u in self.lock_urls)
             else:
                 assert isinstance(self, RedisBackend)
-                state.servers = ("storage", self.url, id(self.client) if self.client is not None else None)
+                state.servers = (
+                    "storage",
+                    self.url,
+                    id(self.client) if self.client is not None else None,
+                )
                 state.masters = (self._slot,)
         return state.masters, state.servers
 
@@ -305,9 +311,12 @@ class _DistributedLocking(OperationContext):
                 timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)
             ):
                 counts.lock_failures += 1
-                self._refuse(LockTimeout(
-                    f"{name}: another thread of this process held it for {self.lock_timeout}s", name=name
-                ))
+                self._refuse(
+                    LockTimeout(
+                        f"{name}: another thread of this process held it for {self.lock_timeout}s",
+                        name=name,
+                    )
+                )
             try:
                 lock = kl.redlock
                 if lock is None:
