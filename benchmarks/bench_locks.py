@@ -70,7 +70,9 @@ class _Pottery:
         import pottery
 
         self._lock = pottery.Redlock(
-            key=f"bench:{name}", masters={redis.Redis.from_url(u) for u in urls}, auto_release_time=10
+            key=f"bench:{name}",
+            masters={redis.Redis.from_url(u) for u in urls},
+            auto_release_time=10,
         )
 
     def acquire(self) -> None:
@@ -169,10 +171,15 @@ def _contend(c: Contender, urls: list[str], seconds: float, barrier, results) ->
     results.put(count)
 
 
-def throughput(c: Contender, urls: list[str], seconds: float, procs: int = 4) -> tuple[float, float]:
+def throughput(
+    c: Contender, urls: list[str], seconds: float, procs: int = 4
+) -> tuple[float, float]:
     """(acquisitions per second, fewest / most acquisitions of one process)."""
     barrier, results = CTX.Barrier(procs), CTX.Queue()
-    workers = [CTX.Process(target=_contend, args=(c, urls, seconds, barrier, results)) for _ in range(procs)]
+    workers = [
+        CTX.Process(target=_contend, args=(c, urls, seconds, barrier, results))
+        for _ in range(procs)
+    ]
     for w in workers:
         w.start()
     counts = [results.get(timeout=seconds + 120) for _ in workers]
@@ -229,7 +236,9 @@ def run(smoke: bool) -> str:
             statistics.median(f for _, f in tput[c.label]),
         )
         figures[c.label] = f
-        rows.append(f"| {c.label} | {_us(f[0])} | {_ms(f[1])} | {_ms(f[2])} | {f[3]:,.0f} acq/s | {f[4]:.2f} |")
+        rows.append(
+            f"| {c.label} | {_us(f[0])} | {_ms(f[1])} | {_ms(f[2])} | {f[3]:,.0f} acq/s | {f[4]:.2f} |"
+        )
     table = "\n".join(
         [
             "| lock | uncontended acquire+release (p50) | handoff p50 | handoff p90 "
@@ -238,9 +247,13 @@ def run(smoke: bool) -> str:
             *rows,
         ]
     )
-    sizes = "SMOKE sizes, not figures" if smoke else (
-        f"{n} uncontended pairs (locks interleaved in random order), {rounds} handoffs, {seconds:.0f} s of contention per lock, "
-        f"in {passes} alternating passes"
+    sizes = (
+        "SMOKE sizes, not figures"
+        if smoke
+        else (
+            f"{n} uncontended pairs (locks interleaved in random order), {rounds} handoffs, {seconds:.0f} s of contention per lock, "
+            f"in {passes} alternating passes"
+        )
     )
     note = (
         f"Measured {time.strftime('%Y-%m-%d')} on {_cpus()} core(s), loopback Redis {version}, "
@@ -265,7 +278,9 @@ def _verdicts(f: dict[str, tuple[float, float, float, float, float]]) -> str:
         ("throughput >= 1.2 x redis-py", ours[3] >= 1.2 * peer[3], f"{ours[3] / peer[3]:.2f} x"),
         ("fairness >= 0.5", ours[4] >= 0.5, f"{ours[4]:.2f}"),
     ]
-    return "\n".join(f"- {name}: {'met' if ok else 'NOT met'} ({value})" for name, ok, value in lines)
+    return "\n".join(
+        f"- {name}: {'met' if ok else 'NOT met'} ({value})" for name, ok, value in lines
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

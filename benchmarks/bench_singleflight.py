@@ -74,7 +74,13 @@ def _dogpile_worker(url: str, x: int, barrier, out) -> None:
     host, port = url.split("//")[1].split("/")[0].split(":")
     region = make_region().configure(
         "dogpile.cache.redis",
-        arguments={"host": host, "port": int(port), "db": 0, "distributed_lock": True, "lock_timeout": 30},
+        arguments={
+            "host": host,
+            "port": int(port),
+            "db": 0,
+            "distributed_lock": True,
+            "lock_timeout": 30,
+        },
     )
 
     def create() -> dict:
@@ -112,17 +118,31 @@ def run(rounds: int) -> str:
         approaches = {
             "fleche-redis RedisCache (single flight)": (
                 _fleche_worker,
-                lambda x: (TimedRedisCache(ValueRedis(url=url, namespace="sf"), CallRedis(url=url, namespace="sf")), x),
+                lambda x: (
+                    TimedRedisCache(
+                        ValueRedis(url=url, namespace="sf"), CallRedis(url=url, namespace="sf")
+                    ),
+                    x,
+                ),
             ),
             "plain fleche Cache on the same Redis storages": (
                 _fleche_worker,
-                lambda x: (Cache(ValueRedis(url=url, namespace="plain"), CallRedis(url=url, namespace="plain")), x),
+                lambda x: (
+                    Cache(
+                        ValueRedis(url=url, namespace="plain"),
+                        CallRedis(url=url, namespace="plain"),
+                    ),
+                    x,
+                ),
             ),
         }
         try:
             import dogpile.cache  # noqa: F401
 
-            approaches["dogpile.cache Redis, distributed_lock=True"] = (_dogpile_worker, lambda x: (url, x))
+            approaches["dogpile.cache Redis, distributed_lock=True"] = (
+                _dogpile_worker,
+                lambda x: (url, x),
+            )
         except ImportError:
             rows.append("| dogpile.cache Redis, distributed_lock=True | not installed | | | |")
         for label, (target, args) in approaches.items():

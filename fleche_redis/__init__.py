@@ -7,7 +7,7 @@ can name it.  :class:`Redlock` is a distributed lock, and
 fleche storage or cache (see :mod:`fleche_redis.locks`).
 """
 
-from . import maintenance
+from . import maintenance, metrics
 from .backend import DEFAULT_URL, CallRedis, RedisBackend, ValueRedis
 from .caches import RedisCache, redis_cache
 from .errors import (
@@ -36,6 +36,7 @@ __all__ = [
     "RedisCache",
     "redis_cache",
     "maintenance",
+    "metrics",
     "KeyLayout",
     "FlecheRedisError",
     "RedisStorageError",

@@ -43,6 +43,7 @@ from fleche.security import get_secret_key, normalize_secret_key
 from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
 from fleche.storage.destructuring import DestructuringMixin, Digested
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError  # annotations: `redis` is also a method name here
 from redis.retry import Retry
 
 from . import chunks
@@ -54,6 +55,7 @@ from .errors import RedisStorageError, SaveRefused, StorageUnavailable, Unavaila
 from .health import POLICIES, Breaker
 from .index import PrefixIndexMixin
 from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
+from .metrics import StorageMetrics
 from .scripts import LuaScript
 
 __all__ = ["RedisBackend", "ValueRedis", "CallRedis", "DEFAULT_URL"]
@@ -169,6 +171,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     _codec: Codec = field(init=False, repr=False, compare=False)
     _slot: ClientSlot = field(init=False, repr=False, compare=False)
     _breaker: Breaker = field(init=False, repr=False, compare=False)
+    _metrics: StorageMetrics = field(init=False, repr=False, compare=False)
     _secret_explicit: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -200,6 +203,12 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             slot_key = (url, self.socket_timeout, self.connect_timeout, self.retries)
             set_(self, "_slot", shared_slot(url, options, slot_key))
         set_(self, "_breaker", Breaker(self.breaker_threshold, self.breaker_cooldown, self.server))
+        # Process-local: rebuilt by __post_init__ wherever the storage is unpickled.
+        set_(
+            self,
+            "_metrics",
+            StorageMetrics(type(self).__name__, self.server, self.namespace, self._breaker),
+        )
 
     def _client_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -256,12 +265,17 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
 
     def _io(self, operation: str, request: Any, *args: Any) -> Any:
         """Run ``request(client, *args)`` against Redis under the breaker and the error policy."""
-        breaker = self._breaker
+        breaker, counts = self._breaker, self._metrics
         if breaker.open_until and (blocked := breaker.blocked(operation)) is not None:
+            counts.short_circuited += 1
             self._refuse(operation, blocked)
+        counts.requests += 1
+        if counts.requests >= counts.next_check:
+            counts.check()
         try:
             result = request(self.redis(), *args)
         except redis.RedisError as e:
+            counts.errors += 1
             fault = self._fault(operation, e)
             breaker.failed(fault)
             self._refuse(operation, fault)
@@ -276,7 +290,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             raise SaveRefused(f"not stored: {fault}") from fault
         raise UnavailableMiss(operation, str(fault)) from fault
 
-    def _fault(self, operation: str, exc: redis.RedisError) -> RedisStorageError:
+    def _fault(self, operation: str, exc: RedisError) -> RedisStorageError:
         unavailable = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
         cls = StorageUnavailable if unavailable else RedisStorageError
         fault = cls(
@@ -299,14 +313,25 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             batch.encoded[(id(self), key)] = data
         else:
             self._io("put", self._write, key, data, value)
+        counts = self._metrics
+        counts.saves += 1
+        counts.bytes_out += len(data)
         return key
 
     def get(self, key: Digest) -> Any:
         key = check_digest(key)
         data = self._io("get", self._read, key)
+        counts = self._metrics
         if data is None:
+            counts.misses += 1
             raise KeyError(key)
+        counts.hits += 1
+        counts.bytes_in += len(data)
         return self._codec.decode(data, key=key)
+
+    def metrics(self) -> dict[str, Any]:
+        """This storage's counters in this process; see :mod:`fleche_redis.metrics`."""
+        return self._metrics.snapshot()
 
     # Storage layout hooks: one atomic request each.  Call records override
     # them to keep their query index (see fleche_redis.calls).

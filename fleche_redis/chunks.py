@@ -31,7 +31,7 @@ def is_manifest(data: bytes) -> bool:
     return data[: len(MAGIC)] == MAGIC
 
 
-def _checksum(data: bytes | memoryview) -> str:
+def _checksum(data: bytes | bytearray | memoryview) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 

@@ -163,6 +163,8 @@ class Codec:
         return data
 
     def _decompress(self, data: bytes) -> bytes:
+        if data[:1] == b"\x80":
+            return data  # a pickle (signed or not); no compressor's magic starts so
         head = bytes(data[:4])
         for reader in self.readers:
             if head.startswith(reader.magic):

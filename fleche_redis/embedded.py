@@ -43,11 +43,11 @@ def embedded_redis() -> Iterator[EmbeddedRedis]:
             "or pip install 'fakeredis[lua]'"
         ) from None
     port = free_port()
-    server = TcpFakeServer(("127.0.0.1", port))
-    thread = threading.Thread(target=server.serve_forever, name="fakeredis-tcp", daemon=True)
+    fake = TcpFakeServer(("127.0.0.1", port))
+    thread = threading.Thread(target=fake.serve_forever, name="fakeredis-tcp", daemon=True)
     thread.start()
     try:
         yield EmbeddedRedis(f"redis://127.0.0.1:{port}/0", "fakeredis")
     finally:
-        server.shutdown()
-        server.server_close()
+        fake.shutdown()
+        fake.server_close()

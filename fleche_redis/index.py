@@ -11,15 +11,22 @@ lists the store, except :meth:`PrefixIndexMixin.list`, which streams it.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fleche.digest import DIGEST_LENGTH, Digest
 
 from .errors import UnavailableMiss
 from .keys import SHARDS, InvalidDigestError, check_digest, check_prefix
 from .scripts import LuaScript
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
+
+    from .keys import KeyLayout
 
 __all__ = ["PrefixIndexMixin"]
 
@@ -31,6 +38,13 @@ class PrefixIndexMixin:
     policy); writes to the index happen in the backend's write scripts,
     together with the data.
     """
+
+    if TYPE_CHECKING:  # provided by RedisBackend and fleche's KeyManagement
+        _layout: KeyLayout
+
+        def _io(self, operation: str, request: Callable[..., Any], *args: Any) -> Any: ...
+        def _operation_context(self, key: Any) -> AbstractContextManager[Any]: ...
+        def _shrink_one(self, key: Any, sorted_all: Any) -> Digest: ...
 
     LIST_PAGE: ClassVar[int] = 1000
     """Digests fetched per round trip while :meth:`list` streams an index shard."""
@@ -117,9 +131,9 @@ class PrefixIndexMixin:
         # keyed by hex digests refuses the ones that cannot be digests.
         if isinstance(key, str) and len(key) >= DIGEST_LENGTH:
             check_digest(key)
-        return super().expand(key)
+        return super().expand(key)  # type: ignore[misc]  # fleche's KeyManagement, after us
 
-    def _prefix_candidates(self, prefix: str) -> list[Digest]:
+    def _prefix_candidates(self, prefix: str) -> builtins.list[Digest]:
         """The two smallest live digests starting with *prefix*: one script on one shard."""
         try:
             prefix = check_prefix(prefix)

@@ -97,7 +97,8 @@ class KeyLayout:
 
     def data(self, digest: str) -> str:
         """Key of the entry stored under *digest* (already validated)."""
-        return f"{self.data_prefix(digest[:SHARD_CHARS])}{digest}"
+        # Spelled out rather than through data_prefix(): it runs on every read.
+        return f"{self.namespace}:{{{self.keyspace}.{digest[:SHARD_CHARS]}}}:{digest}"
 
     def data_prefix(self, shard: str) -> str:
         """What every data key of *shard* starts with (the digest follows)."""

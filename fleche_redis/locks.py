@@ -88,9 +88,10 @@ from fleche.digest import DIGEST_LENGTH
 from fleche.storage.base import AmbiguousDigestError, CallStorage, Intent, OperationContext
 
 from .backend import RedisBackend
-from .connection import ClientSlot, client_from_url
+from .connection import ClientSlot, client_from_url, redact_url
 from .errors import LockError, LockTimeout
 from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
+from .metrics import StorageMetrics
 from .redlock import LOCK_CLIENT_OPTIONS, Redlock
 
 logger = logging.getLogger("fleche_redis.locks")
@@ -139,7 +140,9 @@ def _url_slot(url: str) -> ClientSlot:
     slot = _url_slots.get(url)
     if slot is None:
         with _table_lock:
-            slot = _url_slots.setdefault(url, ClientSlot(partial(client_from_url, url, **LOCK_CLIENT_OPTIONS)))
+            slot = _url_slots.setdefault(
+                url, ClientSlot(partial(client_from_url, url, **LOCK_CLIENT_OPTIONS))
+            )
     return slot
 
 
@@ -173,6 +176,7 @@ class _LockState:
         self.bypass = _Bypass()
         self.masters: tuple[ClientSlot, ...] | None = None
         self.servers: Any = None
+        self.metrics: StorageMetrics | None = None
 
     def __reduce__(self) -> tuple[type, tuple]:
         return (_LockState, ())
@@ -241,9 +245,28 @@ class _DistributedLocking(OperationContext):
                 state.masters = tuple(_url_slot(u) for u in self.lock_urls)
             else:
                 assert isinstance(self, RedisBackend)
-                state.servers = ("storage", self.url, id(self.client) if self.client is not None else None)
+                state.servers = (
+                    "storage",
+                    self.url,
+                    id(self.client) if self.client is not None else None,
+                )
                 state.masters = (self._slot,)
         return state.masters, state.servers
+
+    def _lock_metrics(self) -> StorageMetrics:
+        # A fleche-redis storage counts its lock waits with its other counters.
+        state = self._lock_state
+        if state.metrics is None:
+            state.metrics = getattr(self, "_metrics", None) or StorageMetrics(
+                type(self).__name__,
+                ",".join(redact_url(u) for u in self.lock_urls),
+                self._lock_namespace(),
+            )
+        return state.metrics
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters of this process, lock waits included; see :mod:`fleche_redis.metrics`."""
+        return self._lock_metrics().snapshot()
 
     def _lock_namespace(self) -> str:
         return self.namespace if isinstance(self, RedisBackend) else self.lock_namespace
@@ -281,10 +304,19 @@ class _DistributedLocking(OperationContext):
                 yield
                 return
             deadline = _clock() + self.lock_timeout
-            if not kl.mutex.acquire(timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)):
-                self._refuse(LockTimeout(
-                    f"{name}: another thread of this process held it for {self.lock_timeout}s", name=name
-                ))
+            counts, started = self._lock_metrics(), time.perf_counter()
+            # A thread of this process holding the key counts as a wait too.
+            queued = not kl.mutex.acquire(blocking=False)
+            if queued and not kl.mutex.acquire(
+                timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)
+            ):
+                counts.lock_failures += 1
+                self._refuse(
+                    LockTimeout(
+                        f"{name}: another thread of this process held it for {self.lock_timeout}s",
+                        name=name,
+                    )
+                )
             try:
                 lock = kl.redlock
                 if lock is None:
@@ -293,7 +325,10 @@ class _DistributedLocking(OperationContext):
                 try:
                     lock.acquire(timeout=max(0.0, deadline - _clock()))
                 except LockError as e:
+                    counts.lock_failures += 1
                     self._refuse(e)
+                # The Redlock remembers whether this acquisition queued in Redis.
+                counts.lock_acquired(time.perf_counter() - started, queued or lock._contended)
                 kl.owner = me
                 failed = False
                 try:

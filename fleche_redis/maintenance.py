@@ -140,7 +140,12 @@ def _evict_many(storage: RedisBackend, keys: list[Digest]) -> None:
         for key in keys:
             storage._delete(client, key)
         return
-    pipelined(client, lambda p: [storage._delete(p, k) for k in keys], storage._scripts())
+
+    def queue(pipe: Any) -> None:
+        for key in keys:
+            storage._delete(pipe, key)
+
+    pipelined(client, queue, storage._scripts())
 
 
 def _data_keys(storage: RedisBackend) -> Iterator[Digest]:

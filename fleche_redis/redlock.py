@@ -338,7 +338,13 @@ class Redlock:
 
     # -- keys and transport -----------------------------------------------------
 
-    def _run(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any], which: Sequence[int] | None = None) -> dict[int, Any]:
+    def _run(
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        which: Sequence[int] | None = None,
+    ) -> dict[int, Any]:
         """Run *script* on the chosen masters at once; reply or exception per master index."""
         which = range(len(self.masters)) if which is None else which
         return run_script({i: self.masters[i] for i in which}, script, keys, args)
@@ -386,14 +392,22 @@ class Redlock:
             # write, saving a round trip per turn in a busy hand-over chain.
             # (On a server that lost the script, the BLPOP just times out once.)
             start = _clock()
-            wait = self.RECHECK if deadline is None else min(self.RECHECK, max(0.0, deadline - start))
-            attempt, signal = self._attempt_and_wait(token, ttl_ms, lease_ms, mode + "p", signal_key, wait)
+            wait = (
+                self.RECHECK if deadline is None else min(self.RECHECK, max(0.0, deadline - start))
+            )
+            attempt, signal = self._attempt_and_wait(
+                token, ttl_ms, lease_ms, mode + "p", signal_key, wait
+            )
             mode = self._mode + "qc"
             if not isinstance(attempt, Exception):
                 home = 0
                 waited = attempt[0] == 0
                 fence = signal if waited else attempt[1]
-                if fence is not None and fence != b"0" and self._settle(int(fence), [0], start, drift):
+                if (
+                    fence is not None
+                    and fence != b"0"
+                    and self._settle(int(fence), [0], start, drift)
+                ):
                     self._contended = waited
                     return True
         while True:
@@ -418,8 +432,13 @@ class Redlock:
             now = _clock()
             if deadline is not None and now >= deadline:
                 self._give_up(token)
-                cls, why = (LockTimeout, "held by another holder") if len(ok) >= self.quorum else (
-                    LockUnavailable, f"only {len(ok)} of {len(self.masters)} master(s) answered"
+                cls, why = (
+                    (LockTimeout, "held by another holder")
+                    if len(ok) >= self.quorum
+                    else (
+                        LockUnavailable,
+                        f"only {len(ok)} of {len(self.masters)} master(s) answered",
+                    )
                 )
                 raise cls(f"{self.name}: not acquired within the timeout ({why})", name=self.name)
             wait = self.RECHECK
@@ -444,7 +463,9 @@ class Redlock:
         client = self.masters[0].get()
         acquire = ("EVALSHA", self.ACQUIRE.sha, 2, *self._keys, token, ttl_ms, lease_ms, mode)
         try:
-            attempt, popped = receive(send(client, [acquire, ("BLPOP", signal_key, max(wait, 0.001))]))
+            attempt, popped = receive(
+                send(client, [acquire, ("BLPOP", signal_key, max(wait, 0.001))])
+            )
         except redis.RedisError as e:
             return e, None
         if isinstance(popped, Exception) or popped is None:
@@ -561,7 +582,9 @@ class Redlock:
         few masters answered.
         """
         if not self.held:
-            raise LockNotOwned(f"{self.name}: extend() of a lock this object does not hold", name=self.name)
+            raise LockNotOwned(
+                f"{self.name}: extend() of a lock this object does not hold", name=self.name
+            )
         outcome = self._extend(ttl if ttl is not None else self.ttl)
         if outcome == "lost":
             raise LockLost(f"{self.name}: the lock was lost before extend()", name=self.name)
@@ -617,4 +640,3 @@ def _slot(master: Any) -> ClientSlot:
         url = master
         return ClientSlot(lambda: client_from_url(url, **LOCK_CLIENT_OPTIONS))
     return ClientSlot(lambda: master, given=master)
-

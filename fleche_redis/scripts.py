@@ -37,7 +37,7 @@ class LuaScript:
 
 
 def pipelined(
-    client: Any, build: Callable[[Any], None], scripts: Sequence[LuaScript] = ()
+    client: Any, build: Callable[[Any], object], scripts: Sequence[LuaScript] = ()
 ) -> list[Any]:
     """Queue commands with *build* on a fresh pipeline and run it in one round trip.
 

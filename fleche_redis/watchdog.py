@@ -50,7 +50,9 @@ class Watchdog:
     (tests, with a fake clock).
     """
 
-    def __init__(self, *, autostart: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, autostart: bool = True, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._autostart = autostart
         self._clock = clock
         self._cond = threading.Condition(threading.Lock())
@@ -71,7 +73,9 @@ class Watchdog:
             self._locks[key] = (weakref.ref(lock), seq)
             heapq.heappush(self._heap, (due, seq, key))
             if self._autostart and self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fleche-redis-watchdog", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="fleche-redis-watchdog", daemon=True
+                )
                 self._thread.start()
             elif due < self._wake_at:
                 # Only when the thread would look too late: a short hold

@@ -205,7 +205,7 @@ class RedisServer(_ClosedOnExit):
                 "or set FLECHE_REDIS_SERVER"
             )
         owns = directory is None
-        path = Path(tempfile.mkdtemp(prefix="fleche-redis-")) if owns else Path(directory)
+        path = Path(tempfile.mkdtemp(prefix="fleche-redis-") if directory is None else directory)
         path.mkdir(parents=True, exist_ok=True)
         last_error: Exception | None = None
         for _ in range(attempts if port is None else 1):
@@ -361,7 +361,6 @@ class RedisServer(_ClosedOnExit):
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-
 @dataclass
 class RedisClusterProcesses(_ClosedOnExit):
     """A local Redis Cluster of *masters* primaries and no replicas.
@@ -455,7 +454,6 @@ class RedisClusterProcesses(_ClosedOnExit):
             n.close()
 
 
-
 @dataclass
 class RedisSentinelProcesses(_ClosedOnExit):
     """A primary, one replica and *sentinels* sentinels watching them as *service*.
@@ -543,4 +541,3 @@ class RedisSentinelProcesses(_ClosedOnExit):
     def close(self) -> None:
         for server in (*self.sentinels, self.replica, self.primary):
             server.close()
-

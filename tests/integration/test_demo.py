@@ -42,7 +42,9 @@ def test_demo_reports_an_unreachable_server(capsys, fresh_server):
     code = cli.main(["demo", "--url", url, "--tasks", "1", "--samples", "10"])
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"fleche-redis: Redis get on {url}") and "ConnectionError" in err
+    # Checked before any worker starts, and said in words a person can act on.
+    assert err.startswith(f"fleche-redis: cannot connect to Redis at {url} (ConnectionError")
+    assert "is it running?" in err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"]])

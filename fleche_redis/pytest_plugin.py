@@ -1,0 +1,138 @@
+"""pytest fixtures for testing memoized code on a Redis cache, with no infrastructure to set up.
+
+Installing fleche-redis registers this plugin (entry point ``pytest11``), so
+every test suite in the environment has these fixtures::
+
+    import fleche
+
+    def test_second_call_is_reused(fleche_redis_cache):
+        with fleche.cache(fleche_redis_cache):
+            assert simulate(1, 100) == simulate(1, 100)
+        assert fleche_redis_cache.calls.count() == 1
+
+* ``fleche_redis_cache``: a :class:`~fleche_redis.RedisCache` on an in-process
+  fakeredis (with Lua) of the test's own: nothing to start, nothing shared
+  between tests.  Needs ``fakeredis[lua]`` (``pip install 'fleche-redis[testing]'``).
+* ``fleche_redis_server``: a real Redis for the whole session: the URL given
+  by ``--fleche-redis-url`` or ``$FLECHE_REDIS_TEST_URL``, else a private
+  ``redis-server`` started on a free port when the binary is on ``PATH``;
+  tests that ask for it are skipped when there is neither.
+* ``fleche_redis_real_cache``: a :class:`~fleche_redis.RedisCache` on that
+  server, in a namespace of the test's own whose entries are removed after
+  the test.  Unlike the fakeredis cache it pickles, so it reaches worker
+  processes (``ProcessPoolExecutor``, Dask, Celery) as in production.
+* ``fleche_redis_client``: the fakeredis client behind ``fleche_redis_cache``.
+
+A fixture starts nothing until a test asks for it; the private
+``redis-server`` starts once per session, at the first test that needs it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+__all__ = [
+    "fleche_redis_client",
+    "fleche_redis_cache",
+    "fleche_redis_server",
+    "fleche_redis_real_cache",
+]
+
+_tests = itertools.count()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fleche-redis")
+    group.addoption(
+        "--fleche-redis-url",
+        default=None,
+        help="Redis for the fleche_redis_server fixtures (default: $FLECHE_REDIS_TEST_URL, "
+        "else a private redis-server when one is on PATH)",
+    )
+
+
+@dataclass(frozen=True)
+class ExternalServer:
+    """A Redis the test run was pointed at; the fixtures only touch their own namespaces."""
+
+    url: str
+
+    def client(self, **kwargs: Any) -> Any:
+        from .connection import client_from_url
+
+        return client_from_url(self.url, **kwargs)
+
+
+def _namespace(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", ".", request.node.name)[:40]
+    return f"pytest-{os.getpid()}-{next(_tests)}-{name}"
+
+
+@pytest.fixture
+def fleche_redis_client() -> Iterator[Any]:
+    """An in-process fakeredis client (with Lua) on a server of this test's own."""
+    fakeredis = pytest.importorskip(
+        "fakeredis", reason="fleche_redis_cache needs fakeredis: pip install 'fakeredis[lua]'"
+    )
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def fleche_redis_cache(fleche_redis_client: Any, request: pytest.FixtureRequest) -> Any:
+    """A fleche cache on fakeredis, isolated per test."""
+    from .backend import CallRedis, ValueRedis
+    from .caches import RedisCache
+
+    namespace = _namespace(request)
+    return RedisCache(
+        values=ValueRedis(client=fleche_redis_client, namespace=namespace),
+        calls=CallRedis(client=fleche_redis_client, namespace=namespace),
+    )
+
+
+@pytest.fixture(scope="session")
+def fleche_redis_server(pytestconfig: pytest.Config) -> Iterator[Any]:
+    """A real Redis for the session (given, or a private ``redis-server``), else the test skips."""
+    url = pytestconfig.getoption("--fleche-redis-url") or os.environ.get("FLECHE_REDIS_TEST_URL")
+    if url:
+        yield ExternalServer(url)
+        return
+    from .testing.server import RedisServer, redis_server_binary
+
+    if redis_server_binary() is None:
+        pytest.skip(
+            "no Redis: pass --fleche-redis-url, set FLECHE_REDIS_TEST_URL or install redis-server"
+        )
+    with RedisServer.start() as server:
+        yield server
+
+
+@pytest.fixture
+def fleche_redis_real_cache(
+    fleche_redis_server: Any, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """A fleche cache on the real server, in a namespace of this test's own (emptied afterwards)."""
+    from .backend import CallRedis, ValueRedis
+    from .caches import RedisCache
+
+    namespace = _namespace(request)
+    values = ValueRedis(url=fleche_redis_server.url, namespace=namespace)
+    calls = CallRedis(url=fleche_redis_server.url, namespace=namespace)
+    try:
+        yield RedisCache(values=values, calls=calls)
+    finally:
+        for storage in (calls, values):
+            for key in list(storage.list()):
+                storage.evict(key)
+            storage.close()
