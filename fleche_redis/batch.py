@@ -12,8 +12,8 @@ server, a record is never visible before the values it points to.
 
 Each write keeps its own atomic script, so a batch is not a transaction: a
 failure part-way leaves the earlier entries stored, which is harmless for
-content-addressed values and records.  Redis Cluster pipelines refuse
-scripts, so there the writes run one request each, in order.
+content-addressed values and records.  On Redis Cluster the writes run one
+request each, in order, each routed to its node.
 
 A batch that fails raises the storages' usual error (by their error policy:
 a :class:`~fleche_redis.errors.RedisStorageError`, or a
@@ -29,9 +29,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import redis
+from redis.exceptions import NoScriptError
 
-from .scripts import LuaScript, pipelined
+from . import fanout
+from .scripts import LuaScript
 
 if TYPE_CHECKING:
     from .backend import RedisBackend
@@ -81,16 +82,45 @@ class WriteBatch:
         client: Any, group: list[tuple[RedisBackend, Callable[[Any], Any], tuple[LuaScript, ...]]]
     ) -> None:
         owner = group[0][0]
-        if len(group) == 1 or isinstance(client, redis.RedisCluster):
-            for storage, request, _ in group:
-                storage._io("put", request)
+        if len(group) == 1:
+            owner._io("put", group[0][1])
             return
+        recorder = _Recorder()
+        for _, request, _ in group:
+            request(recorder)
         scripts = tuple({s.sha: s for _, _, ss in group for s in ss}.values())
 
         def send(c: Any) -> list[Any]:
-            return pipelined(c, lambda pipe: [request(pipe) for _, request, _ in group], scripts)
+            replies = fanout.receive(fanout.send(c, recorder.commands))
+            if any(isinstance(r, NoScriptError) for r in replies):
+                # A server without our scripts (fresh, or flushed): load them
+                # and send it all again; every step is safe to repeat.
+                for script in scripts:
+                    c.script_load(script.source)
+                replies = fanout.receive(fanout.send(c, recorder.commands))
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
 
         owner._io("put", send)
+
+
+class _Recorder:
+    """Stands in for a client while batch steps run: keeps their commands to send in one go.
+
+    Lighter than a redis-py pipeline, which matters on a path that runs
+    on every miss; the steps only ever call these two commands.
+    """
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
+        self.commands.append(("EVALSHA", sha, numkeys, *keys_and_args))
+
+    def set(self, name: str, value: Any, px: int | None = None) -> None:
+        self.commands.append(("SET", name, value, "PX", px) if px else ("SET", name, value))
 
 
 @contextlib.contextmanager

@@ -66,6 +66,11 @@ class LeasedCall(PreparedCall):
     """A prepared call that holds the compute lease of its record (or ``None``)."""
 
     lease: singleflight.Lease | None = None
+    key: str | None = None
+    """The record's lookup key, computed once at prepare (fleche would digest the call again)."""
+
+    def to_lookup_key(self) -> Digest:
+        return Digest(self.key) if self.key is not None else super().to_lookup_key()
 
     def abandon(self) -> None:
         already = self._finished
@@ -157,13 +162,14 @@ class RedisCache(Cache):
         lease = None
         with write_batch() as batch:
             digested = call.stash(self.values)
+            key = digested.to_lookup_key()
             if self.single_flight and isinstance(self.calls, CallRedis):
-                lease = _claims().pop((id(self.calls), digested.to_lookup_key()), None)
+                lease = _claims().pop((id(self.calls), key), None)
                 if lease is not None:
                     batch.add(self.calls, lease.hold_request(), (singleflight.EXTEND,))
         if lease is not None:
             lease.watch()
-        return LeasedCall(digested=digested, cache=self, lease=lease)
+        return LeasedCall(digested=digested, cache=self, lease=lease, key=key)
 
     def save(self, call: PreparedCall | Call) -> str:
         lease = call.lease if isinstance(call, LeasedCall) else None
@@ -201,7 +207,8 @@ class RedisCache(Cache):
                 digested = call.resolve(self.values)
             except SaveError as e:
                 raise Rejected(e) from e
-            self.calls.save(digested)
+            with self.calls._operation_context(key):
+                self.calls.put(digested, key)  # CallRedis.save, with the key known
             encoded = batch.encoded
             message = singleflight.pack(
                 encoded.get((id(self.calls), key)) or self.calls._codec.encode(digested),

@@ -196,3 +196,16 @@ def test_redis_cache_pickles_as_configuration(redis_server, namespace):
     cache = redis_cache(url=redis_server.url, namespace=namespace, lease_ttl=7.0)
     clone = pickle.loads(pickle.dumps(cache))
     assert isinstance(clone, RedisCache) and clone.lease_ttl == 7.0 and clone == cache
+
+
+@pytest.mark.parametrize("topology", ["redis_cluster", "redis_sentinel"])
+def test_single_flight_on_a_cluster_and_through_sentinel(request, topology, namespace, counter):
+    url = request.getfixturevalue(topology).url
+    cache = redis_cache(url=url, namespace=namespace)
+    out, _ = race(cache, (13, "ok", 0.3), workers=4)
+    assert [value for _, value, _ in out] == [{"x": 13, "square": 169, "execution": 1}] * 4
+    assert counter() == 1
+    with fleche.cache(cache), fleche.meta():
+        assert double(3, [1]) == {"x": 6, "y": 1}
+        assert double(3, [1]) == {"x": 6, "y": 1}
+        assert cache.calls.verify().ok and cache.values.verify().ok
