@@ -209,3 +209,33 @@ def test_single_flight_on_a_cluster_and_through_sentinel(request, topology, name
         assert double(3, [1]) == {"x": 6, "y": 1}
         assert double(3, [1]) == {"x": 6, "y": 1}
         assert cache.calls.verify().ok and cache.values.verify().ok
+
+
+def test_a_waiter_that_gives_up_says_so(redis_server, namespace, caplog):
+    """Threads of one process, so the waiter's warning reaches caplog."""
+    import threading
+
+    started = threading.Event()
+
+    @fleche.fleche
+    def slow(x):
+        started.set()
+        time.sleep(1.0)
+        return {"x": x, "thread": threading.get_ident()}
+
+    computing = redis_cache(url=redis_server.url, namespace=namespace)
+    impatient = redis_cache(url=redis_server.url, namespace=namespace, wait_timeout=0.2)
+    results = {}
+
+    def run(name, cache):
+        with fleche.cache(cache), fleche.meta():
+            results[name] = slow(1)
+
+    first = threading.Thread(target=run, args=("first", computing))
+    first.start()
+    assert started.wait(5)
+    with caplog.at_level(logging.WARNING, logger="fleche_redis.caches"):
+        run("impatient", impatient)
+    first.join(5)
+    assert results["impatient"]["thread"] == threading.get_ident()  # computed itself
+    assert "computing it here" in caplog.text and "waited 0.2 s" in caplog.text
