@@ -135,7 +135,7 @@ class RedisCache(Cache):
                 raise KeyError(key)
             if singleflight.clock() >= deadline:
                 logger.warning(
-                    "waited %.0f s for %s, computed by another worker; computing it here",
+                    "waited %g s for %s, computed by another worker; computing it here",
                     self.wait_timeout,
                     key,
                 )
