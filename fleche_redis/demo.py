@@ -16,9 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import fleche
-from fleche.caches import Cache
 
-from .backend import CallRedis, ValueRedis
+from .caches import redis_cache
 from .errors import FlecheRedisError
 
 __all__ = ["simulate", "run_demo"]
@@ -61,10 +60,7 @@ def run_demo(
     say=print,
 ) -> tuple[RoundReport, RoundReport]:
     namespace = namespace or f"fleche-redis-demo-{secrets.token_hex(3)}"
-    cache = Cache(
-        values=ValueRedis(url=url, namespace=namespace),
-        calls=CallRedis(url=url, namespace=namespace),
-    )
+    cache = redis_cache(url=url, namespace=namespace)
     say(f"namespace: {namespace}")
     say(
         f"workload: {tasks} Monte Carlo simulations of {samples:,} samples on {workers} worker processes"
