@@ -486,7 +486,7 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
                     continue  # mend() will miss it, as fleche's own load would
                 part = parts[digest] = self._codec.decode(data, key=digest)
                 if isinstance(part, Digested):
-                    frontier |= self._raw_sub_digests(part) - parts.keys()
+                    frontier |= {d for d in self._raw_sub_digests(part) if d not in parts}
         return raw.mend(_Parts(parts))
 
     def to_config(self) -> dict[str, Any]:

@@ -133,13 +133,13 @@ class Lease:
     lost: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def keys(self) -> tuple[str, str]:
+    def redis_keys(self) -> tuple[str, str]:
         layout = self.calls._layout
         return layout.key(self.key, "lease"), layout.key(self.key, "waiters")
 
     def hold_request(self) -> Any:
         """A batch step extending the claim to the full lease."""
-        lease, _ = self.keys()
+        lease, _ = self.redis_keys()
         return lambda client: EXTEND(client, (lease,), (self.token, int(self.ttl * 1000)))
 
     def watch(self) -> None:
@@ -147,7 +147,7 @@ class Lease:
         _watchdog.shared().watch(self, self.ttl / 3)
 
     def _extend(self) -> bool:
-        lease, _ = self.keys()
+        lease, _ = self.redis_keys()
         kept = self.calls._io("lease", EXTEND, (lease,), (self.token, int(self.ttl * 1000)))
         if not kept:
             self.lost = True
@@ -176,7 +176,7 @@ class Lease:
         wake holding the record and, when it is small, the result.
         """
         self._stop()
-        lease, waiters = self.keys()
+        lease, waiters = self.redis_keys()
         prefix = self.calls._layout.key(self.key, "wake")[: -len(self.key)]
 
         def request(client: Any) -> Any:
