@@ -37,7 +37,7 @@ from .scripts import LuaScript
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
-__all__ = ["WriteBatch", "write_batch", "active_batch"]
+__all__ = ["Step", "WriteBatch", "write_batch", "active_batch"]
 
 _active: ContextVar[WriteBatch | None] = ContextVar("fleche_redis.batch", default=None)
 
@@ -47,13 +47,15 @@ def active_batch() -> WriteBatch | None:
     return _active.get()
 
 
+Step = tuple["RedisBackend", Callable[[Any], Any], tuple[LuaScript, ...]]
+"""``(storage, request(client), scripts the request may run)``."""
+
+
 @dataclass
 class WriteBatch:
-    """Queued steps: ``(storage, request(client), scripts the request may run)``."""
+    """Queued steps, each ``(storage, request(client), scripts the request may run)``."""
 
-    steps: list[tuple[RedisBackend, Callable[[Any], Any], tuple[LuaScript, ...]]] = field(
-        default_factory=list
-    )
+    steps: list[Step] = field(default_factory=list)
     encoded: dict[tuple[int, str], bytes] = field(default_factory=dict)
     """``(id(storage), key) -> bytes`` of every entry queued: a commit passes some on to waiters."""
 
@@ -64,6 +66,19 @@ class WriteBatch:
         scripts: tuple[LuaScript, ...] = (),
     ) -> None:
         self.steps.append((storage, request, scripts))
+
+    def take(self, start: int = 0) -> list[Step]:
+        """Remove and return the steps queued from *start* on, to send with a later batch.
+
+        A prepared call keeps its argument writes this way until its commit
+        (or abandon), which sends them in the same request as the result.
+        """
+        taken, self.steps[start:] = self.steps[start:], []
+        return taken
+
+    def resume(self, steps: list[Step]) -> None:
+        """Queue *steps* taken from an earlier batch, ahead of what is queued after them."""
+        self.steps.extend(steps)
 
     def flush(self) -> None:
         steps, self.steps = self.steps, []
@@ -78,9 +93,7 @@ class WriteBatch:
             i = j
 
     @staticmethod
-    def _send(
-        client: Any, group: list[tuple[RedisBackend, Callable[[Any], Any], tuple[LuaScript, ...]]]
-    ) -> None:
+    def _send(client: Any, group: list[Step]) -> None:
         owner = group[0][0]
         if len(group) == 1:
             owner._io("put", group[0][1])

@@ -10,10 +10,11 @@ changes how a memoized call travels, never what it returns:
   the computing worker raises, returns ``None`` (which fleche never caches)
   or dies, one waiter takes over.  A waiter gives up after ``wait_timeout``
   seconds, warns and computes itself.  See :mod:`fleche_redis.singleflight`.
-- **Round trips.**  A hit costs 2 requests (record, result); a miss 3 in all:
-  look up or take the lease, store every argument in one pipelined request at
-  ``prepare``, store result and record and release the lease in one request
-  at commit (see :mod:`fleche_redis.batch`).
+- **Round trips.**  A hit costs 2 requests (record, result); a miss 2 in all:
+  look up or take the lease, then one pipelined request at commit that
+  stores the arguments (encoded at ``prepare``, as they were at call time),
+  the result and the record and releases the lease (see
+  :mod:`fleche_redis.batch`).
 - **Scale.**  :meth:`RedisCache.gc` and :meth:`RedisCache.redigest` stream with
   bounded memory through :mod:`fleche_redis.maintenance`.
 
@@ -41,7 +42,7 @@ from fleche.storage.destructuring import Digested
 
 from . import maintenance, singleflight
 from .backend import CallRedis, ValueRedis
-from .batch import write_batch
+from .batch import Step, write_batch
 from .codec import UndecodableEntry
 
 __all__ = ["RedisCache", "LeasedCall", "redis_cache"]
@@ -63,25 +64,42 @@ def _claims() -> dict[tuple[int, str], singleflight.Lease]:
 
 @dataclass
 class LeasedCall(PreparedCall):
-    """A prepared call that holds the compute lease of its record (or ``None``)."""
+    """A prepared call that carries its argument writes and, maybe, its record's compute lease.
+
+    The arguments were encoded at ``prepare`` (so the stored bytes are the
+    arguments as they were at call time, whatever the body does to them) but
+    are sent with the commit's request, or with the abandon's, so a miss costs
+    no request of its own between the lookup and the commit.
+    """
 
     lease: singleflight.Lease | None = None
     key: str | None = None
     """The record's lookup key, computed once at prepare (fleche would digest the call again)."""
+    pending: list[Step] = field(default_factory=list, repr=False)
+    """Argument writes queued at prepare, sent with the commit or the abandon."""
 
     def to_lookup_key(self) -> Digest:
         return Digest(self.key) if self.key is not None else super().to_lookup_key()
 
+    def take_pending(self) -> list[Step]:
+        pending, self.pending = self.pending, []
+        return pending
+
     def abandon(self) -> None:
         already = self._finished
         super().abandon()
-        if not already and self.lease is not None:
-            try:
-                self.lease.finish()  # the waiters look again; one of them computes
-            except Exception:
-                logger.warning(
-                    "could not release the compute lease of %s", self.lease.key, exc_info=True
-                )
+        if already:
+            return
+        # fleche's contract: what prepare stored stays stored (fleche.remote
+        # even stores values by prepare + abandon), and the waiters look again.
+        try:
+            with write_batch() as batch:
+                batch.resume(self.take_pending())
+                if self.lease is not None:
+                    batch.add(self.cache.calls, self.lease.finish_request(), (singleflight.FINISH,))
+        except Exception:
+            key = self.lease.key if self.lease is not None else self.key
+            logger.warning("could not finish the abandoned call %s", key, exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -159,17 +177,19 @@ class RedisCache(Cache):
     # -- writing --------------------------------------------------------------
 
     def prepare(self, call: Call) -> PreparedCall:
-        lease = None
         with write_batch() as batch:
+            start = len(batch.steps)  # an enclosing batch may hold writes of its own
             digested = call.stash(self.values)
-            key = digested.to_lookup_key()
-            if self.single_flight and isinstance(self.calls, CallRedis):
-                lease = _claims().pop((id(self.calls), key), None)
-                if lease is not None:
-                    batch.add(self.calls, lease.hold_request(), (singleflight.EXTEND,))
-        if lease is not None:
-            lease.watch()
-        return LeasedCall(digested=digested, cache=self, lease=lease, key=key)
+            pending = batch.take(start)
+        key = digested.to_lookup_key()
+        lease = None
+        if self.single_flight and isinstance(self.calls, CallRedis):
+            lease = _claims().pop((id(self.calls), key), None)
+            if lease is not None:
+                # The claim lives claim_ttl; the watchdog makes it a full lease
+                # before then, unless the commit comes first (no request at all).
+                lease.watch(first=self.claim_ttl / 2)
+        return LeasedCall(digested=digested, cache=self, lease=lease, key=key, pending=pending)
 
     def save(self, call: PreparedCall | Call) -> str:
         lease = call.lease if isinstance(call, LeasedCall) else None
@@ -191,7 +211,9 @@ class RedisCache(Cache):
 
     def _save_batched(self, call: PreparedCall | Call) -> str:
         try:
-            with write_batch():
+            with write_batch() as batch:
+                if isinstance(call, LeasedCall):
+                    batch.resume(call.take_pending())
                 return super().save(call)
         except SaveError as e:
             # fleche turns Rejected into "returned uncached"; a SaveError from
@@ -203,6 +225,7 @@ class RedisCache(Cache):
         # and the result's bytes for the waiters' message.
         key = call.to_lookup_key()
         with self._operation_context(key), write_batch() as batch:
+            batch.resume(call.take_pending())
             try:
                 digested = call.resolve(self.values)
             except SaveError as e:

@@ -19,10 +19,12 @@ looks again; one of them gets the lease.  A worker that dies stops renewing
 its lease; it expires, and the waiters' bounded re-checks notice.
 
 A claim taken by ``load`` expires after a short ``claim_ttl`` unless
-``prepare`` (which fleche calls right before running the function) turns it
-into a lease renewed by the process's watchdog for as long as the function
-runs.  So a plain ``cache.load`` that is never followed by a computation
-holds up other workers for at most ``claim_ttl``.
+``prepare`` (which fleche calls right before running the function) hands it
+to the process's watchdog, which turns it into a lease before it runs out
+and renews it for as long as the function runs.  So a plain ``cache.load``
+that is never followed by a computation holds up other workers for at most
+``claim_ttl``, and a computation that ends before the first renewal costs no
+request for its lease beyond the lookup and the commit.
 """
 
 from __future__ import annotations
@@ -120,9 +122,11 @@ def new_token() -> str:
 class Lease:
     """This worker's right to compute one record, renewed while it computes.
 
-    Created by a claim in ``load``; ``hold`` extends it to *ttl* and hands it
-    to the process's watchdog; ``finish`` (in the commit's request, or on its
-    own when the computation is abandoned) drops it and wakes the waiters.
+    Created by a claim in ``load``, which lives ``claim_ttl``; ``watch`` hands
+    it to the process's watchdog, whose first renewal (before the claim runs
+    out) extends it to *ttl*; ``finish`` (in the commit's request, or the
+    abandon's) drops it and wakes the waiters.  A computation shorter than
+    the first renewal never sends a renewal at all.
     """
 
     calls: CallRedis
@@ -137,14 +141,9 @@ class Lease:
         layout = self.calls._layout
         return layout.key(self.key, "lease"), layout.key(self.key, "waiters")
 
-    def hold_request(self) -> Any:
-        """A batch step extending the claim to the full lease."""
-        lease, _ = self.redis_keys()
-        return lambda client: EXTEND(client, (lease,), (self.token, int(self.ttl * 1000)))
-
-    def watch(self) -> None:
-        """Keep the lease alive in the background while the function runs."""
-        _watchdog.shared().watch(self, self.ttl / 3)
+    def watch(self, first: float) -> None:
+        """Keep the lease alive in the background while the function runs, renewing it first in *first* seconds."""
+        _watchdog.shared().watch(self, first)
 
     def _extend(self) -> bool:
         lease, _ = self.redis_keys()
