@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from fleche.call import Call, DigestedCall, QueryCall
 from fleche.digest import Digest
 
+from . import wire
 from .codec import UndecodableEntry
 from .errors import UnavailableMiss
 from .keys import SHARDS
@@ -46,13 +47,24 @@ class IndexedCallsMixin:
         -- KEYS[1] record hash, KEYS[2] index shard, KEYS[3] the shard's term set
         -- ARGV[1] encoded record, ARGV[2] digest (hex), ARGV[3] ttl in ms (0: none),
         -- ARGV[4] digest (32 raw bytes), ARGV[5] term ids (12 bytes each)
-        -- Replaces the record and its index entries together; returns 1.
-        local old = redis.call('HGET', KEYS[1], 't')
-        if old then
-          for i = 1, #old, 12 do
-            redis.call('ZREM', KEYS[3], string.sub(old, i, i + 11) .. ARGV[4])
+        -- Replaces the record and its index entries together; returns 1.  Term
+        -- members go in and out a thousand per command (one command for any
+        -- real record): a command per term cost more than all the rest.
+        local function by_thousands(command, ids)
+          local args, n = {}, 0
+          for i = 1, #ids, 12 do
+            if command == 'ZADD' then args[#args + 1] = 0 end
+            args[#args + 1] = string.sub(ids, i, i + 11) .. ARGV[4]
+            n = n + 1
+            if n == 1000 then
+              redis.call(command, KEYS[3], unpack(args))
+              args, n = {}, 0
+            end
           end
+          if n > 0 then redis.call(command, KEYS[3], unpack(args)) end
         end
+        local old = redis.call('HGET', KEYS[1], 't')
+        if old and old ~= ARGV[5] then by_thousands('ZREM', old) end
         redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[5])
         if tonumber(ARGV[3]) > 0 then
           redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -60,9 +72,7 @@ class IndexedCallsMixin:
           redis.call('PERSIST', KEYS[1])
         end
         redis.call('ZADD', KEYS[2], 0, ARGV[2])
-        for i = 1, #ARGV[5], 12 do
-          redis.call('ZADD', KEYS[3], 0, string.sub(ARGV[5], i, i + 11) .. ARGV[4])
-        end
+        by_thousands('ZADD', ARGV[5])
         return 1
         """
     )
@@ -74,9 +84,15 @@ class IndexedCallsMixin:
         -- Removes the record and every index entry of it; returns 1 if it existed.
         local old = redis.call('HGET', KEYS[1], 't')
         if old then
+          local members = {}
           for i = 1, #old, 12 do
-            redis.call('ZREM', KEYS[3], string.sub(old, i, i + 11) .. ARGV[2])
+            members[#members + 1] = string.sub(old, i, i + 11) .. ARGV[2]
+            if #members == 1000 then
+              redis.call('ZREM', KEYS[3], unpack(members))
+              members = {}
+            end
           end
+          if #members > 0 then redis.call('ZREM', KEYS[3], unpack(members)) end
         end
         redis.call('ZREM', KEYS[2], ARGV[1])
         return redis.call('DEL', KEYS[1])
@@ -110,7 +126,7 @@ class IndexedCallsMixin:
         )
 
     def _read(self, client: Any, key: Digest) -> bytes | None:
-        return client.hget(self._layout.data(key), "v")
+        return wire.call(client, "HGET", self._layout.data(key), "v")
 
     def _delete(self, client: Any, key: Digest) -> None:
         layout = self._layout
