@@ -46,7 +46,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError  # annotations: `redis` is also a method name here
 from redis.retry import Retry
 
-from . import chunks
+from . import chunks, wire
 from .batch import active_batch
 from .calls import IndexedCallsMixin
 from .codec import Codec
@@ -355,7 +355,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         )
 
     def _read(self, client: Any, key: Digest) -> bytes | None:
-        data = client.get(self._layout.data(key))
+        data = wire.call(client, "GET", self._layout.data(key))
         if data is not None and chunks.is_manifest(data):
             return chunks.read(client, self._layout.data(key), data, key)
         return data
@@ -382,7 +382,11 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         except InvalidDigestError:
             return False
         try:
-            return bool(self._io("contains", lambda client: client.exists(self._layout.data(key))))
+            return bool(
+                self._io(
+                    "contains", lambda client: wire.call(client, "EXISTS", self._layout.data(key))
+                )
+            )
         except UnavailableMiss:
             return False
 
@@ -494,10 +498,10 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
 
 
 def _pipelined_reads(client: Any, storage: RedisBackend, keys: list[str]) -> list[bytes | None]:
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.get(storage._layout.data(key))
-    found = pipe.execute()
+    found = wire.request(client, [("GET", storage._layout.data(key)) for key in keys])
+    for reply in found:
+        if isinstance(reply, Exception):
+            raise reply
     # Chunked entries hold a manifest here; they are read in full separately.
     return [
         storage._read(client, Digest(key))

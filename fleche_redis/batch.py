@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
-from . import fanout
+from . import wire
 from .scripts import LuaScript
 
 if TYPE_CHECKING:
@@ -104,13 +104,13 @@ class WriteBatch:
         scripts = tuple({s.sha: s for _, _, ss in group for s in ss}.values())
 
         def send(c: Any) -> list[Any]:
-            replies = fanout.receive(fanout.send(c, recorder.commands))
+            replies = wire.request(c, recorder.commands)
             if any(isinstance(r, NoScriptError) for r in replies):
                 # A server without our scripts (fresh, or flushed): load them
                 # and send it all again; every step is safe to repeat.
                 for script in scripts:
                     c.script_load(script.source)
-                replies = fanout.receive(fanout.send(c, recorder.commands))
+                replies = wire.request(c, recorder.commands)
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply

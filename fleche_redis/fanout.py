@@ -8,7 +8,9 @@ same split lets one connection carry a script and a blocking ``BLPOP`` in a
 single write.
 
 Replies come back as values, and an error reply as its exception object, so
-a caller counts answers per server instead of handling exceptions.
+a caller counts answers per server instead of handling exceptions.  The
+write and the read are :func:`fleche_redis.wire.send` and
+:func:`~fleche_redis.wire.receive`, on each thread's kept connection.
 :class:`~fleche_redis.scripts.LuaScript` called with a client is the
 one-server, one-command form of :func:`run_script`; this one splits its
 ``EVALSHA`` (and ``EVAL`` fallback) into a write and a read so servers overlap.
@@ -24,55 +26,9 @@ from redis.exceptions import NoScriptError
 
 from .connection import ClientSlot
 from .scripts import LuaScript
+from .wire import Pending, receive, send
 
 __all__ = ["send", "receive", "run_script"]
-
-Pending = tuple[Any, Any, list[tuple[Any, ...]]]
-
-
-def send(client: Any, commands: list[tuple[Any, ...]]) -> Pending:
-    """Write *commands* to one connection in one go; :func:`receive` reads the replies.
-
-    The connection comes from the client's pool and goes back in
-    :func:`receive`.  A cluster client has no single connection: its
-    commands run (routed by key) when the replies are asked for.
-    """
-    pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        return (client, None, commands)
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command(conn.pack_commands(commands))
-    except BaseException:
-        pool.release(conn)
-        raise
-    return (client, conn, commands)
-
-
-def receive(pending: Pending) -> list[Any]:
-    """Replies to :func:`send`'s commands; an error reply is returned as its exception."""
-    client, conn, commands = pending
-    replies: list[Any] = []
-    if conn is None:
-        for command in commands:
-            try:
-                replies.append(client.execute_command(*command))
-            except redis.ResponseError as e:
-                replies.append(e)
-        return replies
-    try:
-        for _ in commands:
-            try:
-                replies.append(conn.read_response())
-            except redis.ResponseError as e:
-                replies.append(e)
-    except BaseException:
-        # Replies may be left unread on the socket: never reuse it.
-        conn.disconnect()
-        raise
-    finally:
-        client.connection_pool.release(conn)
-    return replies
 
 
 def run_script(

@@ -18,6 +18,8 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from . import wire
+
 __all__ = ["LuaScript", "pipelined"]
 
 
@@ -30,10 +32,12 @@ class LuaScript:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
     def __call__(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        try:
+        if not hasattr(client, "execute_command"):  # a recorder standing in for a client
             return client.evalsha(self.sha, len(keys), *keys, *args)
+        try:
+            return wire.call(client, "EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return client.eval(self.source, len(keys), *keys, *args)
+            return wire.call(client, "EVAL", self.source, len(keys), *keys, *args)
 
 
 def pipelined(

@@ -1,0 +1,186 @@
+"""Requests on a connection each thread keeps, instead of a pool checkout per command.
+
+redis-py's client takes a connection out of its pool for every command and
+puts it back after: a lock, a ``poll()`` on the socket (to catch a
+connection left with unread replies), observability counters, event
+dispatch, and the same again on the way back.  On a memoized call, which is
+one or two requests, that bookkeeping costs about as much as the request.
+
+Here each thread takes one connection from a client's pool the first time it
+talks to that server and keeps it for its life (it goes back to the pool when
+the thread ends); before each request it makes the pool's one check that
+matters, a non-blocking read that notices a connection the server closed.  A request is written in one go and its replies read in
+order; error replies come back as exception objects, as from
+:mod:`fleche_redis.fanout`, so a pipelined request reads every reply.  The
+client's retry policy is applied exactly as redis-py applies it: on a
+connection error or timeout, the connection is dropped, reconnected after a
+backoff, and the whole request is sent again, which every request of this
+package is safe to repeat.
+
+What keeps a pool checkout per request:
+
+* clients without a single pool (``RedisCluster``) and pipelines, which go
+  through redis-py's own commands;
+* a ``BlockingConnectionPool`` (its size is a limit someone chose; a
+  connection kept per thread would count against it forever);
+* a request made while this thread's kept connection still owes replies
+  (:func:`send` without its :func:`receive` yet): it takes a connection of
+  its own.
+
+After ``fork()`` a child never uses a connection kept by its parent: it is
+another client (see :class:`~fleche_redis.connection.ClientSlot`), so another
+pool, and the parent's connections are dropped unused.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import redis
+from redis.client import Pipeline
+
+from .connection import fork_generation
+
+__all__ = ["call", "request", "send", "receive", "Pending"]
+
+_local = threading.local()
+
+
+class _Kept:
+    """This thread's connection to one pool, returned to it when the thread ends."""
+
+    __slots__ = ("conn", "pool", "generation", "busy", "__weakref__")
+
+    def __init__(self, pool: Any, conn: Any) -> None:
+        self.conn = conn
+        self.pool = weakref.ref(pool)
+        self.generation = fork_generation()
+        self.busy = False
+
+    def __del__(self) -> None:
+        pool = self.pool()
+        if pool is not None and self.generation == fork_generation():
+            try:
+                pool.release(self.conn)
+            except Exception:  # interpreter shutdown, a pool already closed
+                pass
+
+
+def _kept(pool: Any) -> _Kept | None:
+    """This thread's kept connection to *pool*, or ``None`` when it must check one out."""
+    if isinstance(pool, redis.BlockingConnectionPool):
+        return None
+    held = getattr(_local, "held", None)
+    if held is None:
+        held = _local.held = weakref.WeakKeyDictionary()
+    kept = held.get(pool)
+    if kept is None:
+        kept = held[pool] = _Kept(pool, pool.get_connection())
+    return None if kept.busy else kept
+
+
+Pending = tuple[Any, Any, "_Kept | None", list[tuple[Any, ...]]]
+"""``(client, connection or None, the kept connection it is or None, commands sent)``."""
+
+
+def _pool(client: Any) -> Any:
+    if isinstance(client, Pipeline):
+        return None
+    return getattr(client, "connection_pool", None)
+
+
+def send(client: Any, commands: list[tuple[Any, ...]]) -> Pending:
+    """Write *commands* in one go on this thread's connection; :func:`receive` reads the replies."""
+    pool = _pool(client)
+    if pool is None:
+        return (client, None, None, commands)
+    kept = _kept(pool)
+    if kept is not None:
+        conn = kept.conn
+        _drop_if_stale(conn)
+    else:
+        conn = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+    except BaseException:
+        conn.disconnect()
+        if kept is None:
+            pool.release(conn)
+        raise
+    if kept is not None:
+        kept.busy = True
+    return (client, conn, kept, commands)
+
+
+def receive(pending: Pending) -> list[Any]:
+    """Replies to :func:`send`'s commands; an error reply is returned as its exception.
+
+    A client without a pool runs the commands here, one by one, through
+    redis-py (a cluster client routes each by its key).
+    """
+    client, conn, kept, commands = pending
+    replies: list[Any] = []
+    if conn is None:
+        for command in commands:
+            try:
+                replies.append(client.execute_command(*command))
+            except redis.ResponseError as e:
+                replies.append(e)
+        return replies
+    try:
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as e:
+                replies.append(e)
+    except BaseException:
+        # Replies may be left unread on the socket: never reuse it as it is.
+        conn.disconnect()
+        raise
+    finally:
+        if kept is not None:
+            kept.busy = False
+        else:
+            client.connection_pool.release(conn)
+    return replies
+
+
+def request(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send *commands* in one write and read every reply, retrying by the client's policy."""
+    pool = _pool(client)
+    retry = None if pool is None else pool.connection_kwargs.get("retry")
+    if retry is None:
+        return receive(send(client, commands))
+    return retry.call_with_retry(lambda: receive(send(client, commands)), _dropped)
+
+
+def call(client: Any, *command: Any) -> Any:
+    """One command's reply; an error reply is raised."""
+    if _pool(client) is None:
+        return client.execute_command(*command)
+    (reply,) = request(client, [command])
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def _drop_if_stale(conn: Any) -> None:
+    """Disconnect *conn* if the server closed it (restart, timeout) or it holds stray replies.
+
+    The pool's own check, for about a tenth of a checkout's cost: one
+    non-blocking read.  The request then reconnects.
+    """
+    try:
+        stale = conn.can_read()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        stale = True
+    if stale:
+        conn.disconnect()
+
+
+def _dropped(error: Exception) -> None:
+    # send/receive already disconnected the connection that failed; the next
+    # attempt reconnects it.
+    pass
