@@ -23,8 +23,7 @@ block.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError
 
 from . import wire
-from .scripts import LuaScript
+from .scripts import LuaScript, bundle
 
 if TYPE_CHECKING:
     from .backend import RedisBackend
@@ -101,16 +100,23 @@ class WriteBatch:
         recorder = _Recorder()
         for _, request, _ in group:
             request(recorder)
-        scripts = tuple({s.sha: s for _, _, ss in group for s in ss}.values())
+        scripts = {s.sha: s for _, _, ss in group for s in ss}
 
         def send(c: Any) -> list[Any]:
-            replies = wire.request(c, recorder.commands)
+            commands, load = recorder.commands, list(scripts.values())
+            if wire.single_server(c) and all(cmd[0] == "EVALSHA" for cmd in commands):
+                # One script call instead of one per step (see scripts.bundle).
+                together, keys, args = bundle(
+                    [(scripts[sha], rest[:n], rest[n:]) for _, sha, n, *rest in commands]
+                )
+                commands, load = [("EVALSHA", together.sha, len(keys), *keys, *args)], [together]
+            replies = wire.request(c, commands)
             if any(isinstance(r, NoScriptError) for r in replies):
                 # A server without our scripts (fresh, or flushed): load them
                 # and send it all again; every step is safe to repeat.
-                for script in scripts:
+                for script in load:
                     c.script_load(script.source)
-                replies = wire.request(c, recorder.commands)
+                replies = wire.request(c, commands)
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
@@ -136,21 +142,27 @@ class _Recorder:
         self.commands.append(("SET", name, value, "PX", px) if px else ("SET", name, value))
 
 
-@contextlib.contextmanager
-def write_batch() -> Iterator[WriteBatch]:
+class write_batch:  # noqa: N801 - used as a function: ``with write_batch() as batch``
     """Queue the writes of fleche-redis storages in this block; send them when it ends.
 
     Nested blocks join the outer batch.  If the block raises, nothing queued
-    is sent.
+    is sent.  A class rather than a generator: it runs twice on every miss.
     """
-    outer = _active.get()
-    if outer is not None:
-        yield outer
-        return
-    batch = WriteBatch()
-    token = _active.set(batch)
-    try:
-        yield batch
-    finally:
-        _active.reset(token)
-    batch.flush()
+
+    __slots__ = ("_batch", "_token")
+
+    def __enter__(self) -> WriteBatch:
+        outer = _active.get()
+        if outer is not None:
+            self._batch, self._token = outer, None
+            return outer
+        self._batch = WriteBatch()
+        self._token = _active.set(self._batch)
+        return self._batch
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._token is None:
+            return
+        _active.reset(self._token)
+        if exc_type is None:
+            self._batch.flush()

@@ -43,7 +43,7 @@ from redis.client import Pipeline
 
 from .connection import fork_generation
 
-__all__ = ["call", "request", "send", "receive", "Pending"]
+__all__ = ["call", "request", "send", "receive", "single_server", "Pending"]
 
 _local = threading.local()
 
@@ -70,14 +70,19 @@ class _Kept:
 
 def _kept(pool: Any) -> _Kept | None:
     """This thread's kept connection to *pool*, or ``None`` when it must check one out."""
-    if isinstance(pool, redis.BlockingConnectionPool):
-        return None
-    held = getattr(_local, "held", None)
-    if held is None:
-        held = _local.held = weakref.WeakKeyDictionary()
-    kept = held.get(pool)
-    if kept is None:
-        kept = held[pool] = _Kept(pool, pool.get_connection())
+    local, generation = _local, fork_generation()
+    if getattr(local, "pool", None) is pool and local.generation == generation:
+        kept = local.kept  # the pool this thread used last: no lookup
+    else:
+        if isinstance(pool, redis.BlockingConnectionPool):
+            return None
+        held = getattr(local, "held", None)
+        if held is None:
+            held = local.held = weakref.WeakKeyDictionary()
+        kept = held.get(pool)
+        if kept is None or kept.generation != generation:  # a client used across fork()
+            kept = held[pool] = _Kept(pool, pool.get_connection())
+        local.pool, local.kept, local.generation = pool, kept, generation
     return None if kept.busy else kept
 
 
@@ -85,10 +90,21 @@ Pending = tuple[Any, Any, "_Kept | None", list[tuple[Any, ...]]]
 """``(client, connection or None, the kept connection it is or None, commands sent)``."""
 
 
+_PIPELINES: dict[type, bool] = {}
+
+
 def _pool(client: Any) -> Any:
-    if isinstance(client, Pipeline):
-        return None
-    return getattr(client, "connection_pool", None)
+    """The client's single pool; ``None`` for pipelines and clients without one (cluster)."""
+    kind = type(client)
+    pipeline = _PIPELINES.get(kind)
+    if pipeline is None:  # isinstance against redis-py's classes is slow: once per type
+        pipeline = _PIPELINES[kind] = issubclass(kind, Pipeline)
+    return None if pipeline else getattr(client, "connection_pool", None)
+
+
+def single_server(client: Any) -> bool:
+    """Whether *client* talks to one server over one pool (not a cluster, not a pipeline)."""
+    return _pool(client) is not None
 
 
 def send(client: Any, commands: list[tuple[Any, ...]]) -> Pending:
