@@ -21,6 +21,7 @@ index entry per distinct runtime, timestamp or counter.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
@@ -50,17 +51,37 @@ def _scalar_terms(name: str | None, module, version, code_digest, result) -> Ite
         yield f"result\0{digest(result)}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _function_terms(name: str, module, version, code_digest) -> frozenset[bytes]:
+    """The term ids every record of one function version shares (the same on every call)."""
+    return frozenset(term_id(t) for t in _scalar_terms(name, module, version, code_digest, None))
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_term(text: str) -> bytes:
+    """Term ids of argument names and metadata names and keys: few distinct ones, met on every call."""
+    return term_id(text)
+
+
 def record_terms(call: DigestedCall) -> list[bytes]:
     """Term ids for every fact a query may ask about *call*."""
-    terms = list(_scalar_terms(call.name, call.module, call.version, call.code_digest, call.result))
+    try:
+        ids = set(_function_terms(call.name, call.module, call.version, call.code_digest))
+    except TypeError:  # a field that cannot be hashed: build them afresh
+        ids = {
+            term_id(t)
+            for t in _scalar_terms(call.name, call.module, call.version, call.code_digest, None)
+        }
+    if call.result is not None:
+        ids.add(term_id(f"result\0{digest(call.result)}"))
     for arg, value in call.arguments.items():
-        terms.append(f"argname\0{arg}")
-        terms.append(f"arg\0{arg}\0{digest(value)}")
+        ids.add(_text_term(f"argname\0{arg}"))
+        ids.add(term_id(f"arg\0{arg}\0{digest(value)}"))
     for mname, data in (call.metadata or {}).items():
-        terms.append(f"meta\0{mname}")
+        ids.add(_text_term(f"meta\0{mname}"))
         for key in data or {}:
-            terms.append(f"metakey\0{mname}\0{key}")
-    return sorted({term_id(t) for t in terms})
+            ids.add(_text_term(f"metakey\0{mname}\0{key}"))
+    return sorted(ids)
 
 
 def template_terms(template: QueryCall) -> list[bytes]:

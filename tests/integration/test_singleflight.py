@@ -36,7 +36,10 @@ def race(cache, args, workers=8, timeout=60):
     """*workers* processes call the memoized function with *args* at the same moment."""
     barrier, results = FORK.Barrier(workers), FORK.Queue()
     task = bound(cache)
-    procs = [FORK.Process(target=sfworkers.run, args=(task, args, barrier, results)) for _ in range(workers)]
+    procs = [
+        FORK.Process(target=sfworkers.run, args=(task, args, barrier, results))
+        for _ in range(workers)
+    ]
     for p in procs:
         p.start()
     out = []
@@ -71,7 +74,9 @@ def test_eight_workers_one_execution(redis_server, namespace, counter):
         ("big", {"x": 2, "blob": b"b" * 100_000, "execution": 1}),
     ],
 )
-def test_waiters_get_results_that_are_not_pushed_whole(redis_server, namespace, counter, behaviour, expected):
+def test_waiters_get_results_that_are_not_pushed_whole(
+    redis_server, namespace, counter, behaviour, expected
+):
     cache = redis_cache(url=redis_server.url, namespace=namespace)
     out, _ = race(cache, (2, behaviour, 0.3))
     assert [value for _, value, _ in out] == [expected] * 8
@@ -84,7 +89,9 @@ def test_a_failed_computation_hands_over_to_a_waiter(redis_server, namespace, co
     out, _ = race(cache, (4, behaviour, 0.3))
     statuses = sorted(status for status, *_ in out)
     if behaviour == "raise":
-        assert statuses == ["error"] + ["ok"] * 7  # the first execution's own caller sees its exception
+        assert (
+            statuses == ["error"] + ["ok"] * 7
+        )  # the first execution's own caller sees its exception
     else:
         assert statuses == ["ok"] * 8
     good = [value for status, value, _ in out if status == "ok" and value is not None]
@@ -122,7 +129,10 @@ def test_prepare_then_abandon_stores_the_arguments(redis_server, namespace):
     with fleche.cache(cache), fleche.meta():
         call = double.fleche.call(21, [4, 5])
         prepared = cache.prepare(call)
-        assert [cache.values.contains(d) for d in prepared.digested.arguments.values()] == [False, False]
+        assert [cache.values.contains(d) for d in prepared.digested.arguments.values()] == [
+            False,
+            False,
+        ]
         prepared.abandon()
         assert [cache.load_value(d) for d in prepared.digested.arguments.values()] == [21, [4, 5]]
 
@@ -275,3 +285,13 @@ def test_a_waiter_that_gives_up_says_so(redis_server, namespace, caplog):
     first.join(5)
     assert results["impatient"]["thread"] == threading.get_ident()  # computed itself
     assert "computing it here" in caplog.text and "waited 0.2 s" in caplog.text
+
+
+def test_lookup_tokens_differ_across_forked_processes():
+    from fleche_redis import singleflight
+
+    parent = {singleflight.new_token() for _ in range(3)}
+    with ProcessPoolExecutor(2, mp_context=FORK) as pool:
+        children = [pool.submit(singleflight.new_token).result() for _ in range(4)]
+    assert len(parent) == 3 and not parent & set(children)
+    assert len(set(children)) == 4  # per child, a fresh prefix; within one, a counter
