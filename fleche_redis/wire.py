@@ -43,6 +43,12 @@ from redis.client import Pipeline
 
 from .connection import fork_generation
 
+_pack_command: Any
+try:
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - hiredis is a dependency on CPython
+    _pack_command = None
+
 __all__ = ["call", "request", "send", "receive", "single_server", "Pending"]
 
 _local = threading.local()
@@ -119,7 +125,7 @@ def send(client: Any, commands: list[tuple[Any, ...]]) -> Pending:
     else:
         conn = pool.get_connection()
     try:
-        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        conn.send_packed_command(_packed(conn, commands), check_health=False)
     except BaseException:
         conn.disconnect()
         if kept is None:
@@ -180,6 +186,21 @@ def call(client: Any, *command: Any) -> Any:
     if isinstance(reply, Exception):
         raise reply
     return reply
+
+
+def _packed(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
+    """The request's bytes: hiredis's packer straight away, else the connection's.
+
+    redis-py's hiredis packer first copies every argument through a Python
+    generator (to turn memoryviews into bytes); ours are str, bytes and
+    int, which hiredis packs as they are.
+    """
+    if _pack_command is not None:
+        try:
+            return [b"".join([_pack_command(command) for command in commands])]
+        except TypeError:  # an argument hiredis does not take (bytearray, memoryview)
+            pass
+    return conn.pack_commands(commands)
 
 
 def _drop_if_stale(conn: Any) -> None:
