@@ -1,0 +1,112 @@
+"""fleche_redis.wire: one kept connection per thread and pool, checked, retried, never shared."""
+
+import gc
+import multiprocessing
+import threading
+import time
+
+import pytest
+import redis
+
+from fleche_redis import wire
+
+FORK = multiprocessing.get_context("fork")
+
+
+def client_names(server):
+    return [c["name"] for c in server.client().client_list()]
+
+
+@pytest.fixture
+def client(fresh_server):
+    c = redis.Redis.from_url(fresh_server.url, client_name="wire-test")
+    yield c
+    c.close()
+
+
+def test_a_thread_keeps_one_connection_for_every_request(client, fresh_server):
+    for i in range(20):
+        assert wire.call(client, "SET", f"k{i}", i) == b"OK"
+    assert wire.request(client, [("GET", "k1"), ("GET", "k2")]) == [b"1", b"2"]
+    assert client_names(fresh_server).count("wire-test") == 1
+
+
+def test_threads_keep_their_own_connections_and_return_them(client, fresh_server):
+    seen = []
+
+    def worker():
+        wire.call(client, "PING")
+        seen.append(id(wire._local.kept.conn))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == 3
+    gc.collect()  # the threads' kept connections went back to the pool
+    assert len(client.connection_pool._available_connections) == 3
+
+
+def test_a_connection_the_server_closed_is_replaced_before_the_request(fresh_server):
+    # No retry policy: only the check before sending can save this request.
+    client = redis.Redis.from_url(fresh_server.url, retry=None)
+    wire.call(client, "SET", "k", "v")
+    assert fresh_server.client().client_kill_filter(_type="normal", skipme=True) >= 1
+    time.sleep(0.05)  # the server's FIN reaches our socket
+    assert wire.call(client, "GET", "k") == b"v"
+
+
+def test_a_request_while_replies_are_owed_takes_its_own_connection(client):
+    pending = wire.send(client, [("SET", "a", "1"), ("GET", "a")])
+    assert wire.call(client, "SET", "b", "2") == b"OK"  # would read a's replies on a shared socket
+    assert wire.receive(pending) == [b"OK", b"1"]
+    assert wire.call(client, "GET", "b") == b"2"
+
+
+def test_error_replies_come_back_in_their_place(client):
+    replies = wire.request(client, [("SET", "s", "x"), ("INCR", "s"), ("GET", "s")])
+    assert (
+        replies[0] == b"OK" and isinstance(replies[1], redis.ResponseError) and replies[2] == b"x"
+    )
+    with pytest.raises(redis.ResponseError):
+        wire.call(client, "INCR", "s")
+    assert wire.call(client, "GET", "s") == b"x"  # the connection is still in step
+
+
+def test_blocking_pools_and_pipelines_keep_redis_pys_path(fresh_server):
+    pool = redis.BlockingConnectionPool.from_url(fresh_server.url, max_connections=1, timeout=0.2)
+    blocking = redis.Redis(connection_pool=pool)
+    wire.call(blocking, "SET", "k", "v")
+    pool.release(pool.get_connection())  # the pool's only connection went back (or this times out)
+    assert wire.call(blocking, "GET", "k") == b"v"
+    pipe = blocking.pipeline(transaction=False)
+    assert wire.call(pipe, "GET", "k") is pipe  # queued, as pipe.get would
+    assert pipe.execute() == [b"v"]
+
+
+def test_arguments_hiredis_does_not_pack_fall_back_to_the_connection(client):
+    assert wire.call(client, "SET", "ba", bytearray(b"xyz")) == b"OK"
+    assert wire.call(client, "GET", "ba") == b"xyz"
+
+
+def _in_child(client, queue):
+    try:
+        wire.call(client, "SET", "child", "1")
+        queue.put(("ok", None))
+    except Exception as e:  # pragma: no cover - reported to the parent
+        queue.put(("error", repr(e)))
+
+
+def test_a_forked_child_never_uses_its_parents_kept_connection(client):
+    wire.call(client, "PING")
+    parent_conn = wire._local.kept.conn
+    queue = FORK.Queue()
+    child = FORK.Process(target=_in_child, args=(client, queue))
+    child.start()
+    status, _ = queue.get(timeout=10)
+    child.join(10)
+    assert status == "ok"
+    # The parent's connection is still in step after the child talked.
+    assert wire._local.kept.conn is parent_conn
+    assert wire.request(client, [("GET", "child"), ("PING",)]) == [b"1", b"PONG"]
