@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Iterable
 
 from fleche.call import DigestedCall, QueryCall
-from fleche.digest import digest
+from fleche.digest import Digest, digest
 
 __all__ = ["TERM_BYTES", "term_id", "record_terms", "template_terms"]
 
@@ -63,6 +63,21 @@ def _text_term(text: str) -> bytes:
     return term_id(text)
 
 
+@functools.lru_cache(maxsize=4096)
+def _metadata_terms(shape: tuple[tuple[str, tuple], ...]) -> frozenset[bytes]:
+    """Term ids of metadata names and keys; records of one function share a handful of shapes."""
+    ids = set()
+    for mname, keys in shape:
+        ids.add(term_id(f"meta\0{mname}"))
+        ids.update(term_id(f"metakey\0{mname}\0{key}") for key in keys)
+    return frozenset(ids)
+
+
+def _digest_of(value) -> str:
+    # fleche's invariant digest(Digest(x)) == x: a record's digests need no hashing.
+    return value if type(value) is Digest else digest(value)
+
+
 def record_terms(call: DigestedCall) -> list[bytes]:
     """Term ids for every fact a query may ask about *call*."""
     try:
@@ -73,14 +88,17 @@ def record_terms(call: DigestedCall) -> list[bytes]:
             for t in _scalar_terms(call.name, call.module, call.version, call.code_digest, None)
         }
     if call.result is not None:
-        ids.add(term_id(f"result\0{digest(call.result)}"))
+        ids.add(term_id(f"result\0{_digest_of(call.result)}"))
     for arg, value in call.arguments.items():
         ids.add(_text_term(f"argname\0{arg}"))
-        ids.add(term_id(f"arg\0{arg}\0{digest(value)}"))
-    for mname, data in (call.metadata or {}).items():
-        ids.add(_text_term(f"meta\0{mname}"))
-        for key in data or {}:
-            ids.add(_text_term(f"metakey\0{mname}\0{key}"))
+        ids.add(term_id(f"arg\0{arg}\0{_digest_of(value)}"))
+    metadata = call.metadata
+    if metadata:
+        shape = tuple((mname, tuple(data or ())) for mname, data in metadata.items())
+        try:
+            ids |= _metadata_terms(shape)
+        except TypeError:  # a metadata key that cannot be hashed
+            ids |= _metadata_terms.__wrapped__(shape)
     return sorted(ids)
 
 
