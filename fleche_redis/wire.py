@@ -219,12 +219,16 @@ def _drop_if_stale(kept: _Kept) -> None:
     is not fit for one), done with a ``poll()`` object kept for the socket:
     one system call and nothing allocated.  TLS sockets (bytes may wait
     above the socket) and sockets without a descriptor (fakeredis) take
-    redis-py's ``can_read``.  The request then reconnects.
+    redis-py's ``can_read``.  A dropped or unconnected connection connects
+    again here, through ``connect()``.
     """
     conn = kept.conn
     sock = getattr(conn, "_sock", None)
     if sock is None:
-        return  # not connected: the request connects
+        # Connect through connect(), which a Sentinel connection overrides to
+        # ask where the primary is now (sending would reconnect to the old one).
+        conn.connect()
+        return
     if kept.polled is not sock:
         kept.polled, kept.poller = sock, False
         if _POLL is not None and not hasattr(sock, "pending"):
@@ -243,6 +247,7 @@ def _drop_if_stale(kept: _Kept) -> None:
             stale = True
     if stale:
         conn.disconnect()
+        conn.connect()
 
 
 def _dropped(error: Exception) -> None:
