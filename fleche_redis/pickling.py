@@ -64,7 +64,7 @@ def is_plain(value: Any) -> bool:
         elif kind is dict or (
             kind is defaultdict and any(item.default_factory is f for f in _FACTORIES)
         ):
-            stack.extend(item.keys())
+            stack.extend(item)  # its keys
             stack.extend(item.values())
         elif kind is DigestedCall:
             stack.append(item.name)
