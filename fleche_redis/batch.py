@@ -10,7 +10,11 @@ client (:func:`fleche_redis.connection.shared_slot`), so a whole miss costs
 one request, and since commands of one pipeline run in order on one
 server, a record is never visible before the values it points to.
 
-Each write keeps its own atomic script, so a batch is not a transaction: a
+On one server, the writes' scripts run as one bundled script
+(:func:`fleche_redis.scripts.bundle`): one call for Redis to set up, and a
+step that fails stops the steps after it, so a refused value never leaves a
+record pointing at it.  Otherwise (a step that is not a script, such as a
+chunk of a big value) they go as a pipeline.  Neither is a transaction: a
 failure part-way leaves the earlier entries stored, which is harmless for
 content-addressed values and records.  On Redis Cluster the writes run one
 request each, in order, each routed to its node.
