@@ -65,10 +65,11 @@ class IndexedCallsMixin:
         end
         local old = redis.call('HGET', KEYS[1], 't')
         if old and old ~= ARGV[5] then by_thousands('ZREM', old) end
-        redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[5])
+        -- HSET counts the fields it added: 2 means a new hash, with no ttl to drop.
+        local added = redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[5])
         if tonumber(ARGV[3]) > 0 then
           redis.call('PEXPIRE', KEYS[1], ARGV[3])
-        else
+        elseif added < 2 then
           redis.call('PERSIST', KEYS[1])
         end
         redis.call('ZADD', KEYS[2], 0, ARGV[2])

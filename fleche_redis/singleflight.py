@@ -94,7 +94,7 @@ FINISH = LuaScript(
     -- Returns how many waiters were woken.
     if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
     local waiters = redis.call('LRANGE', KEYS[2], 0, -1)
-    redis.call('DEL', KEYS[2])
+    if #waiters > 0 then redis.call('DEL', KEYS[2]) end
     for _, token in ipairs(waiters) do
       local signal = ARGV[3] .. token
       redis.call('RPUSH', signal, ARGV[2])

@@ -271,3 +271,24 @@ def test_records_whose_digest_starts_with_ff_are_found(store):
     assert [c.to_lookup_key() for c in store.query(tpl(arguments={"i": record.arguments["i"]}))] == [
         record.to_lookup_key()
     ]
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis-server"])
+def test_a_record_rewritten_without_ttl_loses_its_expiry(backend, request, namespace):
+    """PUT_RECORD drops a ttl only when the hash existed (HSET added fewer than both fields)."""
+    if backend == "fakeredis":
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        expiring = CallRedis(client=client, namespace=namespace, ttl=60)
+        lasting = CallRedis(client=client, namespace=namespace)
+    else:
+        url = request.getfixturevalue("redis_server").url
+        expiring = CallRedis(url=url, namespace=namespace, ttl=60)
+        lasting = CallRedis(url=url, namespace=namespace)
+    raw = lasting.redis()
+    record = DigestedCall(name="f", arguments={"x": digest(1)}, result=digest(2))
+    key = lasting.save(record)
+    assert raw.pttl(lasting._layout.data(key)) == -1  # new, no ttl asked: none set
+    expiring.save(record)
+    assert 0 < raw.pttl(lasting._layout.data(key)) <= 60_000
+    lasting.save(record)
+    assert raw.pttl(lasting._layout.data(key)) == -1
