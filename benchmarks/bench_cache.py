@@ -151,13 +151,22 @@ def contenders(url: str, tmp: Path, postgres_url: str | None, run: str) -> list[
             ),
             redis=True,
         ),
+        Contender(
+            "fleche-redis, RedisCache(write_behind=True)",
+            RedisCache(
+                values=ValueRedis(url=url, namespace=ns + "c"),
+                calls=CallRedis(url=url, namespace=ns + "c"),
+                write_behind=True,
+            ),
+            redis=True,
+        ),
     ]
     found.append(
         RawFloor(
             "raw redis-py, same bytes: 3 SET / 2 GET, in the rotation",
             None,
             client=redis.Redis.from_url(url),
-            source=found[-1].cache,
+            source=next(e.cache for e in found if isinstance(e.cache, RedisCache)),
         )
     )
     return found

@@ -30,12 +30,17 @@ def main(url: str) -> None:
     with fleche.cache(cache), fleche.meta():
         task = fleche.BoundWrapper.bind(simulate)  # carries the cache to the workers
     seeds = [s % 20 for s in range(40)]  # every seed asked for twice, concurrently
-    with LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         for round_ in (1, 2):
             start = time.perf_counter()
             estimates = client.gather(client.map(task, seeds, pure=False))
-            print(f"round {round_}: {len(estimates)} tasks in {time.perf_counter() - start:.2f} s, "
-                  f"mean estimate {sum(estimates) / len(estimates):.4f}")
+            print(
+                f"round {round_}: {len(estimates)} tasks in {time.perf_counter() - start:.2f} s, "
+                f"mean estimate {sum(estimates) / len(estimates):.4f}"
+            )
     print(f"{cache.calls.count()} results stored for {len(seeds)} tasks (20 distinct seeds)")
     for storage in (cache.calls, cache.values):
         for key in list(storage.list()):

@@ -269,19 +269,31 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         if breaker.open_until and (blocked := breaker.blocked(operation)) is not None:
             counts.short_circuited += 1
             self._refuse(operation, blocked)
+        if wire.owing():
+            # A write-behind commit of this thread is still unconfirmed: read
+            # its reply first, so this thread reads its own writes.
+            wire.settle()
         counts.requests += 1
         if counts.requests >= counts.next_check:
             counts.check()
         try:
             result = request(self.redis(), *args)
         except redis.RedisError as e:
-            counts.errors += 1
-            fault = self._fault(operation, e)
-            breaker.failed(fault)
-            self._refuse(operation, fault)
+            raise self._failed(operation, e)  # noqa: B904 - __cause__ is set by _fault
         if breaker.failures:
             breaker.succeeded()
         return result
+
+    def _failed(self, operation: str, exc: RedisError) -> Exception:
+        """Count *exc* (from Redis) against the breaker; the exception the error policy raises for it."""
+        self._metrics.errors += 1
+        fault = self._fault(operation, exc)
+        self._breaker.failed(fault)
+        try:
+            self._refuse(operation, fault)
+        except Exception as refused:
+            return refused
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _refuse(self, operation: str, fault: RedisStorageError) -> NoReturn:
         if self.on_error == "raise":

@@ -30,9 +30,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from . import wire
 from .scripts import LuaScript, bundle
@@ -40,7 +40,7 @@ from .scripts import LuaScript, bundle
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
-__all__ = ["Step", "WriteBatch", "write_batch", "active_batch"]
+__all__ = ["Step", "WriteBatch", "Behind", "write_batch", "active_batch"]
 
 _active: ContextVar[WriteBatch | None] = ContextVar("fleche_redis.batch", default=None)
 
@@ -54,6 +54,13 @@ Step = tuple["RedisBackend", Callable[[Any], Any], tuple[LuaScript, ...]]
 """``(storage, request(client), scripts the request may run)``."""
 
 
+class Behind(Protocol):
+    """What a write-behind batch reports to once its replies are read (see :func:`write_batch`)."""
+
+    def failed(self, error: BaseException) -> None:
+        """The writes were not (all) stored; *error* is the storage's usual exception for it."""
+
+
 @dataclass
 class WriteBatch:
     """Queued steps, each ``(storage, request(client), scripts the request may run)``."""
@@ -61,6 +68,8 @@ class WriteBatch:
     steps: list[Step] = field(default_factory=list)
     encoded: dict[tuple[int, str], bytes] = field(default_factory=dict)
     """``(id(storage), key) -> bytes`` of every entry queued: a commit passes some on to waiters."""
+    behind: Behind | None = None
+    """Post the request and return without its reply (see :func:`write_batch`)."""
 
     def add(
         self,
@@ -85,6 +94,7 @@ class WriteBatch:
 
     def flush(self) -> None:
         steps, self.steps = self.steps, []
+        groups = []
         i = 0
         while i < len(steps):
             # Consecutive steps on one client share one request.
@@ -92,41 +102,85 @@ class WriteBatch:
             j = i + 1
             while j < len(steps) and steps[j][0].redis() is client:
                 j += 1
-            self._send(client, steps[i:j])
+            groups.append(steps[i:j])
             i = j
+        # Posting is for a batch of one request only: requests on two
+        # connections could run in either order, and a record must never be
+        # visible before the values it points to.
+        behind = self.behind if len(groups) == 1 else None
+        for group in groups:
+            _send(group, behind)
 
-    @staticmethod
-    def _send(client: Any, group: list[Step]) -> None:
-        owner = group[0][0]
-        if len(group) == 1:
-            owner._io("put", group[0][1])
+
+def _send(group: list[Step], behind: Behind | None) -> None:
+    owner = group[0][0]
+    if len(group) == 1 and behind is None:
+        owner._io("put", group[0][1])
+        return
+    recorder = _Recorder()
+    for _, request, _ in group:
+        request(recorder)
+    sent = _Request(owner, recorder.commands, {s.sha: s for _, _, ss in group for s in ss})
+    if behind is None or not owner._io("put", sent.post, behind):
+        owner._io("put", sent.send)
+
+
+@dataclass
+class _Request:
+    """A batch's recorded commands, bundled into one script where the client allows."""
+
+    owner: RedisBackend
+    commands: list[tuple[Any, ...]]
+    scripts: dict[str, LuaScript]
+
+    def _for(self, client: Any) -> tuple[list[tuple[Any, ...]], list[LuaScript]]:
+        commands, scripts = self.commands, self.scripts
+        if wire.single_server(client) and all(cmd[0] == "EVALSHA" for cmd in commands):
+            # One script call instead of one per step (see scripts.bundle).
+            together, keys, args = bundle(
+                [(scripts[sha], rest[:n], rest[n:]) for _, sha, n, *rest in commands]
+            )
+            return [("EVALSHA", together.sha, len(keys), *keys, *args)], [together]
+        return commands, list(scripts.values())
+
+    def send(self, client: Any) -> list[Any]:
+        commands, load = self._for(client)
+        replies = wire.request(client, commands)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            # A server without our scripts (fresh, or flushed): load them
+            # and send it all again; every step is safe to repeat.
+            for script in load:
+                client.script_load(script.source)
+            replies = wire.request(client, commands)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def post(self, client: Any, behind: Behind) -> bool:
+        """Write the request without waiting; ``False`` where it cannot be posted (then send it)."""
+        if not wire.single_server(client):
+            return False
+        commands, _ = self._for(client)
+        return wire.post(client, commands, lambda outcome: self._settle(outcome, behind))
+
+    def _settle(self, outcome: Any, behind: Behind) -> None:
+        """The posted request's replies arrived (or could not be read)."""
+        owner = self.owner
+        if isinstance(outcome, BaseException) or any(isinstance(r, NoScriptError) for r in outcome):
+            # Unknown whether it ran, or the server lacked a script: send it
+            # again, waiting this time (every step is safe to repeat).
+            try:
+                owner._io("put", self.send)
+            except Exception as e:
+                behind.failed(e)
             return
-        recorder = _Recorder()
-        for _, request, _ in group:
-            request(recorder)
-        scripts = {s.sha: s for _, _, ss in group for s in ss}
-
-        def send(c: Any) -> list[Any]:
-            commands, load = recorder.commands, list(scripts.values())
-            if wire.single_server(c) and all(cmd[0] == "EVALSHA" for cmd in commands):
-                # One script call instead of one per step (see scripts.bundle).
-                together, keys, args = bundle(
-                    [(scripts[sha], rest[:n], rest[n:]) for _, sha, n, *rest in commands]
+        for reply in outcome:
+            if isinstance(reply, Exception):
+                behind.failed(
+                    owner._failed("put", reply) if isinstance(reply, RedisError) else reply
                 )
-                commands, load = [("EVALSHA", together.sha, len(keys), *keys, *args)], [together]
-            replies = wire.request(c, commands)
-            if any(isinstance(r, NoScriptError) for r in replies):
-                # A server without our scripts (fresh, or flushed): load them
-                # and send it all again; every step is safe to repeat.
-                for script in load:
-                    c.script_load(script.source)
-                replies = wire.request(c, commands)
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            return replies
-
-        owner._io("put", send)
+                return
 
 
 class _Recorder:
@@ -151,16 +205,27 @@ class write_batch:  # noqa: N801 - used as a function: ``with write_batch() as b
 
     Nested blocks join the outer batch.  If the block raises, nothing queued
     is sent.  A class rather than a generator: it runs twice on every miss.
+
+    With *behind*, a batch that makes one request on a single server is
+    *posted* (:func:`fleche_redis.wire.post`): the block ends as soon as the
+    request is written, and its reply is read before this thread's next
+    request to Redis.  A reply that is an error reaches ``behind.failed``
+    then, as the storage's usual exception; a request whose reply could not
+    be read, or that met a server without its scripts, is sent again first.
+    Any other batch is sent and waited for as usual.
     """
 
-    __slots__ = ("_batch", "_token")
+    __slots__ = ("_batch", "_token", "_behind")
+
+    def __init__(self, behind: Behind | None = None) -> None:
+        self._behind = behind
 
     def __enter__(self) -> WriteBatch:
         outer = _active.get()
         if outer is not None:
             self._batch, self._token = outer, None
             return outer
-        self._batch = WriteBatch()
+        self._batch = WriteBatch(behind=self._behind)
         self._token = _active.set(self._batch)
         return self._batch
 

@@ -15,6 +15,11 @@ changes how a memoized call travels, never what it returns:
   stores the arguments (encoded at ``prepare``, as they were at call time),
   the result and the record and releases the lease (see
   :mod:`fleche_redis.batch`).
+- **Write-behind, if asked.**  With ``write_behind=True`` the commit's
+  request is written and the call returns without waiting for Redis to
+  answer; the answer is read before the thread's next request (so the
+  thread always reads its own writes), and a refused commit is logged, not
+  raised (see :meth:`RedisCache.flush`).
 - **Scale.**  :meth:`RedisCache.gc` and :meth:`RedisCache.redigest` stream with
   bounded memory through :mod:`fleche_redis.maintenance`.
 
@@ -29,6 +34,7 @@ changes how a memoized call travels, never what it returns:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -40,7 +46,7 @@ from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.storage import SaveError
 from fleche.storage.destructuring import Digested
 
-from . import maintenance, singleflight
+from . import maintenance, singleflight, wire
 from .backend import CallRedis, ValueRedis
 from .batch import Step, write_batch
 from .codec import UndecodableEntry
@@ -117,12 +123,21 @@ class RedisCache(Cache):
         claim_ttl: seconds a lease taken by ``load`` lives until ``prepare``
             confirms it (a ``load`` not followed by a computation).
         wait_timeout: seconds a waiter waits before computing itself.
+        write_behind: return from a miss as soon as the commit's request is
+            written, without waiting for Redis to confirm it.  Saves a miss
+            the commit's wait (the server's work and the reply's trip); in
+            exchange a refused commit (``OOM``, an unreachable server) does
+            not raise from the call: it is logged as a warning, counted in
+            the storages' ``errors``, releases the waiters, and is raised by
+            the thread's next :meth:`flush`.  Only a commit that is one
+            request to one server (not Redis Cluster) is posted.
     """
 
     single_flight: bool = field(default=True, kw_only=True)
     lease_ttl: float = field(default=30.0, kw_only=True)
     claim_ttl: float = field(default=2.0, kw_only=True)
     wait_timeout: float = field(default=600.0, kw_only=True)
+    write_behind: bool = field(default=False, kw_only=True)
 
     # -- reading --------------------------------------------------------------
 
@@ -209,9 +224,32 @@ class RedisCache(Cache):
                 raise Rejected(e) from e
             raise
 
+    def flush(self) -> None:
+        """Wait for this thread's write-behind commits; raise the first that failed since the last flush.
+
+        Every failure was already logged when it was read; ``flush`` is for
+        code that must know its results are stored (the end of a job, a test).
+        The exception is the storage's usual one (a
+        :class:`~fleche_redis.RedisStorageError`, or a
+        :class:`~fleche_redis.SaveRefused` when failing open).  Commits of
+        other threads, and of other caches, are theirs to flush.
+        """
+        wire.settle()
+        kept: list[tuple[RedisCache, Exception]] = getattr(_pending, "failures", None) or []
+        mine = [error for cache, error in kept if cache is self]
+        if mine:
+            _pending.failures = [(cache, error) for cache, error in kept if cache is not self]
+            if len(mine) > 1:
+                mine[0].add_note(f"{len(mine) - 1} later write-behind commit(s) failed too")
+            raise mine[0]
+
+    def _behind(self, key: str, lease: singleflight.Lease | None) -> _Behind | None:
+        return _Behind(self, key, lease) if self.write_behind else None
+
     def _save_batched(self, call: PreparedCall | Call) -> str:
         try:
-            with write_batch() as batch:
+            key = call.key if isinstance(call, LeasedCall) else None
+            with write_batch(self._behind(key or "?", None)) as batch:
                 if isinstance(call, LeasedCall):
                     batch.resume(call.take_pending())
                 return super().save(call)
@@ -224,7 +262,7 @@ class RedisCache(Cache):
         # fleche's Cache.save for a prepared call, unrolled to keep the record
         # and the result's bytes for the waiters' message.
         key = call.to_lookup_key()
-        with self._operation_context(key), write_batch() as batch:
+        with self._operation_context(key), write_batch(self._behind(key, lease)) as batch:
             batch.resume(call.take_pending())
             try:
                 digested = call.resolve(self.values)
@@ -258,6 +296,44 @@ class RedisCache(Cache):
 
 _NOTHING = object()
 
+MAX_KEPT_FAILURES = 100
+"""Write-behind failures a thread keeps for :meth:`RedisCache.flush` (the rest are only logged)."""
+
+
+@dataclass(frozen=True)
+class _Behind:
+    """Where a write-behind commit's failure goes: the log, the waiters, and the thread's next flush."""
+
+    cache: RedisCache
+    key: str
+    lease: singleflight.Lease | None
+
+    def failed(self, error: BaseException) -> None:
+        logger.warning("write-behind commit of %s failed; not stored: %s", self.key, error)
+        lease = self.lease
+        if lease is not None:
+            # The bundle stops at a failing step, so its release may not have
+            # run: release now (the waiters look again, and one computes).
+            try:
+                lease.calls._io("lease", lease.finish_request())
+            except Exception:
+                logger.debug("could not release the compute lease of %s", lease.key, exc_info=True)
+        failures = getattr(_pending, "failures", None)
+        if failures is None:
+            failures = _pending.failures = []
+        if len(failures) < MAX_KEPT_FAILURES:
+            failures.append((self.cache, error))
+
+
+def _settle_at_exit() -> None:
+    try:
+        wire.settle()  # the main thread's last write-behind commit: report it
+    except Exception:
+        logger.debug("settling write-behind commits at exit failed", exc_info=True)
+
+
+atexit.register(_settle_at_exit)
+
 
 @dataclass(frozen=True)
 class _Pushed:
@@ -285,6 +361,7 @@ def redis_cache(
     lease_ttl: float = 30.0,
     claim_ttl: float = 2.0,
     wait_timeout: float = 600.0,
+    write_behind: bool = False,
     **storage_options: Any,
 ) -> RedisCache:
     """A ready :class:`RedisCache` over a ``ValueRedis`` and a ``CallRedis`` in *namespace*.
@@ -301,4 +378,5 @@ def redis_cache(
         lease_ttl=lease_ttl,
         claim_ttl=claim_ttl,
         wait_timeout=wait_timeout,
+        write_behind=write_behind,
     )

@@ -27,6 +27,12 @@ What keeps a pool checkout per request:
   (:func:`send` without its :func:`receive` yet): it takes a connection of
   its own.
 
+A request can also be *posted* (:func:`post`): written now, its replies
+read later, just before this thread's next request on that connection, or
+at :func:`settle`.  Replies come back in order on a connection, so nothing
+is lost or mixed up; a write-behind commit uses it (see
+:class:`~fleche_redis.caches.RedisCache`).
+
 After ``fork()`` a child never uses a connection kept by its parent: it is
 another client (see :class:`~fleche_redis.connection.ClientSlot`), so another
 pool, and the parent's connections are dropped unused.
@@ -37,6 +43,7 @@ from __future__ import annotations
 import select
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -54,7 +61,17 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency on CPython
     _pack_command = None
 
-__all__ = ["call", "request", "send", "receive", "single_server", "Pending"]
+__all__ = [
+    "call",
+    "request",
+    "send",
+    "receive",
+    "post",
+    "settle",
+    "owing",
+    "single_server",
+    "Pending",
+]
 
 _local = threading.local()
 
@@ -62,7 +79,7 @@ _local = threading.local()
 class _Kept:
     """This thread's connection to one pool, returned to it when the thread ends."""
 
-    __slots__ = ("conn", "pool", "generation", "busy", "poller", "polled", "__weakref__")
+    __slots__ = ("conn", "pool", "generation", "busy", "poller", "polled", "owed", "__weakref__")
 
     def __init__(self, pool: Any, conn: Any) -> None:
         self.conn = conn
@@ -71,11 +88,17 @@ class _Kept:
         self.busy = False
         self.poller: Any = None  # select.poll() on the socket below; False: use can_read()
         self.polled: Any = None
+        self.owed: list[tuple[int, Settle]] = []  # posted requests: (reply count, settle)
 
     def __del__(self) -> None:
         pool = self.pool()
         if pool is not None and self.generation == fork_generation():
             try:
+                if self.owed:
+                    # A thread that ended with replies unread: the server has
+                    # applied (or refused) what was posted; only the report is
+                    # lost.  Never hand a connection with stray bytes back.
+                    self.conn.disconnect()
                 pool.release(self.conn)
             except Exception:  # interpreter shutdown, a pool already closed
                 pass
@@ -98,6 +121,11 @@ def _kept(pool: Any) -> _Kept | None:
         local.pool, local.kept, local.generation = pool, kept, generation
     return None if kept.busy else kept
 
+
+Settle = Callable[[Any], None]
+"""Called with a posted request's replies (a list, error replies as exceptions), or with
+the exception that made them unreadable (the connection dropped: the request may or
+may not have run)."""
 
 Pending = tuple[Any, Any, "_Kept | None", list[tuple[Any, ...]]]
 """``(client, connection or None, the kept connection it is or None, commands sent)``."""
@@ -127,6 +155,8 @@ def send(client: Any, commands: list[tuple[Any, ...]]) -> Pending:
         return (client, None, None, commands)
     kept = _kept(pool)
     if kept is not None:
+        if kept.owed:
+            _settle_kept(kept)  # a posted request's replies come first on this connection
         conn = kept.conn
         _drop_if_stale(kept)
     else:
@@ -193,6 +223,79 @@ def call(client: Any, *command: Any) -> Any:
     if isinstance(reply, Exception):
         raise reply
     return reply
+
+
+def post(client: Any, commands: list[tuple[Any, ...]], settle: Settle) -> bool:
+    """Write *commands* on this thread's kept connection and return without waiting for the replies.
+
+    *settle* gets the replies when this thread next sends a request on that
+    connection, or calls :func:`settle`.  Returns ``False`` (nothing sent)
+    where there is no kept connection to post on: clusters, pipelines, a
+    ``BlockingConnectionPool``, or a kept connection in the middle of a
+    request; the caller then sends the request the usual way.
+    """
+    pool = _pool(client)
+    kept = None if pool is None else _kept(pool)
+    if kept is None:
+        return False
+    if kept.owed:
+        _settle_kept(kept)
+    conn = kept.conn
+    _drop_if_stale(kept)
+    try:
+        conn.send_packed_command(_packed(conn, commands), check_health=False)
+    except BaseException:
+        conn.disconnect()
+        raise
+    kept.owed.append((len(commands), settle))
+    owed = getattr(_local, "owing", None)
+    if owed is None or _local.owing_generation != kept.generation:
+        owed = _local.owing = []
+        _local.owing_generation = kept.generation
+    if kept not in owed:
+        owed.append(kept)
+    return True
+
+
+def owing() -> bool:
+    """Whether this thread has posted requests whose replies it has not read yet."""
+    return bool(getattr(_local, "owing", None))
+
+
+def settle() -> None:
+    """Read the replies of every request this thread posted and hand them to their *settle*."""
+    owed = getattr(_local, "owing", None)
+    if not owed:
+        return
+    _local.owing = []
+    if _local.owing_generation != fork_generation():
+        return  # the parent's connections: never read them in a child
+    for kept in owed:
+        if kept.owed:
+            _settle_kept(kept)
+
+
+def _settle_kept(kept: _Kept) -> None:
+    owed, kept.owed = kept.owed, []
+    outcomes: list[tuple[Settle, Any]] = []
+    conn = kept.conn
+    for i, (count, done) in enumerate(owed):
+        replies: list[Any] = []
+        try:
+            for _ in range(count):
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as e:
+                    replies.append(e)
+        except Exception as e:
+            # Unreadable: this and every later reply is lost with the connection.
+            conn.disconnect()
+            outcomes += [(later, e) for _, later in owed[i:]]
+            break
+        outcomes.append((done, replies))
+    # Settling may send requests (a request sent again): the connection is free now.
+    for done, outcome in outcomes:
+        done(outcome)
 
 
 def _packed(conn: Any, commands: list[tuple[Any, ...]]) -> Any:

@@ -27,7 +27,9 @@ _namespaces = itertools.count()
 @pytest.fixture(scope="session")
 def redis_server():
     if redis_server_binary() is None:
-        pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
+        pytest.fail(
+            "redis-server is not installed; .ci/run installs it (apt-get install redis-server)"
+        )
     with RedisServer.start() as server:
         yield server
 

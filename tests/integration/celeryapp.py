@@ -20,7 +20,9 @@ NAMESPACE = os.environ.get("FLECHE_REDIS_CELERY_NAMESPACE", "celery-test")
 base = URL.rsplit("/", 1)[0]
 
 app = Celery("fleche_redis_tests", broker=f"{base}/1", backend=f"{base}/2")
-app.conf.update(worker_prefetch_multiplier=1, task_acks_late=False, broker_connection_retry_on_startup=True)
+app.conf.update(
+    worker_prefetch_multiplier=1, task_acks_late=False, broker_connection_retry_on_startup=True
+)
 
 cache = redis_cache(url=URL, namespace=NAMESPACE)
 
@@ -45,5 +47,7 @@ def submit_duplicates() -> None:
         if time.monotonic() > deadline:
             raise SystemExit("celery worker did not come up")
     inputs = [1, 2, 3]
-    pending = [memo_square.delay(x) for x in inputs for _ in range(4)]  # four copies of each, at once
+    pending = [
+        memo_square.delay(x) for x in inputs for _ in range(4)
+    ]  # four copies of each, at once
     print(json.dumps([p.get(timeout=60) for p in pending]))

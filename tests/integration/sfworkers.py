@@ -17,7 +17,9 @@ def _executions() -> int:
 
 
 @fleche.fleche
-def compute(x: int, behaviour: fleche.Ignored[str] = "ok", seconds: fleche.Ignored[float] = 0.3) -> dict:
+def compute(
+    x: int, behaviour: fleche.Ignored[str] = "ok", seconds: fleche.Ignored[float] = 0.3
+) -> dict:
     """Counts its executions in Redis; the first execution misbehaves as told."""
     n = _executions()
     time.sleep(seconds)

@@ -35,11 +35,22 @@ def value_for(i: int) -> dict:
     return {"i": i, "payload": "p" * (i % 200), "nested": [i, [i % 7]]}
 
 
-def soak(url: str, namespace: str, seconds: float, seed: int, lock_factory=locked_increment) -> dict:
+def soak(
+    url: str, namespace: str, seconds: float, seed: int, lock_factory=locked_increment
+) -> dict:
     rng = random.Random(seed)
     values = ValueRedis(url=url, namespace=namespace)
     calls = CallRedis(url=url, namespace=namespace)
-    counts = {"save": 0, "load": 0, "miss": 0, "evict": 0, "expand": 0, "ambiguous": 0, "query": 0, "lock": 0}
+    counts = {
+        "save": 0,
+        "load": 0,
+        "miss": 0,
+        "evict": 0,
+        "expand": 0,
+        "ambiguous": 0,
+        "query": 0,
+        "lock": 0,
+    }
     wrong: list[str] = []
     lock = lock_factory(url, namespace) if lock_factory else None
     deadline = time.monotonic() + seconds

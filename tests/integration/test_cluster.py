@@ -54,9 +54,15 @@ def test_single_key_operations_are_one_request(redis_cluster, namespace):
     storage = CallRedis(url=redis_cluster.url, namespace=namespace)
     key = storage.put({"x": 1}, "ab" + "0" * 62)
     storage.evict(storage.put({"x": 2}, "cd" + "0" * 62))
-    for op in (lambda: storage.get(key), lambda: storage.put({"x": 1}, key),
-               lambda: storage.contains(key), lambda: storage.expand("ab00")):
+    for op in (
+        lambda: storage.get(key),
+        lambda: storage.put({"x": 1}, key),
+        lambda: storage.contains(key),
+        lambda: storage.expand("ab00"),
+    ):
         with RoundTrips() as trips:
             op()
         assert trips.count == 1, trips.commands
-    assert key_slot(storage._layout.data(key).encode()) == key_slot(storage._layout.index_of(key).encode())
+    assert key_slot(storage._layout.data(key).encode()) == key_slot(
+        storage._layout.index_of(key).encode()
+    )

@@ -13,7 +13,9 @@ distributed = pytest.importorskip("distributed")
 
 
 @pytest.mark.parametrize("single_flight", [True, False])
-def test_two_clients_same_inputs_each_computed_once(redis_server, namespace, monkeypatch, single_flight):
+def test_two_clients_same_inputs_each_computed_once(
+    redis_server, namespace, monkeypatch, single_flight
+):
     monkeypatch.setenv("FLECHE_REDIS_TEST_COUNTER", f"{redis_server.url} {namespace}:runs")
     cache = redis_cache(url=redis_server.url, namespace=namespace, single_flight=single_flight)
     with fleche.cache(cache), fleche.meta():
@@ -23,9 +25,14 @@ def test_two_clients_same_inputs_each_computed_once(redis_server, namespace, mon
         n_workers=2, threads_per_worker=4, processes=True, dashboard_address=None, silence_logs=40
     ) as cluster:
         results: dict[int, list] = {}
+        # Both clients connected before either submits: connecting takes long
+        # enough that a late second client could find every result stored,
+        # and the control below would then see no race to prevent.
+        ready = threading.Barrier(2)
 
         def submit(i: int) -> None:
             with distributed.Client(cluster, set_as_default=False) as client:
+                ready.wait(60)
                 futures = client.map(task, inputs, pure=False)
                 results[i] = client.gather(futures)
 
@@ -43,6 +50,8 @@ def test_two_clients_same_inputs_each_computed_once(redis_server, namespace, mon
         expected = [{"x": x, "square": x * x} for x in inputs]
         assert results[0] == expected and results[1] == expected
 
-        with distributed.Client(cluster, set_as_default=False) as client:  # a second round: all hits
+        with distributed.Client(
+            cluster, set_as_default=False
+        ) as client:  # a second round: all hits
             assert client.gather(client.map(task, inputs, pure=False)) == expected
         assert [int(counts.get(f"{namespace}:runs:{x}") or 0) for x in inputs] == [1] * 50

@@ -47,7 +47,10 @@ def test_memoization_keeps_serving_under_memory_pressure(small_server, namespace
 
     from fleche_redis import CallRedis
 
-    cache = Cache(ValueRedis(url=small_server.url, namespace=namespace), CallRedis(url=small_server.url, namespace=namespace))
+    cache = Cache(
+        ValueRedis(url=small_server.url, namespace=namespace),
+        CallRedis(url=small_server.url, namespace=namespace),
+    )
 
     @fleche.fleche
     def padded(i):

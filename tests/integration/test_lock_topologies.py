@@ -30,7 +30,9 @@ def test_four_processes_increment_exactly(url, namespace, storage_cls):
     storage = storage_cls(url=url, namespace=namespace)
     counter = f"{namespace}:counter"
     barrier = FORK.Barrier(4)
-    procs = [FORK.Process(target=increment, args=(storage, url, counter, 50, barrier)) for _ in range(4)]
+    procs = [
+        FORK.Process(target=increment, args=(storage, url, counter, 50, barrier)) for _ in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:

@@ -20,8 +20,16 @@ def work(x: int) -> dict:
 
 
 def make_cache(url, namespace, on_error, **extra):
-    options = dict(url=url, namespace=namespace, on_error=on_error, socket_timeout=0.5, retries=0,
-                   breaker_threshold=3, breaker_cooldown=0.2, **extra)
+    options = dict(
+        url=url,
+        namespace=namespace,
+        on_error=on_error,
+        socket_timeout=0.5,
+        retries=0,
+        breaker_threshold=3,
+        breaker_cooldown=0.2,
+        **extra,
+    )
     return RedisCache(ValueRedis(**options), CallRedis(**options))
 
 
@@ -134,7 +142,13 @@ def test_writes_interrupted_by_a_crash_leave_consistent_indexes():
             # A writer killed between a big value's chunks and its manifest
             # leaves orphan chunks: wasted memory, never a wrong read, and
             # exactly what repair() removes.  Every index must be intact.
-            index = ("dangling_index", "unindexed", "stale_terms", "missing_terms", "stale_references")
+            index = (
+                "dangling_index",
+                "unindexed",
+                "stale_terms",
+                "missing_terms",
+                "stale_references",
+            )
             assert not any(getattr(report, kind) for kind in index), report.to_dict()
             if not report.ok:
                 assert report.orphan_chunks and storage.repair().orphan_chunks

@@ -22,7 +22,9 @@ def cache(redis_server, namespace):
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_process_pool_memoizes_through_one_shared_cache(method, cache, redis_server, namespace, monkeypatch):
+def test_process_pool_memoizes_through_one_shared_cache(
+    method, cache, redis_server, namespace, monkeypatch
+):
     counter = f"{namespace}:executions"
     monkeypatch.setenv("FLECHE_REDIS_TEST_COUNTER", f"{redis_server.url} {counter}")
     cache.values.count()  # the parent is connected before the pool forks
@@ -68,7 +70,9 @@ def test_pickled_storage_does_not_carry_a_connection(redis_server, namespace):
     storage = CallRedis(url=redis_server.url, namespace=namespace)
     storage.count()
     data = pickle.dumps(storage)
-    assert b"redis.connection" not in data and b"ConnectionPool" not in data and b"_socket" not in data
+    assert (
+        b"redis.connection" not in data and b"ConnectionPool" not in data and b"_socket" not in data
+    )
     clone = pickle.loads(data)
     clone.count()
     # In this process the clone shares the client of its server; in a worker

@@ -54,7 +54,9 @@ def test_maintenance_runs_under_the_acl(redis_server, namespace):
     from fleche_redis import RedisCache
 
     url = acl_url(redis_server, namespace)
-    cache = RedisCache(ValueRedis(url=url, namespace=namespace), CallRedis(url=url, namespace=namespace))
+    cache = RedisCache(
+        ValueRedis(url=url, namespace=namespace), CallRedis(url=url, namespace=namespace)
+    )
     cache.save(fleche.call.Call("f", {"x": 1}, result=2))
     cache.values.save("orphan")
     assert cache.values.verify().ok and cache.calls.verify().ok

@@ -37,7 +37,9 @@ def test_sentinel_url_parsing():
 def test_client_built_by_sentinel_pickles_by_sentinel_url(redis_sentinel):
     from redis.sentinel import Sentinel
 
-    client = Sentinel([(s.host, s.port) for s in redis_sentinel.sentinels]).master_for(redis_sentinel.service)
+    client = Sentinel([(s.host, s.port) for s in redis_sentinel.sentinels]).master_for(
+        redis_sentinel.service
+    )
     assert url_from_client(client) == redis_sentinel.url
 
 

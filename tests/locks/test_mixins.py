@@ -82,7 +82,9 @@ def _blocked_while_held(storage, hold_key, op, *, settle=1.0):
 # -- composition ---------------------------------------------------------------------
 
 
-def test_compositions_keep_fleches_own_in_process_lock_in_the_chain(redis_server, namespace, tmp_path):
+def test_compositions_keep_fleches_own_in_process_lock_in_the_chain(
+    redis_server, namespace, tmp_path
+):
     pickle_store = LockedPickle(root=str(tmp_path), lock_urls=(redis_server.url,))
     assert FlechePerKeyLockMixin in type(pickle_store).__mro__
     key = pickle_store.save({"a": 1})
@@ -103,8 +105,12 @@ def test_redis_storages_lock_on_their_own_redis_by_default(connection, cls):
     assert not storage.contains(key)
 
 
-def test_lock_fields_are_keyword_only_config_and_pickle_with_the_storage(redis_server, namespace, tmp_path):
-    storage = LockedValueRedis(url=redis_server.url, namespace=namespace, lock_ttl=3.0, lock_timeout=1.5)
+def test_lock_fields_are_keyword_only_config_and_pickle_with_the_storage(
+    redis_server, namespace, tmp_path
+):
+    storage = LockedValueRedis(
+        url=redis_server.url, namespace=namespace, lock_ttl=3.0, lock_timeout=1.5
+    )
     copy = pickle.loads(pickle.dumps(storage))
     assert copy == storage and copy.lock_ttl == 3.0 and copy.lock_timeout == 1.5
     assert copy._lock_state is not storage._lock_state
@@ -127,8 +133,13 @@ def test_a_registered_composition_round_trips_through_fleche_config(redis_server
     from fleche.storage import register_storage
 
     register_storage("redis-locked-test", kind="call")(ConfiguredLockedCallRedis)
-    config = {"type": "redis-locked-test", "url": redis_server.url, "namespace": namespace,
-              "lock_ttl": 3.0, "lock_urls": [redis_server.url]}
+    config = {
+        "type": "redis-locked-test",
+        "url": redis_server.url,
+        "namespace": namespace,
+        "lock_ttl": 3.0,
+        "lock_urls": [redis_server.url],
+    }
     calls = storage_from_config(config, "call")
     assert isinstance(calls, ConfiguredLockedCallRedis) and calls.lock_urls == (redis_server.url,)
     again = storage_to_config(calls)
@@ -165,7 +176,9 @@ def test_nested_same_key_contexts_cost_no_extra_round_trip(redis_server, namespa
 
 def test_fleches_nested_save_path_takes_the_lock_once(redis_server, namespace, tmp_path):
     """CallMixin.save -> contains -> evict -> put re-enter the hook: 2 Redis round trips in all."""
-    calls = LockedCallPickle(root=str(tmp_path), lock_urls=(redis_server.url,), lock_namespace=namespace)
+    calls = LockedCallPickle(
+        root=str(tmp_path), lock_urls=(redis_server.url,), lock_namespace=namespace
+    )
     cache = Cache(values=ValuePickleFile(root=str(tmp_path / "v")), calls=calls)
 
     @memoize
@@ -238,7 +251,9 @@ def test_a_prefix_and_its_full_key_exclude_each_other(redis_server, namespace):
     assert not _blocked_while_held(storage, key, lambda: storage.evict(other))
 
 
-def test_prefix_normalisation_does_not_recurse_even_when_reads_lock(redis_server, namespace, tmp_path):
+def test_prefix_normalisation_does_not_recurse_even_when_reads_lock(
+    redis_server, namespace, tmp_path
+):
     strict = LockedValueRedis(url=redis_server.url, namespace=namespace, lock_reads=True)
     key = strict.save("v")
     assert strict.load(key[:6]) == "v"
@@ -283,12 +298,18 @@ def test_serializing_mixin_holds_one_lock_per_namespace(redis_server, namespace,
     # Any key of either storage in the namespace waits for the one lock.
     assert _blocked_while_held(values, DIGEST, lambda: calls.evict(other_key))
     # Nested across the two storages on one thread: reentrant, one acquisition.
-    with RoundTrips() as trips, values._operation_context(DIGEST), calls._operation_context(other_key):
+    with (
+        RoundTrips() as trips,
+        values._operation_context(DIGEST),
+        calls._operation_context(other_key),
+    ):
         pass
     assert trips.count == 2
     elsewhere = SerialValueRedis(url=redis_server.url, namespace=namespace + "-b")
     assert not _blocked_while_held(values, DIGEST, lambda: elsewhere.save("x"))
-    files = SerialPickle(root=str(tmp_path), lock_urls=(redis_server.url,), lock_namespace=namespace)
+    files = SerialPickle(
+        root=str(tmp_path), lock_urls=(redis_server.url,), lock_namespace=namespace
+    )
     assert files._lock_name("anything") == f"{namespace}:{{{namespace}}}:lock"
 
 
@@ -337,7 +358,9 @@ def _square_calls():
 
 
 @pytest.mark.parametrize("where", ["call storage", "cache"])
-def test_a_lock_failure_never_makes_a_memoized_function_raise(redis_server, namespace, where, caplog):
+def test_a_lock_failure_never_makes_a_memoized_function_raise(
+    redis_server, namespace, where, caplog
+):
     """The body ran: the caller gets its result, uncached, and fleche logs the rejection."""
     values = ValueRedis(url=redis_server.url, namespace=namespace)
     if where == "call storage":
@@ -346,7 +369,9 @@ def test_a_lock_failure_never_makes_a_memoized_function_raise(redis_server, name
         blocker = Redlock(calls._lock_name(None), [redis_server.url], ttl=30)
     else:
         calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
-        cache = SerialCache(values, calls, lock_urls=(redis_server.url,), lock_namespace=namespace, lock_timeout=0.2)
+        cache = SerialCache(
+            values, calls, lock_urls=(redis_server.url,), lock_namespace=namespace, lock_timeout=0.2
+        )
         blocker = Redlock(cache._lock_name(None), [redis_server.url], ttl=30)
     square, runs = _square_calls()
     blocker.acquire()
@@ -367,7 +392,10 @@ def test_a_lock_failure_never_makes_a_memoized_function_raise(redis_server, name
 
 def test_call_storage_refusals_are_rejected_with_the_lock_error_as_cause(redis_server, namespace):
     calls = SerialCallRedis(url=redis_server.url, namespace=namespace, lock_timeout=0.1)
-    with Redlock(calls._lock_name(None), [redis_server.url], ttl=30), pytest.raises(Rejected) as err:
+    with (
+        Redlock(calls._lock_name(None), [redis_server.url], ttl=30),
+        pytest.raises(Rejected) as err,
+    ):
         calls.evict(DIGEST)
     assert isinstance(err.value.__cause__, LockTimeout)
 
@@ -376,7 +404,10 @@ def test_a_value_storage_lock_failure_leaves_the_call_uncached(redis_server, nam
     values = SerialValueRedis(url=redis_server.url, namespace=namespace, lock_timeout=0.1)
     calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
     square, runs = _square_calls()
-    with Redlock(values._lock_name(None), [redis_server.url], ttl=30), state.cache(Cache(values=values, calls=calls)):
+    with (
+        Redlock(values._lock_name(None), [redis_server.url], ttl=30),
+        state.cache(Cache(values=values, calls=calls)),
+    ):
         assert square(5) == 25
     assert runs == [5] and list(calls.list()) == []
 

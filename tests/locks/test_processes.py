@@ -31,7 +31,9 @@ def _run_all(ctx, target, argss, timeout=120):
     assert codes == [0] * len(procs), codes
 
 
-@pytest.mark.parametrize("storage_cls", [lockworkers.LockedValueRedis, lockworkers.SerialValueRedis])
+@pytest.mark.parametrize(
+    "storage_cls", [lockworkers.LockedValueRedis, lockworkers.SerialValueRedis]
+)
 def test_eight_processes_increment_exactly_under_each_mixin(redis_server, namespace, storage_cls):
     """8 processes x 200 non-atomic read-modify-write increments: no update is lost."""
     storage = storage_cls(url=redis_server.url, namespace=namespace)
@@ -45,7 +47,9 @@ def test_the_same_loop_without_a_lock_loses_updates(redis_server, namespace):
     """The control: the workload above does race when nothing excludes it."""
     counter = f"{namespace}:counter"
     barrier = FORK.Barrier(8)
-    _run_all(FORK, lockworkers.increment_unlocked, [(redis_server.url, counter, 20, barrier, 0.002)] * 8)
+    _run_all(
+        FORK, lockworkers.increment_unlocked, [(redis_server.url, counter, 20, barrier, 0.002)] * 8
+    )
     assert int(redis_server.client().get(counter)) < 8 * 20
 
 
@@ -53,7 +57,9 @@ def test_a_sigkilled_holder_is_replaced_within_ttl(redis_server, namespace):
     name = lock_key("crash", namespace)
     ttl = 1.0
     ready = FORK.Event()
-    holder = FORK.Process(target=lockworkers.hold_forever, args=(name, [redis_server.url], ttl, ready))
+    holder = FORK.Process(
+        target=lockworkers.hold_forever, args=(name, [redis_server.url], ttl, ready)
+    )
     holder.start()
     try:
         assert ready.wait(10)
@@ -80,7 +86,9 @@ def test_no_starvation_under_eight_way_contention(redis_server, namespace):
     name = lock_key("fair", namespace)
     log = f"{namespace}:fences"
     barrier, results = FORK.Barrier(8), FORK.Queue()
-    _run_all(FORK, lockworkers.contend, [(name, [redis_server.url], 1.5, barrier, results, log)] * 8)
+    _run_all(
+        FORK, lockworkers.contend, [(name, [redis_server.url], 1.5, barrier, results, log)] * 8
+    )
     counts = [results.get(timeout=5)[1] for _ in range(8)]
     assert min(counts) / max(counts) >= 0.5, counts
     fences = [int(f) for f in redis_server.client().lrange(log, 0, -1)]

@@ -168,9 +168,11 @@ def test_waiters_are_served_first_come_first_served(redis_server, namespace):
     order: list[int] = []
     threads = []
     for i in range(4):
+
         def wait(i=i):
             with Redlock(name, [redis_server.url], ttl=10):
                 order.append(i)
+
         t = threading.Thread(target=wait)
         t.start()
         threads.append(t)
@@ -249,7 +251,9 @@ def test_watchdog_keeps_a_long_hold_and_hands_over_promptly(redis_server, namesp
         time.sleep(0.05)
     assert holder.held and not holder.lost
     got = []
-    thread = threading.Thread(target=lambda: (other.acquire(timeout=5), got.append(time.monotonic())))
+    thread = threading.Thread(
+        target=lambda: (other.acquire(timeout=5), got.append(time.monotonic()))
+    )
     thread.start()
     r = redis_server.client()
     while r.llen(f"{name}:q") < 1:

@@ -57,6 +57,7 @@ def test_holds_of_the_same_lock_leave_no_extra_renewals(clock, manual_watchdog):
 
 def test_a_hold_taken_again_during_its_renewal_keeps_its_schedule(clock, manual_watchdog):
     """The old hold's renewal says stop; the new hold (same object) must still be renewed."""
+
     class Racing(Renewable):
         def _renew(self):
             manual_watchdog.unwatch(self)  # released ...

@@ -8,7 +8,12 @@ from fleche_redis.codec import Codec, UndecodableEntry
 
 
 def test_round_trip_plain_and_compressed():
-    for codec in (Codec(), Codec(compress=True), Codec("pickle"), Codec(secret_key=(b"k",), compress=True)):
+    for codec in (
+        Codec(),
+        Codec(compress=True),
+        Codec("pickle"),
+        Codec(secret_key=(b"k",), compress=True),
+    ):
         assert codec.decode(codec.encode({"a": [1, 2]})) == {"a": [1, 2]}
 
 

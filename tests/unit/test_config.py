@@ -17,7 +17,12 @@ def test_importing_registers_both_kinds():
 
 def test_cache_from_config_round_trip(redis_server, namespace):
     config = {
-        "values": {"type": "redis", "url": redis_server.url, "namespace": namespace, "compress": True},
+        "values": {
+            "type": "redis",
+            "url": redis_server.url,
+            "namespace": namespace,
+            "compress": True,
+        },
         "calls": {"type": "redis", "url": redis_server.url, "namespace": namespace},
     }
     cache = fleche.config.cache_from_config(config)
@@ -27,8 +32,12 @@ def test_cache_from_config_round_trip(redis_server, namespace):
     assert cache.load(key).result == [1, 2]
     written = fleche.config.cache_to_config(cache)
     assert written["values"] == {
-        "type": "redis", "url": redis_server.url, "namespace": namespace,
-        "serializer": "cloudpickle", "compress": True, "remaining_depth": 1,
+        "type": "redis",
+        "url": redis_server.url,
+        "namespace": namespace,
+        "serializer": "cloudpickle",
+        "compress": True,
+        "remaining_depth": 1,
     }
     assert fleche.config.cache_from_config(written).load(key).result == [1, 2]
 
@@ -62,9 +71,17 @@ calls.namespace = "{namespace}"
 
 def test_unknown_option_is_a_clear_error(redis_server):
     with pytest.raises(TypeError, match="unexpected keyword"):
-        fleche.config.storage_from_config({"type": "redis", "url": redis_server.url, "hostname": "x"}, "value")
+        fleche.config.storage_from_config(
+            {"type": "redis", "url": redis_server.url, "hostname": "x"}, "value"
+        )
 
 
 def test_public_names():
-    for name in ("RedisBackend", "ValueRedis", "CallRedis", "RedisStorageError", "StorageUnavailable"):
+    for name in (
+        "RedisBackend",
+        "ValueRedis",
+        "CallRedis",
+        "RedisStorageError",
+        "StorageUnavailable",
+    ):
         assert hasattr(fleche_redis, name)

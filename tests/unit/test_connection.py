@@ -40,7 +40,9 @@ def test_client_from_url_never_decodes():
 def test_cluster_url_parsing():
     from fleche_redis.connection import parse_cluster_url
 
-    nodes, options = parse_cluster_url("rediss+cluster://u:p%40ss@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002?socket_timeout=2")
+    nodes, options = parse_cluster_url(
+        "rediss+cluster://u:p%40ss@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002?socket_timeout=2"
+    )
     assert nodes == [("10.0.0.1", 7000), ("10.0.0.2", 7001), ("::1", 7002)]
     assert options["username"] == "u" and options["password"] == "p@ss"
     assert options["ssl"] is True and options["socket_timeout"] == 2.0
@@ -50,8 +52,13 @@ def test_cluster_url_parsing():
 
 
 def test_url_from_client():
-    assert url_from_client(redis.Redis(host="h", port=7, db=3, password="pw")) == "redis://:pw@h:7/3"
-    assert url_from_client(redis.Redis(host="h", port=7, db=3, password="pw"), with_password=False) == "redis://h:7/3"
+    assert (
+        url_from_client(redis.Redis(host="h", port=7, db=3, password="pw")) == "redis://:pw@h:7/3"
+    )
+    assert (
+        url_from_client(redis.Redis(host="h", port=7, db=3, password="pw"), with_password=False)
+        == "redis://h:7/3"
+    )
     assert url_from_client(redis.Redis(host="h", ssl=True)).startswith("rediss://h:6379")
     assert url_from_client(redis.Redis(unix_socket_path="/tmp/r.sock")) == "unix:///tmp/r.sock?db=0"
     assert url_from_client(fakeredis.FakeRedis()) is None

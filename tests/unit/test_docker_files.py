@@ -11,8 +11,14 @@ README = (ROOT / "README.md").read_text()
 
 EXPECTED = {
     "redis.yml": {"ports": {6379}, "url": "redis://localhost:6379/0"},
-    "cluster.yml": {"ports": {7000, 7001, 7002}, "url": "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"},
-    "sentinel.yml": {"ports": {6380, 6381, 26379}, "url": "redis+sentinel://127.0.0.1:26379/fleche/0"},
+    "cluster.yml": {
+        "ports": {7000, 7001, 7002},
+        "url": "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002",
+    },
+    "sentinel.yml": {
+        "ports": {6380, 6381, 26379},
+        "url": "redis+sentinel://127.0.0.1:26379/fleche/0",
+    },
 }
 
 

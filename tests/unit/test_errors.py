@@ -49,7 +49,9 @@ def test_command_refused_is_redis_storage_error(fresh_server, namespace):
 def test_errors_cross_process_boundaries():
     import pickle
 
-    err = StorageUnavailable("Redis get on redis://h:1/0 failed", operation="get", server="redis://h:1/0")
+    err = StorageUnavailable(
+        "Redis get on redis://h:1/0 failed", operation="get", server="redis://h:1/0"
+    )
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is StorageUnavailable and str(back) == str(err)
     assert (back.operation, back.server) == ("get", "redis://h:1/0")

@@ -63,7 +63,13 @@ def test_fail_open_reads_miss_writes_are_refused(fresh_server, namespace, clock)
 
 
 def test_breaker_opens_then_costs_no_network(fresh_server, namespace, clock):
-    storage = ValueRedis(url=fresh_server.url, namespace=namespace, retries=0, breaker_threshold=3, breaker_cooldown=5)
+    storage = ValueRedis(
+        url=fresh_server.url,
+        namespace=namespace,
+        retries=0,
+        breaker_threshold=3,
+        breaker_cooldown=5,
+    )
     key = storage.save(1)
     fresh_server.kill()
     tries = counting_connections(storage)
@@ -91,7 +97,9 @@ def test_breaker_opens_then_costs_no_network(fresh_server, namespace, clock):
 
 
 def test_failures_are_logged_once_per_burst(fresh_server, namespace, clock, caplog):
-    storage = ValueRedis(url=fresh_server.url, namespace=namespace, on_error="miss", retries=0, breaker_threshold=3)
+    storage = ValueRedis(
+        url=fresh_server.url, namespace=namespace, on_error="miss", retries=0, breaker_threshold=3
+    )
     fresh_server.kill()
     with caplog.at_level(logging.DEBUG, logger="fleche_redis.health"):
         for _ in range(50):

@@ -34,7 +34,9 @@ def test_keyspaces_never_collide():
     assert KeyLayout("ns", "v").data(DIGEST) != KeyLayout("ns", "c").data(DIGEST)
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "G" * 64, "A" * 64, "*" * 64, "0" * 65, b"0" * 64, None, "0" * 63 + "\n"])
+@pytest.mark.parametrize(
+    "bad", ["", "abc", "G" * 64, "A" * 64, "*" * 64, "0" * 65, b"0" * 64, None, "0" * 63 + "\n"]
+)
 def test_check_digest_refuses(bad):
     with pytest.raises(InvalidDigestError):
         check_digest(bad)
@@ -53,7 +55,9 @@ def test_namespace_accepted(ok):
     assert check_namespace(ok) == ok
 
 
-@pytest.mark.parametrize("bad", ["", "a{b}", "a*", "a?", "a b", "a:", ":a", "a::b", "a[0]", "a\\b", 3])
+@pytest.mark.parametrize(
+    "bad", ["", "a{b}", "a*", "a?", "a b", "a:", ":a", "a::b", "a[0]", "a\\b", 3]
+)
 def test_namespace_refused(bad):
     with pytest.raises(ValueError, match="invalid namespace"):
         check_namespace(bad)

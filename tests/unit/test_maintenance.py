@@ -31,7 +31,9 @@ def small_batches(monkeypatch):
 def fill(cache, n=12):
     keys = []
     for i in range(n):
-        keys.append(cache.save(Call("f", {"x": i, "nested": [i, [i, "deep"]]}, result={"y": i * i})))
+        keys.append(
+            cache.save(Call("f", {"x": i, "nested": [i, [i, "deep"]]}, result={"y": i * i}))
+        )
     return keys
 
 
@@ -156,7 +158,9 @@ def test_transform_visits_each_record_once(cache, small_batches):
 
     def rename(call: DigestedCall) -> DigestedCall:
         seen.append(call.to_lookup_key())
-        return DigestedCall(name="g", arguments=call.arguments, result=call.result, metadata={"t": {"n": 1}})
+        return DigestedCall(
+            name="g", arguments=call.arguments, result=call.result, metadata={"t": {"n": 1}}
+        )
 
     moved = cache.calls.transform(rename)
     assert moved == 10 and len(seen) == len(set(seen)) == 10

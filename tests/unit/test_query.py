@@ -23,9 +23,13 @@ def store(request, namespace):
     if request.param == "sql":
         return Sql()
     if request.param == "fakeredis":
-        return CallRedis(client=fakeredis.FakeRedis(server=fakeredis.FakeServer()), namespace=namespace)
+        return CallRedis(
+            client=fakeredis.FakeRedis(server=fakeredis.FakeServer()), namespace=namespace
+        )
     if request.param in ("cluster", "sentinel"):
-        return CallRedis(url=request.getfixturevalue(f"redis_{request.param}").url, namespace=namespace)
+        return CallRedis(
+            url=request.getfixturevalue(f"redis_{request.param}").url, namespace=namespace
+        )
     return CallRedis(url=request.getfixturevalue("redis_server").url, namespace=namespace)
 
 
@@ -171,21 +175,34 @@ def test_query_equals_matches_and_sql(redis_server, call_data, template_data):
     """Same records as fleche's Sql and as filtering everything with QueryCall.matches."""
     import uuid
 
-    redis_cache = Cache(ValueMemory({}), CallRedis(url=redis_server.url, namespace=f"h{uuid.uuid4().hex[:12]}"))
+    redis_cache = Cache(
+        ValueMemory({}), CallRedis(url=redis_server.url, namespace=f"h{uuid.uuid4().hex[:12]}")
+    )
     sql_cache = Cache(ValueMemory({}), Sql())
     saved = []
     for d in call_data:
         meta = {"tags": {"project": d["tag"]}} if d["tag"] else {}
-        c = Call(d["name"], {"x": d["x"], "y": d["y"]}, metadata=meta, module=d["module"],
-                 version=d["version"], result=d["result"])
+        c = Call(
+            d["name"],
+            {"x": d["x"], "y": d["y"]},
+            metadata=meta,
+            module=d["module"],
+            version=d["version"],
+            result=d["result"],
+        )
         redis_cache.save(c)
         sql_cache.save(c)
         saved.append(c)
     args = {k: template_data[k] for k in ("x", "y") if template_data[k] is not None}
     template = QueryCall(
-        name=template_data["name"], arguments=args or None, module=template_data["module"],
-        version=template_data["version"], result=template_data["result"],
-        metadata={"tags": {"project": template_data["tag"]}} if template_data["tag"] is not None else None,
+        name=template_data["name"],
+        arguments=args or None,
+        module=template_data["module"],
+        version=template_data["version"],
+        result=template_data["result"],
+        metadata={"tags": {"project": template_data["tag"]}}
+        if template_data["tag"] is not None
+        else None,
     )
     expected = {c.to_lookup_key() for c in saved if template.matches(c)}
     got = [c.to_lookup_key() for c in redis_cache.query(template)]
@@ -198,8 +215,12 @@ def _records(n_funcs, per_func):
     for f in range(n_funcs):
         for i in range(per_func):
             yield DigestedCall(
-                name=f"pkg.func{f}", arguments={"i": digest(i), "f": digest(f)}, result=digest((f, i)),
-                metadata={"Runtime": {"seconds": 0.1 * i}}, module="pkg", version=1,
+                name=f"pkg.func{f}",
+                arguments={"i": digest(i), "f": digest(f)},
+                result=digest((f, i)),
+                metadata={"Runtime": {"seconds": 0.1 * i}},
+                module="pkg",
+                version=1,
             )
 
 
@@ -228,10 +249,14 @@ def test_query_reads_only_candidate_records(redis_server, namespace, monkeypatch
 def test_overwrite_and_evict_update_the_index(store):
     if isinstance(store, Sql):
         pytest.skip("index bookkeeping is CallRedis's own")
-    a = DigestedCall(name="f", arguments={"x": digest(1)}, result=digest(10), metadata={"tags": {"p": "a"}})
+    a = DigestedCall(
+        name="f", arguments={"x": digest(1)}, result=digest(10), metadata={"tags": {"p": "a"}}
+    )
     key = store.save(a)
     assert names(store, tpl(metadata={"tags": {"p": None}})) == ["f"]
-    b = DigestedCall(name="f", arguments={"x": digest(1)}, result=digest(11), metadata={"other": {}})
+    b = DigestedCall(
+        name="f", arguments={"x": digest(1)}, result=digest(11), metadata={"other": {}}
+    )
     assert store.save(b) == key
     assert names(store, tpl(metadata={"tags": {}})) == []
     assert names(store, tpl(result=digest(10))) == []
@@ -262,15 +287,18 @@ def test_expired_records_leave_the_index_when_met(fresh_server, namespace):
 def test_records_whose_digest_starts_with_ff_are_found(store):
     """Regression: the term range once ended at "term id + 0xff", cutting off record digests 0xff...."""
     record = next(
-        r for i in range(100_000)
-        if (r := DigestedCall(name="edge", arguments={"i": digest(i)})).to_lookup_key().startswith("ff")
+        r
+        for i in range(100_000)
+        if (r := DigestedCall(name="edge", arguments={"i": digest(i)}))
+        .to_lookup_key()
+        .startswith("ff")
     )
     store.save(record)
     store.save(DigestedCall(name="edge", arguments={"i": digest(-1)}))
     assert names(store, tpl(name="edge")) == ["edge", "edge"]
-    assert [c.to_lookup_key() for c in store.query(tpl(arguments={"i": record.arguments["i"]}))] == [
-        record.to_lookup_key()
-    ]
+    assert [
+        c.to_lookup_key() for c in store.query(tpl(arguments={"i": record.arguments["i"]}))
+    ] == [record.to_lookup_key()]
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis-server"])

@@ -110,3 +110,63 @@ def test_a_forked_child_never_uses_its_parents_kept_connection(client):
     # The parent's connection is still in step after the child talked.
     assert wire._local.kept.conn is parent_conn
     assert wire.request(client, [("GET", "child"), ("PING",)]) == [b"1", b"PONG"]
+
+
+def test_posted_replies_are_read_in_order_before_the_next_request(client, fresh_server):
+    got = []
+    wire.call(client, "PING")
+    sock = wire._local.kept.conn._sock
+    assert wire.post(client, [("SET", "p", "1"), ("INCR", "p"), ("HGET", "p", "x")], got.append)
+    assert wire.owing() and got == []  # written, not read
+    assert wire.call(client, "GET", "p") == b"2"  # the posted replies came off the socket first
+    assert not wire.owing() or not wire._local.kept.owed
+    (replies,) = got
+    assert replies[:2] == [b"OK", 2]
+    assert isinstance(replies[2], redis.ResponseError)  # WRONGTYPE, in its place
+    # No reconnect: replies waiting on the socket are owed, not a sign of a stale one.
+    assert wire._local.kept.conn._sock is sock
+    assert client_names(fresh_server).count("wire-test") == 1
+
+
+def test_settle_reads_every_posted_reply_of_the_thread(client):
+    got = []
+    assert wire.post(client, [("SET", "a", "1")], got.append)
+    assert wire.post(client, [("SET", "b", "2")], got.append)  # settles the first before writing
+    assert got == [[b"OK"]]
+    wire.settle()
+    assert got == [[b"OK"], [b"OK"]] and not wire.owing()
+    wire.settle()  # nothing owed: nothing happens
+    assert len(got) == 2
+
+
+def test_a_posted_request_on_a_dropped_connection_is_settled_with_the_error(client):
+    got = []
+    assert wire.post(client, [("SET", "c", "1")], got.append)
+    wire._local.kept.conn.disconnect()  # the reply can no longer be read
+    wire.settle()
+    assert len(got) == 1 and isinstance(got[0], Exception)
+    assert wire.call(client, "GET", "c") == b"1"  # the connection comes back for the next request
+
+
+def test_posting_falls_back_where_there_is_no_kept_connection(fresh_server):
+    pooled = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(fresh_server.url))
+    assert wire.post(pooled, [("SET", "d", "1")], lambda _: None) is False
+    assert wire.post(pooled.pipeline(), [("SET", "d", "1")], lambda _: None) is False
+    assert not wire.owing()
+
+
+def test_a_forked_child_never_reads_its_parents_posted_replies(client):
+    got = []
+    assert wire.post(client, [("SET", "e", "1")], got.append)
+
+    def child(out):
+        wire.settle()  # must not touch the parent's socket
+        out.put((len(got), wire.owing()))
+
+    out = FORK.Queue()
+    p = FORK.Process(target=child, args=(out,))
+    p.start()
+    assert out.get(timeout=10) == (0, False)
+    p.join(5)
+    wire.settle()
+    assert got == [[b"OK"]]
