@@ -174,3 +174,31 @@ def test_fakeredis_clients_post_too(namespace):
         triple(12)
     cache.flush()
     assert len(stored(cache, 12)) == 1
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_workers_that_exit_with_commits_in_flight_stored_them(
+    method, redis_server, namespace, monkeypatch
+):
+    """Pool workers end without flushing (forked ones skip atexit): what they posted is stored."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from . import workers
+
+    counter = f"{namespace}:executions"
+    monkeypatch.setenv("FLECHE_REDIS_TEST_COUNTER", f"{redis_server.url} {counter}")
+    cache = redis_cache(url=redis_server.url, namespace=namespace, write_behind=True)
+    with fleche.cache(cache), fleche.meta():
+        bound = fleche.BoundWrapper.bind(workers.square)
+    inputs = list(range(12))
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        first = list(pool.map(bound, inputs))
+    deadline = time.monotonic() + 5
+    while cache.calls.count() < len(inputs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.calls.count() == len(inputs)
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        second = list(pool.map(bound, inputs))
+    assert second == first  # every call of the second pool was a hit
+    assert int(redis_server.client().get(counter)) == len(inputs)
