@@ -41,6 +41,7 @@ pool, and the parent's connections are dropped unused.
 from __future__ import annotations
 
 import select
+import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -320,9 +321,9 @@ def _drop_if_stale(kept: _Kept) -> None:
 
     The pool's own check (a connection that reads as ready before a request
     is not fit for one), done with a ``poll()`` object kept for the socket:
-    one system call and nothing allocated.  TLS sockets (bytes may wait
-    above the socket) and sockets without a descriptor (fakeredis) take
-    redis-py's ``can_read``.  A dropped or unconnected connection connects
+    one system call and nothing allocated.  Anything but a plain OS socket
+    (TLS, where bytes may wait above the socket; fakeredis, whose sockets
+    have no real descriptor) takes redis-py's ``can_read``.  A dropped or unconnected connection connects
     again here, through ``connect()``.
     """
     conn = kept.conn
@@ -334,7 +335,10 @@ def _drop_if_stale(kept: _Kept) -> None:
         return
     if kept.polled is not sock:
         kept.polled, kept.poller = sock, False
-        if _POLL is not None and not hasattr(sock, "pending"):
+        # Only a plain OS socket: TLS keeps bytes above it, and fakeredis's
+        # sockets answer fileno() with made-up numbers that may name any
+        # descriptor of the process (polling one read as "stale" at random).
+        if _POLL is not None and type(sock) is socket.socket:
             try:
                 poller = _POLL()
                 poller.register(sock, _POLL_MASK)

@@ -170,3 +170,30 @@ def test_a_forked_child_never_reads_its_parents_posted_replies(client):
     p.join(5)
     wire.settle()
     assert got == [[b"OK"]]
+
+
+def test_fakeredis_connections_are_kept_too():
+    """Regression: fakeredis sockets report made-up descriptor numbers; polling one read as stale."""
+    import os
+
+    import fakeredis
+
+    from fleche_redis.testing.roundtrips import RoundTrips
+
+    def is_open(fd):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+        return True
+
+    server = fakeredis.FakeServer()
+    for _ in range(200):  # a fake socket whose number names no descriptor (poll: POLLNVAL)
+        client = fakeredis.FakeRedis(server=server)
+        wire.call(client, "PING")
+        if not is_open(wire._local.kept.conn._sock.fileno()):
+            break
+    with RoundTrips() as trips:
+        for i in range(10):
+            wire.call(client, "SET", f"k{i}", i)
+    assert trips.count == 10, trips.commands  # no HELLO: never reconnected
