@@ -47,7 +47,7 @@ from redis.exceptions import RedisError  # annotations: `redis` is also a method
 from redis.retry import Retry
 
 from . import chunks, wire
-from .batch import active_batch
+from .batch import Recorder, Request, active_batch
 from .calls import IndexedCallsMixin
 from .codec import Codec
 from .connection import ClientSlot, redact_url, shared_slot, url_from_client
@@ -130,6 +130,31 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         return 1
         """
     )
+
+    INDEX: ClassVar[LuaScript] = LuaScript(
+        """
+        -- KEYS as PUT's; the entry's bytes were just written to KEYS[1] by a
+        --   plain SET in the same MULTI/EXEC (see _write)
+        -- ARGV[1] digest, ARGV[2] digests the entry refers to, 32 bytes each
+        --   (usually empty), ARGV[3] digest (32 raw bytes)
+        -- PUT without its SET: index member, references, gc mark; returns 1.
+        redis.call('ZADD', KEYS[2], 0, ARGV[1])
+        if ARGV[2] ~= '' then
+          redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+        end
+        local run = redis.call('GET', KEYS[4])
+        if run then
+          redis.call('SADD', KEYS[4] .. ':' .. run, ARGV[3])
+        end
+        return 1
+        """
+    )
+
+    DIRECT_WRITE_MIN: ClassVar[int] = 8 * 1024
+    """Entries at least this big skip Lua: a script's arguments are copied
+    into Lua and again into Redis (about 1.7 ms of server time for 800 KB,
+    against 0.1 ms for a plain ``SET`` and the index script); below it the
+    script alone is cheaper."""
 
     EVICT: ClassVar[LuaScript] = LuaScript(
         """
@@ -353,16 +378,28 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
 
     def _write(self, client: Any, key: Digest, data: bytes, value: Any) -> None:
         layout = self._layout
+        keys = (
+            layout.data(key),
+            layout.index_of(key),
+            layout.references_of(key),
+            layout.gc_flag(key[:2]),
+        )
         if len(data) > self.chunk_size:
-            data = chunks.write(client, layout.data(key), data, self.chunk_size, self._ttl_ms())
+            data = chunks.write(client, keys[0], data, self.chunk_size, self._ttl_ms())
+        elif len(data) >= self.DIRECT_WRITE_MIN:
+            if getattr(client, "transactional", False):
+                # A recorder whose commands reach one server in one MULTI/EXEC.
+                client.set(keys[0], data, px=self._ttl_ms() or None)
+                self.INDEX(client, keys, (key, self._references(value), bytes.fromhex(key)))
+                return
+            if wire.single_server(client):
+                recorder = Recorder(transactional=True)
+                self._write(recorder, key, data, value)
+                Request(self, recorder.commands, {self.INDEX.sha: self.INDEX}).send(client)
+                return
         self.PUT(
             client,
-            (
-                layout.data(key),
-                layout.index_of(key),
-                layout.references_of(key),
-                layout.gc_flag(key[:2]),
-            ),
+            keys,
             (data, key, self._ttl_ms(), self._references(value), bytes.fromhex(key)),
         )
 
@@ -386,7 +423,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
 
     def _scripts(self) -> tuple[LuaScript, ...]:
         """The scripts the layout hooks run (to load them before a pipeline uses them)."""
-        return (self.PUT, self.EVICT)
+        return (self.PUT, self.INDEX, self.EVICT)
 
     def _contains(self, key: Digest) -> bool:
         try:

@@ -40,7 +40,7 @@ from .scripts import LuaScript, bundle
 if TYPE_CHECKING:
     from .backend import RedisBackend
 
-__all__ = ["Step", "WriteBatch", "Behind", "write_batch", "active_batch"]
+__all__ = ["Step", "WriteBatch", "Behind", "Recorder", "Request", "write_batch", "active_batch"]
 
 _active: ContextVar[WriteBatch | None] = ContextVar("fleche_redis.batch", default=None)
 
@@ -117,41 +117,67 @@ def _send(group: list[Step], behind: Behind | None) -> None:
     if len(group) == 1 and behind is None:
         owner._io("put", group[0][1])
         return
-    recorder = _Recorder()
+    recorder = Recorder(transactional=wire.single_server(owner.redis()))
     for _, request, _ in group:
         request(recorder)
-    sent = _Request(owner, recorder.commands, {s.sha: s for _, _, ss in group for s in ss})
+    sent = Request(owner, recorder.commands, {s.sha: s for _, _, ss in group for s in ss})
     if behind is None or not owner._io("put", sent.post, behind):
         owner._io("put", sent.send)
 
 
 @dataclass
-class _Request:
-    """A batch's recorded commands, bundled into one script where the client allows."""
+class Request:
+    """Recorded commands, shaped for the client they go to.
+
+    On one server, the scripts run as one bundled script, and any plain
+    commands (an entry's bytes written with ``SET``, chunks) go first, the
+    whole wrapped in ``MULTI``/``EXEC``: it all runs, or (refused while
+    queued, e.g. ``OOM``) none of it does.  Elsewhere (Cluster) the commands
+    run one by one, in order.
+    """
 
     owner: RedisBackend
     commands: list[tuple[Any, ...]]
     scripts: dict[str, LuaScript]
 
-    def _for(self, client: Any) -> tuple[list[tuple[Any, ...]], list[LuaScript]]:
+    def _for(self, client: Any) -> tuple[list[tuple[Any, ...]], list[LuaScript], bool]:
+        """``(commands to send, scripts they run, whether they are one MULTI/EXEC)``."""
         commands, scripts = self.commands, self.scripts
-        if wire.single_server(client) and all(cmd[0] == "EVALSHA" for cmd in commands):
+        if not wire.single_server(client):
+            return commands, list(scripts.values()), False
+        evals = [cmd for cmd in commands if cmd[0] == "EVALSHA"]
+        plain = [cmd for cmd in commands if cmd[0] != "EVALSHA"]
+        load = list(scripts.values())
+        if len(evals) > 1:
             # One script call instead of one per step (see scripts.bundle).
             together, keys, args = bundle(
-                [(scripts[sha], rest[:n], rest[n:]) for _, sha, n, *rest in commands]
+                [(scripts[sha], rest[:n], rest[n:]) for _, sha, n, *rest in evals]
             )
-            return [("EVALSHA", together.sha, len(keys), *keys, *args)], [together]
-        return commands, list(scripts.values())
+            evals, load = [("EVALSHA", together.sha, len(keys), *keys, *args)], [together]
+        if not plain:
+            return evals, load, False
+        return [("MULTI",), *plain, *evals, ("EXEC",)], load, True
+
+    @staticmethod
+    def _outcome(replies: list[Any], transactional: bool) -> list[Any]:
+        """The commands' own replies: for a transaction, what ``EXEC`` returned."""
+        if not transactional:
+            return replies
+        executed = replies[-1]
+        if isinstance(executed, Exception):
+            # EXECABORT: a command was refused while queued, and that refusal says why.
+            return [next((r for r in replies[1:-1] if isinstance(r, Exception)), executed)]
+        return list(executed)
 
     def send(self, client: Any) -> list[Any]:
-        commands, load = self._for(client)
-        replies = wire.request(client, commands)
+        commands, load, transactional = self._for(client)
+        replies = self._outcome(wire.request(client, commands), transactional)
         if any(isinstance(r, NoScriptError) for r in replies):
             # A server without our scripts (fresh, or flushed): load them
             # and send it all again; every step is safe to repeat.
             for script in load:
                 client.script_load(script.source)
-            replies = wire.request(client, commands)
+            replies = self._outcome(wire.request(client, commands), transactional)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -161,12 +187,16 @@ class _Request:
         """Write the request without waiting; ``False`` where it cannot be posted (then send it)."""
         if not wire.single_server(client):
             return False
-        commands, _ = self._for(client)
-        return wire.post(client, commands, lambda outcome: self._settle(outcome, behind))
+        commands, _, transactional = self._for(client)
+        return wire.post(
+            client, commands, lambda outcome: self._settle(outcome, transactional, behind)
+        )
 
-    def _settle(self, outcome: Any, behind: Behind) -> None:
+    def _settle(self, outcome: Any, transactional: bool, behind: Behind) -> None:
         """The posted request's replies arrived (or could not be read)."""
         owner = self.owner
+        if not isinstance(outcome, BaseException):
+            outcome = self._outcome(outcome, transactional)
         if isinstance(outcome, BaseException) or any(isinstance(r, NoScriptError) for r in outcome):
             # Unknown whether it ran, or the server lacked a script: send it
             # again, waiting this time (every step is safe to repeat).
@@ -183,15 +213,19 @@ class _Request:
                 return
 
 
-class _Recorder:
+class Recorder:
     """Stands in for a client while batch steps run: keeps their commands to send in one go.
 
     Lighter than a redis-py pipeline, which matters on a path that runs
     on every miss; the steps only ever call these two commands.
+    ``transactional`` tells a step that its commands will reach one server
+    in one ``MULTI``/``EXEC`` (see :class:`Request`), so it may write an
+    entry's bytes with a plain ``SET`` ahead of the script that indexes it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, transactional: bool = False) -> None:
         self.commands: list[tuple[Any, ...]] = []
+        self.transactional = transactional
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
         self.commands.append(("EVALSHA", sha, numkeys, *keys_and_args))

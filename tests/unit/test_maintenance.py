@@ -128,16 +128,18 @@ def test_gc_keeps_exactly_what_fleche_gc_keeps(cache, small_batches):
     assert not list(cache.values.redis().scan_iter(match=f"{cache.values.namespace}:*:gc*"))
 
 
-def test_values_written_during_gc_survive(cache, small_batches):
+@pytest.mark.parametrize("size", [10, 20_000])  # through PUT, and a direct write (SET + INDEX)
+def test_values_written_during_gc_survive(cache, small_batches, size):
     fill(cache, 3)
     late = []
+    value = {"written": "during gc", "pad": "x" * size}
 
     def write_while_sweeping(stage, done, total):
         if stage == "sweep" and not late:
-            late.append(cache.values.save({"written": "during gc"}))
+            late.append(cache.values.save(value))
 
     maintenance.gc(cache, progress=write_while_sweeping)
-    assert late and cache.values.load(late[0]) == {"written": "during gc"}
+    assert late and cache.values.load(late[0]) == value
 
 
 def test_only_one_gc_at_a_time(cache):
