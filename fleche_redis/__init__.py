@@ -9,7 +9,7 @@ fleche storage or cache (see :mod:`fleche_redis.locks`).
 
 from . import maintenance, metrics
 from .backend import DEFAULT_URL, CallRedis, RedisBackend, ValueRedis
-from .caches import RedisCache, redis_cache
+from .caches import RedisCache, configured_cache, redis_cache
 from .errors import (
     FlecheRedisError,
     InvalidDigestError,
@@ -35,6 +35,7 @@ __all__ = [
     "CallRedis",
     "RedisCache",
     "redis_cache",
+    "configured_cache",
     "maintenance",
     "metrics",
     "KeyLayout",

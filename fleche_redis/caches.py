@@ -51,7 +51,7 @@ from .backend import CallRedis, ValueRedis
 from .batch import Step, write_batch
 from .codec import UndecodableEntry
 
-__all__ = ["RedisCache", "LeasedCall", "redis_cache"]
+__all__ = ["RedisCache", "LeasedCall", "redis_cache", "configured_cache"]
 
 logger = logging.getLogger("fleche_redis.caches")
 
@@ -380,3 +380,33 @@ def redis_cache(
         wait_timeout=wait_timeout,
         write_behind=write_behind,
     )
+
+
+def configured_cache(name: str | None = None, **options: Any) -> RedisCache:
+    """fleche's configured cache *name* (``None``: the default one) as a :class:`RedisCache`.
+
+    From a ``fleche.toml`` section fleche builds its plain ``Cache``, whatever
+    the storages: with ``type = "redis"`` for values and calls that is a
+    working shared cache, but one without single flight that spends 4 round
+    trips on a miss.  This puts the section's storages in a ``RedisCache``;
+    *options* are the cache's own (``single_flight``, ``write_behind``, ...).
+
+    Raises ``ValueError`` when the section is not a plain ``Cache`` over a
+    ``ValueRedis`` and a ``CallRedis`` (fleche falls back to a memory cache
+    for a name it does not find, which lands here too).
+    """
+    import fleche.config
+
+    cache = fleche.config.load_cache_config(name)
+    values, calls = getattr(cache, "values", None), getattr(cache, "calls", None)
+    if (
+        type(cache) is not Cache
+        or not isinstance(values, ValueRedis)
+        or not isinstance(calls, CallRedis)
+    ):
+        raise ValueError(
+            f"fleche's cache {name or 'default'!r} is {type(cache).__name__}"
+            f"({type(values).__name__}, {type(calls).__name__}), not a Cache over"
+            ' ValueRedis and CallRedis (type = "redis" for values and calls)'
+        )
+    return RedisCache(values, calls, **options)

@@ -85,3 +85,51 @@ def test_public_names():
         "StorageUnavailable",
     ):
         assert hasattr(fleche_redis, name)
+
+
+def test_configured_cache_puts_a_toml_section_in_a_redis_cache(
+    tmp_path, monkeypatch, redis_server, namespace
+):
+    from fleche_redis.testing.roundtrips import RoundTrips
+
+    (tmp_path / "fleche.toml").write_text(
+        f"""
+[default]
+cache = "shared"
+root = true
+
+[shared]
+values.type = "redis"
+values.url = "{redis_server.url}"
+values.namespace = "{namespace}"
+calls.type = "redis"
+calls.url = "{redis_server.url}"
+calls.namespace = "{namespace}"
+
+[local]
+template = "memory"
+"""
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(fleche.config, "_live_caches", {})
+    cache = fleche_redis.configured_cache("shared", write_behind=True)
+    assert isinstance(cache, fleche_redis.RedisCache) and cache.write_behind
+    assert cache.values.namespace == namespace and cache.calls.url == redis_server.url
+    assert fleche_redis.configured_cache().calls == cache.calls  # the default names "shared"
+
+    @fleche.fleche
+    def plus(x):
+        return x + 1
+
+    with fleche.cache(cache):
+        plus(0)
+        cache.flush()
+        with RoundTrips() as trips:
+            assert plus(1) == 2
+    assert trips.count == 2  # RedisCache's miss; fleche's plain Cache spends 4
+    with pytest.raises(ValueError, match="'local' is Cache\\(ValueMemory, CallMemory\\)"):
+        fleche_redis.configured_cache("local")
+    with pytest.raises(ValueError, match="'absent'"):
+        fleche_redis.configured_cache("absent")
