@@ -197,3 +197,17 @@ def test_fakeredis_connections_are_kept_too():
         for i in range(10):
             wire.call(client, "SET", f"k{i}", i)
     assert trips.count == 10, trips.commands  # no HELLO: never reconnected
+
+
+def test_big_arguments_are_framed_without_copies_and_arrive_intact(client):
+    import fakeredis
+    import hiredis
+
+    big = bytes(range(256)) * 1024  # 256 KiB
+    commands = [("SET", "big", big, "PX", 60_000), ("STRLEN", "big"), ("ECHO", 2.5)]
+    parts = wire._packed(client.connection_pool.get_connection(), commands)
+    assert any(part is big for part in parts)  # sent from its own buffer
+    assert b"".join(bytes(p) for p in parts) == b"".join(hiredis.pack_command(c) for c in commands)
+    for target in (client, fakeredis.FakeRedis(server=fakeredis.FakeServer())):
+        assert wire.request(target, commands) == [b"OK", len(big), b"2.5"]
+        assert wire.call(target, "GET", "big") == big
