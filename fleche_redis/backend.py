@@ -69,6 +69,20 @@ def _restore(cls: type, kwargs: dict[str, Any], secret_explicit: bool) -> RedisB
     return obj
 
 
+_INDEX_ENTRY = """
+        redis.call('ZADD', KEYS[2], 0, ARGV[2])
+        if ARGV[4] ~= '' then
+          redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+        end
+        local run = redis.call('GET', KEYS[4])
+        if run then
+          redis.call('SADD', KEYS[4] .. ':' .. run, ARGV[5])
+        end
+        return 1
+        """
+"""The part of an entry's write that indexes it (see ``RedisBackend.PUT`` and ``INDEX``)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class RedisBackend(PrefixIndexMixin, StorageBackend):
     """Entries under digest keys in Redis, plus a sorted-set index per shard.
@@ -119,35 +133,17 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         else
           redis.call('SET', KEYS[1], ARGV[1])
         end
-        redis.call('ZADD', KEYS[2], 0, ARGV[2])
-        if ARGV[4] ~= '' then
-          redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
-        end
-        local run = redis.call('GET', KEYS[4])
-        if run then
-          redis.call('SADD', KEYS[4] .. ':' .. run, ARGV[5])
-        end
-        return 1
         """
+        + _INDEX_ENTRY
     )
 
     INDEX: ClassVar[LuaScript] = LuaScript(
         """
-        -- KEYS as PUT's; the entry's bytes were just written to KEYS[1] by a
-        --   plain SET in the same MULTI/EXEC (see _write)
-        -- ARGV[1] digest, ARGV[2] digests the entry refers to, 32 bytes each
-        --   (usually empty), ARGV[3] digest (32 raw bytes)
-        -- PUT without its SET: index member, references, gc mark; returns 1.
-        redis.call('ZADD', KEYS[2], 0, ARGV[1])
-        if ARGV[2] ~= '' then
-          redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-        end
-        local run = redis.call('GET', KEYS[4])
-        if run then
-          redis.call('SADD', KEYS[4] .. ':' .. run, ARGV[3])
-        end
-        return 1
+        -- PUT without its SET, for an entry whose bytes a plain SET just wrote
+        -- in the same MULTI/EXEC (see _write): KEYS and ARGV as PUT's, ARGV[1]
+        -- and ARGV[3] unused.
         """
+        + _INDEX_ENTRY
     )
 
     DIRECT_WRITE_MIN: ClassVar[int] = 8 * 1024
@@ -390,7 +386,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             if getattr(client, "transactional", False):
                 # A recorder whose commands reach one server in one MULTI/EXEC.
                 client.set(keys[0], data, px=self._ttl_ms() or None)
-                self.INDEX(client, keys, (key, self._references(value), bytes.fromhex(key)))
+                self.INDEX(client, keys, (b"", key, 0, self._references(value), bytes.fromhex(key)))
                 return
             if wire.single_server(client):
                 recorder = Recorder(transactional=True)

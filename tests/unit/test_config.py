@@ -42,9 +42,13 @@ def test_cache_from_config_round_trip(redis_server, namespace):
     assert fleche.config.cache_from_config(written).load(key).result == [1, 2]
 
 
-def test_fleche_toml(tmp_path, monkeypatch, redis_server, namespace):
-    (tmp_path / "fleche.toml").write_text(
-        f"""
+@pytest.fixture
+def fleche_toml(tmp_path, monkeypatch, redis_server, namespace):
+    """Write a fleche.toml whose ``[shared]`` section is redis storages (plus *extra* lines) and point fleche at it."""
+
+    def write(values_extra: str = "", extra: str = "") -> None:
+        (tmp_path / "fleche.toml").write_text(
+            f"""
 [default]
 cache = "shared"
 root = true
@@ -53,16 +57,23 @@ root = true
 values.type = "redis"
 values.url = "{redis_server.url}"
 values.namespace = "{namespace}"
-values.secret_key = ["{(b"s" * 32).hex()}"]
+{values_extra}
 calls.type = "redis"
 calls.url = "{redis_server.url}"
 calls.namespace = "{namespace}"
+{extra}
 """
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(fleche.config, "_live_caches", {})
+        )
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+        monkeypatch.setattr(fleche.config, "_live_caches", {})
+
+    return write
+
+
+def test_fleche_toml(fleche_toml):
+    fleche_toml(values_extra=f'values.secret_key = ["{(b"s" * 32).hex()}"]')
     cache = fleche.config.load_cache_config("shared")
     assert cache.values.secret_key == (b"s" * 32,)
     assert cache.calls.secret_key == ()
@@ -88,32 +99,11 @@ def test_public_names():
 
 
 def test_configured_cache_puts_a_toml_section_in_a_redis_cache(
-    tmp_path, monkeypatch, redis_server, namespace
+    fleche_toml, redis_server, namespace
 ):
     from fleche_redis.testing.roundtrips import RoundTrips
 
-    (tmp_path / "fleche.toml").write_text(
-        f"""
-[default]
-cache = "shared"
-root = true
-
-[shared]
-values.type = "redis"
-values.url = "{redis_server.url}"
-values.namespace = "{namespace}"
-calls.type = "redis"
-calls.url = "{redis_server.url}"
-calls.namespace = "{namespace}"
-
-[local]
-template = "memory"
-"""
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(fleche.config, "_live_caches", {})
+    fleche_toml(extra='[local]\ntemplate = "memory"')
     cache = fleche_redis.configured_cache("shared", write_behind=True)
     assert isinstance(cache, fleche_redis.RedisCache) and cache.write_behind
     assert cache.values.namespace == namespace and cache.calls.url == redis_server.url
