@@ -13,11 +13,13 @@ server, a record is never visible before the values it points to.
 On one server, the writes' scripts run as one bundled script
 (:func:`fleche_redis.scripts.bundle`): one call for Redis to set up, and a
 step that fails stops the steps after it, so a refused value never leaves a
-record pointing at it.  Otherwise (a step that is not a script, such as a
-chunk of a big value) they go as a pipeline.  Neither is a transaction: a
-failure part-way leaves the earlier entries stored, which is harmless for
-content-addressed values and records.  On Redis Cluster the writes run one
-request each, in order, each routed to its node.
+record pointing at it.  Plain commands (the bytes of a big entry, written
+with ``SET`` rather than copied through Lua; chunks) go ahead of that
+script, all in one ``MULTI``/``EXEC``, so a refusal while queued (``OOM``)
+stores none of it (see :class:`Request`).  Past that, nothing is rolled
+back: a failure part-way leaves the earlier entries stored, which is
+harmless for content-addressed values and records.  On Redis Cluster the
+writes run one request each, in order, each routed to its node.
 
 A batch that fails raises the storages' usual error (by their error policy:
 a :class:`~fleche_redis.errors.RedisStorageError`, or a
