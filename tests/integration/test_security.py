@@ -41,9 +41,13 @@ def test_acl_confines_the_storage_to_its_namespace(redis_server, namespace):
     url = acl_url(redis_server, namespace)
     mine = ValueRedis(url=url, namespace=namespace)
     mine.save("fine")
+    big = "b" * 20_000  # written directly: MULTI, SET, the index script, EXEC
+    assert mine.load(mine.save(big)) == big
     outside = ValueRedis(url=url, namespace="someone-else")
     with pytest.raises(RedisStorageError, match="NoPermissionError"):
         outside.save("nope")
+    with pytest.raises(RedisStorageError, match="NoPermissionError|NOPERM|EXECABORT"):
+        outside.save(big)
     client = mine.redis()
     for command in (("KEYS", "*"), ("FLUSHDB",), ("FLUSHALL",), ("CONFIG", "GET", "maxmemory")):
         with pytest.raises(Exception, match="NOPERM|no permissions"):
