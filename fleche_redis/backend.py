@@ -46,7 +46,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError  # annotations: `redis` is also a method name here
 from redis.retry import Retry
 
-from . import chunks, wire
+from . import chunks, entry_lua, wire
 from .batch import Recorder, Request, active_batch
 from .calls import IndexedCallsMixin
 from .codec import Codec
@@ -67,20 +67,6 @@ def _restore(cls: type, kwargs: dict[str, Any], secret_explicit: bool) -> RedisB
     obj = cls(**kwargs)
     object.__setattr__(obj, "_secret_explicit", secret_explicit)
     return obj
-
-
-_INDEX_ENTRY = """
-        redis.call('ZADD', KEYS[2], 0, ARGV[2])
-        if ARGV[4] ~= '' then
-          redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
-        end
-        local run = redis.call('GET', KEYS[4])
-        if run then
-          redis.call('SADD', KEYS[4] .. ':' .. run, ARGV[5])
-        end
-        return 1
-        """
-"""The part of an entry's write that indexes it (see ``RedisBackend.PUT`` and ``INDEX``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,59 +102,15 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     keyspace: ClassVar[str] = "kv"
     """Separates stores sharing a namespace; see :class:`~fleche_redis.keys.KeyLayout`."""
 
-    PUT: ClassVar[LuaScript] = LuaScript(
-        """
-        -- KEYS[1] data key, KEYS[2] index shard listing it, KEYS[3] the shard's
-        --   references hash, KEYS[4] the shard's gc flag (all one hash slot)
-        -- ARGV[1] encoded entry, ARGV[2] digest, ARGV[3] time to live in ms
-        --   (0: none), ARGV[4] digests the entry refers to, 32 bytes each
-        --   (usually empty), ARGV[5] digest (32 raw bytes)
-        -- Writes entry, index member and references together; returns 1.  The
-        -- SET comes first: under maxmemory only a script's first write can be
-        -- refused, so an OOM leaves nothing half written.  While a garbage
-        -- collection runs, what is written is marked reachable, so the sweep
-        -- never removes a value stored after the mark phase read the records.
-        if tonumber(ARGV[3]) > 0 then
-          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-        else
-          redis.call('SET', KEYS[1], ARGV[1])
-        end
-        """
-        + _INDEX_ENTRY
-    )
-
-    INDEX: ClassVar[LuaScript] = LuaScript(
-        """
-        -- PUT without its SET, for an entry whose bytes a plain SET just wrote
-        -- in the same MULTI/EXEC (see _write): KEYS and ARGV as PUT's, ARGV[1]
-        -- and ARGV[3] unused.
-        """
-        + _INDEX_ENTRY
-    )
-
+    PUT: ClassVar[LuaScript] = entry_lua.PUT
+    INDEX: ClassVar[LuaScript] = entry_lua.INDEX
     DIRECT_WRITE_MIN: ClassVar[int] = 8 * 1024
     """Entries at least this big skip Lua: a script's arguments are copied
     into Lua and again into Redis (about 1.7 ms of server time for 800 KB,
     against 0.1 ms for a plain ``SET`` and the index script); below it the
     script alone is cheaper."""
 
-    EVICT: ClassVar[LuaScript] = LuaScript(
-        """
-        -- KEYS[1] data key, KEYS[2] index shard listing it, KEYS[3] references hash
-        -- ARGV[1] digest, ARGV[2] the chunk manifest prefix (see chunks.py)
-        -- Removes entry, index member, references and any chunks together;
-        -- returns how many data keys were deleted (0 when it was absent).
-        redis.call('ZREM', KEYS[2], ARGV[1])
-        redis.call('HDEL', KEYS[3], ARGV[1])
-        if redis.call('GETRANGE', KEYS[1], 0, #ARGV[2] - 1) == ARGV[2] then
-          local count = tonumber(string.match(redis.call('GET', KEYS[1]), '^.-%s(%d+)', #ARGV[2]))
-          for i = 0, count - 1 do
-            redis.call('DEL', KEYS[1] .. ':' .. i)
-          end
-        end
-        return redis.call('DEL', KEYS[1])
-        """
-    )
+    EVICT: ClassVar[LuaScript] = entry_lua.EVICT
 
     url: str = field(default=DEFAULT_URL, repr=False)  # may hold a password; see `server`
     namespace: str = "fleche"

@@ -1,0 +1,77 @@
+"""The server side of one stored entry: the Lua that writes it with its index entries, and removes it.
+
+Every script touches only keys of the entry's hash slot (see
+:class:`~fleche_redis.keys.KeyLayout`): the data key, the index shard that
+lists it, the shard's references hash and its gc flag.  PUT writes the bytes
+and indexes them; INDEX is PUT without the write, for bytes that a plain
+``SET`` put in just before (see ``RedisBackend._write``); both share
+``_INDEX_ENTRY``.  EVICT removes an entry, its index entries and any chunks.
+"""
+
+from __future__ import annotations
+
+from .scripts import LuaScript
+
+__all__ = ["PUT", "INDEX", "EVICT"]
+
+# The part of an entry's write that indexes it, ending PUT and INDEX: index
+# member, references (for gc), and the gc write barrier's mark.
+_INDEX_ENTRY = """
+    redis.call('ZADD', KEYS[2], 0, ARGV[2])
+    if ARGV[4] ~= '' then
+      redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+    end
+    local run = redis.call('GET', KEYS[4])
+    if run then
+      redis.call('SADD', KEYS[4] .. ':' .. run, ARGV[5])
+    end
+    return 1
+    """
+
+PUT = LuaScript(
+    """
+    -- KEYS[1] data key, KEYS[2] index shard listing it, KEYS[3] the shard's
+    --   references hash, KEYS[4] the shard's gc flag (all one hash slot)
+    -- ARGV[1] encoded entry, ARGV[2] digest, ARGV[3] time to live in ms
+    --   (0: none), ARGV[4] digests the entry refers to, 32 bytes each
+    --   (usually empty), ARGV[5] digest (32 raw bytes)
+    -- Writes entry, index member and references together; returns 1.  The
+    -- SET comes first: under maxmemory only a script's first write can be
+    -- refused, so an OOM leaves nothing half written.  While a garbage
+    -- collection runs, what is written is marked reachable, so the sweep
+    -- never removes a value stored after the mark phase read the records.
+    if tonumber(ARGV[3]) > 0 then
+      redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+    else
+      redis.call('SET', KEYS[1], ARGV[1])
+    end
+    """
+    + _INDEX_ENTRY
+)
+
+INDEX = LuaScript(
+    """
+    -- PUT without its SET, for an entry whose bytes a plain SET just wrote
+    -- in the same MULTI/EXEC (see _write): KEYS and ARGV as PUT's, ARGV[1]
+    -- and ARGV[3] unused.
+    """
+    + _INDEX_ENTRY
+)
+
+EVICT = LuaScript(
+    """
+    -- KEYS[1] data key, KEYS[2] index shard listing it, KEYS[3] references hash
+    -- ARGV[1] digest, ARGV[2] the chunk manifest prefix (see chunks.py)
+    -- Removes entry, index member, references and any chunks together;
+    -- returns how many data keys were deleted (0 when it was absent).
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('HDEL', KEYS[3], ARGV[1])
+    if redis.call('GETRANGE', KEYS[1], 0, #ARGV[2] - 1) == ARGV[2] then
+      local count = tonumber(string.match(redis.call('GET', KEYS[1]), '^.-%s(%d+)', #ARGV[2]))
+      for i = 0, count - 1 do
+        redis.call('DEL', KEYS[1] .. ':' .. i)
+      end
+    end
+    return redis.call('DEL', KEYS[1])
+    """
+)
