@@ -48,10 +48,11 @@ import redis
 from fleche.caches import Cache
 from fleche.storage import CallMemory, CallPickleFile, Sql, ValueMemory, ValuePickleFile
 
-from fleche_redis import CallRedis, RedisCache, ValueRedis, wire
-from fleche_redis.keys import SHARDS
+from fleche_redis import CallRedis, RedisCache, ValueRedis
+from fleche_redis.storage.keys import SHARDS
 from fleche_redis.testing import RedisServer
 from fleche_redis.testing.roundtrips import RoundTrips
+from fleche_redis.transport import wire
 
 RESULTS = Path(__file__).parent / "results"
 FLOATS = 100  # the table's payload: 100 floats (anchors measured the same)

@@ -34,7 +34,7 @@ from fleche.storage import Sql
 from fleche.storage.base import KeyManagement
 
 from fleche_redis import CallRedis
-from fleche_redis.calls import IndexedCallsMixin
+from fleche_redis.storage.calls import IndexedCallsMixin
 from fleche_redis.testing import RedisServer
 from fleche_redis.testing.roundtrips import RoundTrips
 

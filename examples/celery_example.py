@@ -67,7 +67,7 @@ if __name__ == "__main__":
     if os.environ.get("REDIS_URL"):
         main()
     else:
-        from fleche_redis.embedded import embedded_redis
+        from fleche_redis.testing.embedded import embedded_redis
 
         with embedded_redis() as redis:
             print(f"Redis: {redis.describe()}")

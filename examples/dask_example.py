@@ -15,7 +15,7 @@ import fleche
 from distributed import Client, LocalCluster
 
 from fleche_redis import redis_cache
-from fleche_redis.embedded import embedded_redis
+from fleche_redis.testing.embedded import embedded_redis
 
 
 @fleche.fleche

@@ -7,9 +7,9 @@ can name it.  :class:`Redlock` is a distributed lock, and
 fleche storage or cache (see :mod:`fleche_redis.locks`).
 """
 
-from . import maintenance, metrics
-from .backend import DEFAULT_URL, CallRedis, RedisBackend, ValueRedis
-from .caches import RedisCache, configured_cache, redis_cache
+from . import metrics
+from .admin import maintenance
+from .cache.caches import RedisCache, configured_cache, redis_cache
 from .errors import (
     FlecheRedisError,
     InvalidDigestError,
@@ -22,9 +22,10 @@ from .errors import (
     StorageUnavailable,
     UndecodableEntry,
 )
-from .keys import KeyLayout, lock_key
-from .locks import PerKeyLockMixin, SerializingMixin
-from .redlock import Redlock
+from .locks.mixins import PerKeyLockMixin, SerializingMixin
+from .locks.redlock import Redlock
+from .storage.backend import DEFAULT_URL, CallRedis, RedisBackend, ValueRedis
+from .storage.keys import KeyLayout, lock_key
 
 __version__ = "0.1.0"
 

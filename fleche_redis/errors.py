@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from fleche.storage import SaveError
 
-from .codec import UndecodableEntry
-from .keys import InvalidDigestError
+from .storage.codec import UndecodableEntry
+from .storage.keys import InvalidDigestError
 
 __all__ = [
     "FlecheRedisError",

@@ -32,7 +32,7 @@ from fleche.storage import AmbiguousDigestError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ..backend import RedisBackend
+from ..storage.backend import RedisBackend
 from .roundtrips import RoundTrips
 
 __all__ = ["StorageConformance", "ValueStorageConformance", "CallStorageConformance"]
@@ -560,7 +560,7 @@ class CallStorageConformance(StorageConformance):
     def test_cache_memoizes_through_redis(self, make_storage):
         from fleche.caches import Cache
 
-        from ..backend import ValueRedis
+        from ..storage.backend import ValueRedis
 
         calls = make_storage()
         values = ValueRedis(

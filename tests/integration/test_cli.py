@@ -15,7 +15,7 @@ from fleche.call import DigestedCall
 from fleche.digest import Digest
 
 from fleche_redis import CallRedis, RedisCache, ValueRedis, cli
-from fleche_redis.progress import ProgressBar
+from fleche_redis.admin.progress import ProgressBar
 from fleche_redis.testing import RedisServer
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from fleche_redis import cli, embedded
+from fleche_redis import cli
+from fleche_redis.testing import embedded
 
 
 def _run(capsys, *argv):

@@ -4,7 +4,7 @@ import multiprocessing
 
 import pytest
 
-from fleche_redis.connection import client_from_url
+from fleche_redis.transport.connection import client_from_url
 
 from ..locks import lockworkers
 

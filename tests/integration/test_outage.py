@@ -8,7 +8,7 @@ import pytest
 from fleche.storage import SaveError
 
 from fleche_redis import RedisCache, StorageUnavailable
-from fleche_redis.backend import CallRedis, ValueRedis
+from fleche_redis.storage.backend import CallRedis, ValueRedis
 
 executions = []
 

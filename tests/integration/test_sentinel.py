@@ -7,8 +7,8 @@ from fleche.call import DigestedCall, QueryCall
 from fleche.digest import digest
 
 from fleche_redis import CallRedis, StorageUnavailable, ValueRedis
-from fleche_redis.connection import parse_sentinel_url, url_from_client
 from fleche_redis.testing.conformance import CallStorageConformance, ValueStorageConformance
+from fleche_redis.transport.connection import parse_sentinel_url, url_from_client
 
 
 class TestValueRedisThroughSentinel(ValueStorageConformance):

@@ -288,7 +288,7 @@ def test_a_waiter_that_gives_up_says_so(redis_server, namespace, caplog):
 
 
 def test_lookup_tokens_differ_across_forked_processes():
-    from fleche_redis import singleflight
+    from fleche_redis.cache import singleflight
 
     parent = {singleflight.new_token() for _ in range(3)}
     with ProcessPoolExecutor(2, mp_context=FORK) as pool:

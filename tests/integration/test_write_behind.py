@@ -18,8 +18,9 @@ import pytest
 from fleche.call import QueryCall
 from fleche.digest import digest
 
-from fleche_redis import CallRedis, RedisCache, RedisStorageError, ValueRedis, redis_cache, wire
+from fleche_redis import CallRedis, RedisCache, RedisStorageError, ValueRedis, redis_cache
 from fleche_redis.testing.roundtrips import RoundTrips
+from fleche_redis.transport import wire
 
 FORK = multiprocessing.get_context("fork")
 

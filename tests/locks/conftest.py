@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleche_redis import redlock, watchdog
+from fleche_redis.locks import redlock, watchdog
 from fleche_redis.testing import RedisServer
 
 

@@ -103,7 +103,7 @@ def test_a_forked_child_never_releases_or_renews_its_parents_lock(redis_server, 
     results = FORK.Queue()
 
     def child():
-        from fleche_redis import watchdog
+        from fleche_redis.locks import watchdog
 
         lock.release()  # forgets, touches nothing
         results.put((lock.held, len(watchdog.shared())))

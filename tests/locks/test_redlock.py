@@ -11,7 +11,7 @@ import pytest
 from redis.cluster import key_slot
 
 from fleche_redis import LockError, LockLost, LockNotOwned, LockTimeout, Redlock, lock_key
-from fleche_redis.keys import lock_tag_end as _tag_end
+from fleche_redis.storage.keys import lock_tag_end as _tag_end
 
 
 @pytest.fixture(params=["fakeredis", "redis-server"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from fleche_redis import watchdog
+from fleche_redis.locks import watchdog
 
 
 class Renewable:

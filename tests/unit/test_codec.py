@@ -4,7 +4,7 @@ import zlib
 
 import pytest
 
-from fleche_redis.codec import Codec, UndecodableEntry
+from fleche_redis.storage.codec import Codec, UndecodableEntry
 
 
 def test_round_trip_plain_and_compressed():

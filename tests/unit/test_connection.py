@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from fleche_redis import ValueRedis
-from fleche_redis.connection import (
+from fleche_redis.transport.connection import (
     ClientSlot,
     client_from_url,
     fork_generation,
@@ -38,7 +38,7 @@ def test_client_from_url_never_decodes():
 
 
 def test_cluster_url_parsing():
-    from fleche_redis.connection import parse_cluster_url
+    from fleche_redis.transport.connection import parse_cluster_url
 
     nodes, options = parse_cluster_url(
         "rediss+cluster://u:p%40ss@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002?socket_timeout=2"

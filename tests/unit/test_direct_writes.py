@@ -11,9 +11,10 @@ import fleche
 import pytest
 from fleche.digest import digest
 
-from fleche_redis import RedisCache, RedisStorageError, ValueRedis, wire
-from fleche_redis.backend import CallRedis
+from fleche_redis import RedisCache, RedisStorageError, ValueRedis
+from fleche_redis.storage.backend import CallRedis
 from fleche_redis.testing.roundtrips import RoundTrips
+from fleche_redis.transport import wire
 
 BIG = {"pad": "x" * 20_000}
 

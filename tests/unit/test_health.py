@@ -7,8 +7,9 @@ from fleche.call import DigestedCall, QueryCall
 from fleche.digest import digest
 from fleche.storage import SaveError
 
-from fleche_redis import CallRedis, ValueRedis, health
+from fleche_redis import CallRedis, ValueRedis
 from fleche_redis.errors import SaveRefused, StorageUnavailable, UnavailableMiss
+from fleche_redis.transport import health
 
 
 class FakeClock:

@@ -1,7 +1,7 @@
 import pytest
 from redis.crc import key_slot
 
-from fleche_redis.keys import (
+from fleche_redis.storage.keys import (
     SHARDS,
     InvalidDigestError,
     KeyLayout,

@@ -6,8 +6,9 @@ from fleche.caches import Cache
 from fleche.call import Call, DigestedCall
 from fleche.digest import digest
 
-from fleche_redis import CallRedis, ValueRedis, maintenance
-from fleche_redis.maintenance import GcAlreadyRunning
+from fleche_redis import CallRedis, ValueRedis
+from fleche_redis.admin import maintenance
+from fleche_redis.admin.maintenance import GcAlreadyRunning
 
 
 @pytest.fixture(params=["fakeredis", "redis-server", "cluster", "sentinel"])
@@ -55,7 +56,7 @@ def test_verify_and_repair_find_and_fix_every_kind_of_damage(cache, small_batche
     raw.zrem(clayout.index_of(keys[1]), keys[1])
     # a record whose query terms went missing
     record = calls.load(keys[2])
-    from fleche_redis.query import record_terms
+    from fleche_redis.storage.query import record_terms
 
     raw.zrem(clayout.terms_of(keys[2]), record_terms(record)[0] + bytes.fromhex(keys[2]))
     # a value gone with its reference list left behind
@@ -191,7 +192,7 @@ def test_redis_cache_gc_agrees_with_fleche_cache_gc(cache):
     """Two namespaces filled alike: fleche's Cache.gc on one, RedisCache.gc on the other."""
     from dataclasses import replace
 
-    from fleche_redis.caches import RedisCache
+    from fleche_redis.cache.caches import RedisCache
 
     theirs = cache
     ours = RedisCache(
@@ -211,7 +212,7 @@ def test_redis_cache_gc_agrees_with_fleche_cache_gc(cache):
 def test_orphan_chunks_of_an_interrupted_big_write_are_found_and_removed(cache):
     values = ValueRedis(**{**_connection(cache.values), "chunk_size": 100})
     key = values.save(b"z" * 1000)
-    from fleche_redis import chunks
+    from fleche_redis.storage import chunks
 
     # A writer that died after writing its chunks but before the manifest:
     data_key = values._layout.data(digest("never finished"))

@@ -18,9 +18,9 @@ from fleche_redis import (
     Redlock,
     StorageUnavailable,
     ValueRedis,
-    health,
     metrics,
 )
+from fleche_redis.transport import health
 
 
 @fleche.fleche

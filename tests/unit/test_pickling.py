@@ -13,7 +13,7 @@ from fleche.digest import Digest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleche_redis import pickling
+from fleche_redis.storage import pickling
 
 
 class Label(str):

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleche_redis import CallRedis
-from fleche_redis.calls import IndexedCallsMixin
+from fleche_redis.storage.calls import IndexedCallsMixin
 
 
 @pytest.fixture(params=["sql", "fakeredis", "redis-server", "cluster", "sentinel"])
@@ -268,7 +268,7 @@ def test_overwrite_and_evict_update_the_index(store):
 
 
 def test_expired_records_leave_the_index_when_met(fresh_server, namespace):
-    from fleche_redis.query import record_terms
+    from fleche_redis.storage.query import record_terms
 
     storage = CallRedis(url=fresh_server.url, namespace=namespace, ttl=0.2)
     record = DigestedCall(name="f", arguments={"x": digest(1)}, result=digest(2))

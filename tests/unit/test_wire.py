@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from fleche_redis import wire
+from fleche_redis.transport import wire
 
 FORK = multiprocessing.get_context("fork")
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .testing.server import RedisServer, free_port, redis_server_binary
+from .server import RedisServer, free_port, redis_server_binary
 
 __all__ = ["EmbeddedRedis", "embedded_redis"]
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from fleche.digest import DIGEST_LENGTH, Digest
 
-from .errors import UnavailableMiss
+from ..errors import UnavailableMiss
+from ..transport.scripts import LuaScript
 from .keys import SHARDS, InvalidDigestError, check_digest, check_prefix
-from .scripts import LuaScript
 
 if TYPE_CHECKING:
     from collections.abc import Callable

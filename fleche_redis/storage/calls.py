@@ -22,12 +22,12 @@ from typing import Any, ClassVar
 from fleche.call import Call, DigestedCall, QueryCall
 from fleche.digest import Digest
 
-from . import wire
+from ..errors import UnavailableMiss
+from ..transport import wire
+from ..transport.scripts import LuaScript, pipelined
 from .codec import UndecodableEntry
-from .errors import UnavailableMiss
 from .keys import SHARDS
 from .query import TERM_BYTES, record_terms, template_terms
-from .scripts import LuaScript, pipelined
 
 __all__ = ["IndexedCallsMixin"]
 

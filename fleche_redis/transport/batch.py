@@ -40,7 +40,7 @@ from . import wire
 from .scripts import LuaScript, bundle
 
 if TYPE_CHECKING:
-    from .backend import RedisBackend
+    from ..storage.backend import RedisBackend
 
 __all__ = ["Step", "WriteBatch", "Behind", "Recorder", "Request", "write_batch", "active_batch"]
 

@@ -21,10 +21,10 @@ import redis
 from fleche.call import DigestedCall, QueryCall
 from fleche.digest import Digest
 
-from .backend import CallRedis, RedisBackend, ValueRedis
-from .errors import RedisStorageError
-from .keys import SHARDS, check_prefix
-from .scripts import pipelined
+from ..errors import RedisStorageError
+from ..storage.backend import CallRedis, RedisBackend, ValueRedis
+from ..storage.keys import SHARDS, check_prefix
+from ..transport.scripts import pipelined
 
 __all__ = [
     "store_info",

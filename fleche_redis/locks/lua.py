@@ -8,7 +8,7 @@ increase, across restarts too, and the hand-over to the oldest live waiter.
 
 from __future__ import annotations
 
-from .scripts import LuaScript
+from ..transport.scripts import LuaScript
 
 __all__ = ["ACQUIRE", "RELEASE", "EXTEND", "SETTLE"]
 

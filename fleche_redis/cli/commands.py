@@ -39,8 +39,8 @@ import redis
 from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.storage.base import AmbiguousDigestError
 
-from .errors import FlecheRedisError, RedisStorageError
-from .keys import InvalidDigestError, check_namespace, check_prefix
+from ..errors import FlecheRedisError, RedisStorageError
+from ..storage.keys import InvalidDigestError, check_namespace, check_prefix
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FOUND", "EXIT_ERROR"]
 
@@ -61,7 +61,7 @@ class CliError(Exception):
 
 
 def _url(args: argparse.Namespace) -> str:
-    from .backend import DEFAULT_URL
+    from ..storage.backend import DEFAULT_URL
 
     return getattr(args, "url", None) or os.environ.get("REDIS_URL") or DEFAULT_URL
 
@@ -79,8 +79,8 @@ def _namespace(args: argparse.Namespace) -> str:
 
 
 def _storages(url: str, namespace: str) -> tuple[Any, Any]:
-    from .backend import CallRedis, ValueRedis
-    from .connection import client_from_url, redact_url
+    from ..storage.backend import CallRedis, ValueRedis
+    from ..transport.connection import client_from_url, redact_url
 
     try:
         client_from_url(url).close()  # parses the URL; connects lazily, so nothing is sent
@@ -97,7 +97,7 @@ def _storages(url: str, namespace: str) -> tuple[Any, Any]:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from .caches import RedisCache
+    from ..cache.caches import RedisCache
 
     values, calls = _storages(_url(args), _namespace(args))
     return RedisCache(values=values, calls=calls)
@@ -131,7 +131,7 @@ def _explain(error: BaseException, server: str) -> str:
 
 
 def _redacted(url: str) -> str:
-    from .connection import redact_url
+    from ..transport.connection import redact_url
 
     return redact_url(url)
 
@@ -156,7 +156,7 @@ def _bytes(n: float) -> str:
 
 
 def _progress(args: argparse.Namespace) -> Any:
-    from .progress import ProgressBar
+    from ..admin.progress import ProgressBar
 
     return ProgressBar(enabled=False if getattr(args, "json", False) else None)
 
@@ -165,7 +165,7 @@ def _progress(args: argparse.Namespace) -> Any:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .connection import redact_url
+    from ..transport.connection import redact_url
     from .demo import run_demo
 
     url = getattr(args, "url", None) or os.environ.get("REDIS_URL")
@@ -192,15 +192,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _embedded() -> Iterator[tuple[str, str]]:
-    from .embedded import embedded_redis
+    from ..testing.embedded import embedded_redis
 
     with embedded_redis() as server:
         yield server.url, server.describe()
 
 
 def _info(args: argparse.Namespace) -> int:
-    from . import inspection
-    from .backend import CallRedis, ValueRedis
+    from ..admin import inspection
+    from ..storage.backend import CallRedis, ValueRedis
 
     cache = _open(args)
     url = _url(args)
@@ -258,7 +258,7 @@ def _runtime(metadata: dict[str, Any]) -> tuple[str, str]:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from .inspection import list_records
+    from ..admin.inspection import list_records
 
     cache = _open(args)
     rows = list_records(cache.calls, args.name)
@@ -285,7 +285,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _resolve(cache: Any, key: str) -> tuple[str, Any]:
     """(``"call"`` or ``"value"``, full digest) of a (short) key, or a :class:`CliError`."""
-    from .inspection import prefix_matches
+    from ..admin.inspection import prefix_matches
 
     try:
         check_prefix(key)
@@ -376,7 +376,7 @@ def _shrunk(calls: Any, digest: Any) -> str:
 
 
 def _evict(args: argparse.Namespace) -> int:
-    from .inspection import list_records
+    from ..admin.inspection import list_records
 
     cache = _open(args)
     if not args.keys and args.name is None:
@@ -411,7 +411,7 @@ def _evict(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from .maintenance import GcAlreadyRunning, gc
+    from ..admin.maintenance import GcAlreadyRunning, gc
 
     cache = _open(args)
     started = time.monotonic()
@@ -431,7 +431,7 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, fix: bool) -> int:
-    from .maintenance import repair, verify
+    from ..admin.maintenance import repair, verify
 
     cache = _open(args)
     run = repair if fix else verify

@@ -38,11 +38,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import watchdog as _watchdog
-from .scripts import LuaScript
+from ..locks import watchdog as _watchdog
+from ..transport.scripts import LuaScript
 
 if TYPE_CHECKING:
-    from .backend import CallRedis
+    from ..storage.backend import CallRedis
 
 __all__ = [
     "LOOKUP",

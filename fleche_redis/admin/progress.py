@@ -7,7 +7,7 @@ elsewhere (a pipe, a log file, CI, ``--json`` output) it writes nothing, so
 scripts read clean output.  No dependency: a bar is one ``\\r``-rewritten
 line, throttled so a fast loop does not spend its time drawing.
 
-    from fleche_redis.progress import ProgressBar
+    from fleche_redis.admin.progress import ProgressBar
     with ProgressBar() as bar:
         cache.calls.verify(progress=bar)
 """

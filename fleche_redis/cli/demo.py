@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import fleche
 
-from .caches import redis_cache
-from .errors import FlecheRedisError
+from ..cache.caches import redis_cache
+from ..errors import FlecheRedisError
 
 __all__ = ["simulate", "run_demo"]
 

@@ -46,13 +46,13 @@ from typing import Any, ClassVar
 
 import redis
 
-from . import redlock_lua
+from ..errors import LockError, LockLost, LockNotOwned, LockTimeout, LockUnavailable
+from ..storage.keys import lock_key, lock_tag_end
+from ..transport.connection import ClientSlot, client_from_url, fork_generation
+from ..transport.fanout import receive, run_script, send
+from ..transport.scripts import LuaScript
+from . import lua as redlock_lua
 from . import watchdog as _watchdog
-from .connection import ClientSlot, client_from_url, fork_generation
-from .errors import LockError, LockLost, LockNotOwned, LockTimeout, LockUnavailable
-from .fanout import receive, run_script, send
-from .keys import lock_key, lock_tag_end
-from .scripts import LuaScript
 
 logger = logging.getLogger("fleche_redis.redlock")
 

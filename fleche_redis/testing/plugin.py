@@ -65,7 +65,7 @@ class ExternalServer:
     url: str
 
     def client(self, **kwargs: Any) -> Any:
-        from .connection import client_from_url
+        from ..transport.connection import client_from_url
 
         return client_from_url(self.url, **kwargs)
 
@@ -91,8 +91,8 @@ def fleche_redis_client() -> Iterator[Any]:
 @pytest.fixture
 def fleche_redis_cache(fleche_redis_client: Any, request: pytest.FixtureRequest) -> Any:
     """A fleche cache on fakeredis, isolated per test."""
-    from .backend import CallRedis, ValueRedis
-    from .caches import RedisCache
+    from ..cache.caches import RedisCache
+    from ..storage.backend import CallRedis, ValueRedis
 
     namespace = _namespace(request)
     return RedisCache(
@@ -108,7 +108,7 @@ def fleche_redis_server(pytestconfig: pytest.Config) -> Iterator[Any]:
     if url:
         yield ExternalServer(url)
         return
-    from .testing.server import RedisServer, redis_server_binary
+    from .server import RedisServer, redis_server_binary
 
     if redis_server_binary() is None:
         pytest.skip(
@@ -123,8 +123,8 @@ def fleche_redis_real_cache(
     fleche_redis_server: Any, request: pytest.FixtureRequest
 ) -> Iterator[Any]:
     """A fleche cache on the real server, in a namespace of this test's own (emptied afterwards)."""
-    from .backend import CallRedis, ValueRedis
-    from .caches import RedisCache
+    from ..cache.caches import RedisCache
+    from ..storage.backend import CallRedis, ValueRedis
 
     namespace = _namespace(request)
     values = ValueRedis(url=fleche_redis_server.url, namespace=namespace)

@@ -10,7 +10,7 @@ and indexes them; INDEX is PUT without the write, for bytes that a plain
 
 from __future__ import annotations
 
-from .scripts import LuaScript
+from ..transport.scripts import LuaScript
 
 __all__ = ["PUT", "INDEX", "EVICT"]
 

@@ -23,12 +23,12 @@ import redis
 from fleche.call import DigestedCall
 from fleche.digest import DIGEST_LENGTH, Digest
 
-from . import chunks
-from .backend import CallRedis, RedisBackend, ValueRedis
-from .codec import UndecodableEntry
-from .keys import SHARDS
-from .query import TERM_BYTES, record_terms
-from .scripts import pipelined
+from ..storage import chunks
+from ..storage.backend import CallRedis, RedisBackend, ValueRedis
+from ..storage.codec import UndecodableEntry
+from ..storage.keys import SHARDS
+from ..storage.query import TERM_BYTES, record_terms
+from ..transport.scripts import pipelined
 
 __all__ = [
     "Report",

@@ -88,7 +88,7 @@ def _pickle() -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
 
 
 def _cloudpickle() -> tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
-    from . import pickling  # cloudpickle's meaning, the C pickler's speed where they agree
+    from . import pickling
 
     return pickling.dumps, pickle.loads
 

@@ -46,10 +46,12 @@ from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.storage import SaveError
 from fleche.storage.destructuring import Digested
 
-from . import maintenance, singleflight, wire
-from .backend import CallRedis, ValueRedis
-from .batch import Step, write_batch
-from .codec import UndecodableEntry
+from ..admin import maintenance
+from ..storage.backend import CallRedis, ValueRedis
+from ..storage.codec import UndecodableEntry
+from ..transport import wire
+from ..transport.batch import Step, write_batch
+from . import singleflight
 
 __all__ = ["RedisCache", "LeasedCall", "redis_cache", "configured_cache"]
 

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .errors import StorageUnavailable
+from ..errors import StorageUnavailable
 
 __all__ = ["Breaker", "POLICIES", "clock"]
 

@@ -46,17 +46,19 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError  # annotations: `redis` is also a method name here
 from redis.retry import Retry
 
-from . import chunks, entry_lua, wire
-from .batch import Recorder, Request, active_batch
+from ..errors import RedisStorageError, SaveRefused, StorageUnavailable, UnavailableMiss
+from ..metrics import StorageMetrics
+from ..transport import wire
+from ..transport.batch import Recorder, Request, active_batch
+from ..transport.connection import ClientSlot, redact_url, shared_slot, url_from_client
+from ..transport.health import POLICIES, Breaker
+from ..transport.scripts import LuaScript
+from . import chunks
+from . import lua as entry_lua
 from .calls import IndexedCallsMixin
 from .codec import Codec
-from .connection import ClientSlot, redact_url, shared_slot, url_from_client
-from .errors import RedisStorageError, SaveRefused, StorageUnavailable, UnavailableMiss
-from .health import POLICIES, Breaker
 from .index import PrefixIndexMixin
 from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
-from .metrics import StorageMetrics
-from .scripts import LuaScript
 
 __all__ = ["RedisBackend", "ValueRedis", "CallRedis", "DEFAULT_URL"]
 
@@ -416,13 +418,13 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
 
     def verify(self, *, progress: Any = None) -> Any:
         """Check the storage's invariants; see :func:`fleche_redis.maintenance.verify`."""
-        from .maintenance import verify
+        from ..admin.maintenance import verify
 
         return verify(self, **({"progress": progress} if progress else {}))
 
     def repair(self, *, progress: Any = None) -> Any:
         """Restore the storage's invariants; see :func:`fleche_redis.maintenance.repair`."""
-        from .maintenance import repair
+        from ..admin.maintenance import repair
 
         return repair(self, **({"progress": progress} if progress else {}))
 
@@ -517,7 +519,7 @@ class CallRedis(IndexedCallsMixin, CallMixin, RedisBackend):
 
     def transform(self, func: Any = None, *, progress: Any = None) -> int:
         """fleche's ``transform``, streaming from a snapshot; see :func:`fleche_redis.maintenance.transform`."""
-        from .maintenance import transform
+        from ..admin.maintenance import transform
 
         return transform(self, func, **({"progress": progress} if progress else {}))
 

@@ -87,11 +87,11 @@ from fleche.caches import BaseCache, Rejected
 from fleche.digest import DIGEST_LENGTH
 from fleche.storage.base import AmbiguousDigestError, CallStorage, Intent, OperationContext
 
-from .backend import RedisBackend
-from .connection import ClientSlot, client_from_url, redact_url
-from .errors import LockError, LockTimeout
-from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
-from .metrics import StorageMetrics
+from ..errors import LockError, LockTimeout
+from ..metrics import StorageMetrics
+from ..storage.backend import RedisBackend
+from ..storage.keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
+from ..transport.connection import ClientSlot, client_from_url, redact_url
 from .redlock import LOCK_CLIENT_OPTIONS, Redlock
 
 logger = logging.getLogger("fleche_redis.locks")
