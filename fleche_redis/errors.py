@@ -1,9 +1,8 @@
 """The exceptions fleche-redis raises, in one place.
 
 fleche's contract decides the shape: a miss is a ``KeyError`` (so invalid
-digests and entries that fail verification are ``KeyError`` subclasses,
-defined next to the code that detects them and re-exported here), a refusal
-to store is a :class:`fleche.storage.SaveError`.  Everything that goes wrong
+digests and entries that fail verification are ``KeyError`` subclasses), a
+refusal to store is a :class:`fleche.storage.SaveError`.  Everything that goes wrong
 *in Redis* is a :class:`RedisStorageError` naming the operation and the
 server (password redacted), with the redis-py exception as ``__cause__``.
 
@@ -15,9 +14,6 @@ value storage's ``SaveError`` into an uncached call instead of a crash.
 from __future__ import annotations
 
 from fleche.storage import SaveError
-
-from .storage.codec import UndecodableEntry
-from .storage.keys import InvalidDigestError
 
 __all__ = [
     "FlecheRedisError",
@@ -38,6 +34,20 @@ __all__ = [
 
 class FlecheRedisError(Exception):
     """Base class of the errors fleche-redis raises on its own account."""
+
+
+# -- misses ----------------------------------------------------------------------
+
+
+class InvalidDigestError(KeyError):
+    """A key that is not a (prefix of a) lowercase hex SHA-256 digest.
+
+    A ``KeyError`` so that every fleche code path treats it as a miss.
+    """
+
+
+class UndecodableEntry(KeyError):
+    """Stored bytes that fail verification or decoding; fleche treats it as a miss."""
 
 
 class RedisStorageError(FlecheRedisError):

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +45,7 @@ from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.storage import SaveError
 from fleche.storage.destructuring import Digested
 
+from .. import runtime
 from ..admin import maintenance
 from ..storage.backend import CallRedis, ValueRedis
 from ..storage.codec import UndecodableEntry
@@ -56,18 +56,6 @@ from . import singleflight
 __all__ = ["RedisCache", "LeasedCall", "redis_cache", "configured_cache"]
 
 logger = logging.getLogger("fleche_redis.caches")
-
-# Claims a thread's load() took, for the prepare() fleche calls next in the
-# same thread: (calls storage identity, key) -> Lease.  Thread-local, so a
-# cache object carries no runtime state and pickles as configuration.
-_pending = threading.local()
-
-
-def _claims() -> dict[tuple[int, str], singleflight.Lease]:
-    claims = getattr(_pending, "claims", None)
-    if claims is None:
-        claims = _pending.claims = {}
-    return claims
 
 
 @dataclass
@@ -160,15 +148,17 @@ class RedisCache(Cache):
         keys = (layout.data(key), layout.key(key, "lease"), layout.key(key, "waiters"))
         token = singleflight.new_token()
         claim_ms = int(self.claim_ttl * 1000)
-        deadline = singleflight.clock() + self.wait_timeout
+        deadline = runtime.clock() + self.wait_timeout
         while True:
             status, payload = calls._io("get", singleflight.LOOKUP, keys, (token, claim_ms, 60_000))
             if status == singleflight.HIT:
                 return calls._codec.decode(payload, key=key), _NOTHING
             if status == singleflight.CLAIMED:
-                _claims()[(id(calls), key)] = singleflight.Lease(calls, key, token, self.lease_ttl)
+                runtime.thread.claims[(id(calls), key)] = singleflight.Lease(
+                    calls, key, token, self.lease_ttl
+                )
                 raise KeyError(key)
-            if singleflight.clock() >= deadline:
+            if runtime.clock() >= deadline:
                 logger.warning(
                     "waited %g s for %s, computed by another worker; computing it here",
                     self.wait_timeout,
@@ -201,7 +191,7 @@ class RedisCache(Cache):
         key = digested.to_lookup_key()
         lease = None
         if self.single_flight and isinstance(self.calls, CallRedis):
-            lease = _claims().pop((id(self.calls), key), None)
+            lease = runtime.thread.claims.pop((id(self.calls), key), None)
             if lease is not None:
                 # The claim lives claim_ttl; the watchdog makes it a full lease
                 # before then, unless the commit comes first (no request at all).
@@ -237,10 +227,11 @@ class RedisCache(Cache):
         other threads, and of other caches, are theirs to flush.
         """
         wire.settle()
-        kept: list[tuple[RedisCache, Exception]] = getattr(_pending, "failures", None) or []
+        local = runtime.thread
+        kept = local.failures
         mine = [error for cache, error in kept if cache is self]
         if mine:
-            _pending.failures = [(cache, error) for cache, error in kept if cache is not self]
+            local.failures = [(cache, error) for cache, error in kept if cache is not self]
             if len(mine) > 1:
                 mine[0].add_note(f"{len(mine) - 1} later write-behind commit(s) failed too")
             raise mine[0]
@@ -320,9 +311,7 @@ class _Behind:
                 lease.calls._io("lease", lease.finish_request())
             except Exception:
                 logger.debug("could not release the compute lease of %s", lease.key, exc_info=True)
-        failures = getattr(_pending, "failures", None)
-        if failures is None:
-            failures = _pending.failures = []
+        failures = runtime.thread.failures
         if len(failures) < MAX_KEPT_FAILURES:
             failures.append((self.cache, error))
 

@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import secrets
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import runtime
 from ..locks import watchdog as _watchdog
 from ..transport.scripts import LuaScript
 
@@ -52,15 +51,11 @@ __all__ = [
     "HIT",
     "CLAIMED",
     "WAIT",
-    "clock",
     "pack",
     "unpack",
 ]
 
 logger = logging.getLogger("fleche_redis.singleflight")
-
-clock = time.monotonic
-"""Replaced by tests to drive waiting without sleeping."""
 
 HIT, CLAIMED, WAIT = 1, 2, 3
 
@@ -116,10 +111,6 @@ EXTEND = LuaScript(
 )
 
 
-_token_prefix = secrets.token_hex(8)
-_token_counter = itertools.count()
-
-
 def new_token() -> str:
     """A token no other lookup anywhere uses: this process's random prefix and a counter.
 
@@ -127,16 +118,12 @@ def new_token() -> str:
     hit path; a 64-bit prefix per process (new in every forked child) keeps
     tokens of different processes apart just as well.
     """
-    return f"{_token_prefix}{next(_token_counter):08x}"
+    prefix, counter = runtime.per_process("singleflight.tokens", _token_source)
+    return f"{prefix}{next(counter):08x}"
 
 
-def _new_prefix_in_child() -> None:
-    global _token_prefix, _token_counter
-    _token_prefix = secrets.token_hex(8)
-    _token_counter = itertools.count()
-
-
-os.register_at_fork(after_in_child=_new_prefix_in_child)
+def _token_source() -> tuple[str, itertools.count]:
+    return secrets.token_hex(8), itertools.count()
 
 
 @dataclass(eq=False)
@@ -249,7 +236,7 @@ def wait_for_record(
     signal = calls._layout.key(key, "wake")[: -len(key)] + token
     socket_timeout = calls.socket_timeout
     slice_cap = 1.0 if socket_timeout is None else max(0.05, min(1.0, socket_timeout / 2))
-    remaining = deadline - clock()
+    remaining = deadline - runtime.clock()
     if remaining <= 0:
         return None
     wait = min(slice_cap, remaining, max(0.05, lease_ms / 1000 + 0.05))

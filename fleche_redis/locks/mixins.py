@@ -75,7 +75,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -87,6 +86,7 @@ from fleche.caches import BaseCache, Rejected
 from fleche.digest import DIGEST_LENGTH
 from fleche.storage.base import AmbiguousDigestError, CallStorage, Intent, OperationContext
 
+from .. import runtime
 from ..errors import LockError, LockTimeout
 from ..metrics import StorageMetrics
 from ..storage.backend import RedisBackend
@@ -97,8 +97,6 @@ from .redlock import LOCK_CLIENT_OPTIONS, Redlock
 logger = logging.getLogger("fleche_redis.locks")
 
 __all__ = ["PerKeyLockMixin", "SerializingMixin"]
-
-_clock = time.monotonic
 
 
 # -- process-wide state ----------------------------------------------------------
@@ -121,26 +119,28 @@ class _KeyLock:
 # Keyed by (lock servers, lock key), not by storage object: two storages on
 # the same servers and key (a pickled copy, a value and a call storage under
 # SerializingMixin) are one lock, so nesting them stays reentrant.
-_table: dict[tuple[Any, str], _KeyLock] = {}
-_table_lock = threading.Lock()
-_url_slots: dict[str, ClientSlot] = {}
+# A forked child starts with an empty registry: locks taken by other threads
+# of the parent would never be released there.
+class _Registry:
+    __slots__ = ("table", "lock", "url_slots")
+
+    def __init__(self) -> None:
+        self.table: dict[tuple[Any, str], _KeyLock] = {}
+        self.lock = threading.Lock()
+        self.url_slots: dict[str, ClientSlot] = {}
 
 
-def _reset_in_child() -> None:
-    # Locks taken by other threads of the parent would never be released here.
-    global _table, _table_lock, _url_slots
-    _table, _table_lock, _url_slots = {}, threading.Lock(), {}
-
-
-os.register_at_fork(after_in_child=_reset_in_child)
+def _registry() -> _Registry:
+    return runtime.per_process("locks", _Registry)
 
 
 def _url_slot(url: str) -> ClientSlot:
     """One client per lock URL per process, shared by every storage using it."""
-    slot = _url_slots.get(url)
+    registry = _registry()
+    slot = registry.url_slots.get(url)
     if slot is None:
-        with _table_lock:
-            slot = _url_slots.setdefault(
+        with registry.lock:
+            slot = registry.url_slots.setdefault(
                 url, ClientSlot(partial(client_from_url, url, **LOCK_CLIENT_OPTIONS))
             )
     return slot
@@ -294,16 +294,17 @@ class _DistributedLocking(OperationContext):
         masters, servers = self._lock_masters()
         me = threading.get_ident()
         entry = (servers, name)
-        with _table_lock:
-            kl = _table.get(entry)
+        registry = _registry()
+        with registry.lock:
+            kl = registry.table.get(entry)
             if kl is None:
-                kl = _table[entry] = _KeyLock()
+                kl = registry.table[entry] = _KeyLock()
             kl.users += 1
         try:
             if kl.owner == me:  # nested: this thread holds it already, no round trip
                 yield
                 return
-            deadline = _clock() + self.lock_timeout
+            deadline = runtime.clock() + self.lock_timeout
             counts, started = self._lock_metrics(), time.perf_counter()
             # A thread of this process holding the key counts as a wait too.
             queued = not kl.mutex.acquire(blocking=False)
@@ -323,7 +324,7 @@ class _DistributedLocking(OperationContext):
                     lock = kl.redlock = Redlock(name, masters, ttl=self.lock_ttl)
                 lock.ttl = self.lock_ttl
                 try:
-                    lock.acquire(timeout=max(0.0, deadline - _clock()))
+                    lock.acquire(timeout=max(0.0, deadline - runtime.clock()))
                 except LockError as e:
                     counts.lock_failures += 1
                     self._refuse(e)
@@ -349,11 +350,12 @@ class _DistributedLocking(OperationContext):
             finally:
                 kl.mutex.release()
         finally:
-            # The module globals, not copies: after a fork they are the child's.
-            with _table_lock:
+            # Looked up again: after a fork it is the child's registry.
+            registry = _registry()
+            with registry.lock:
                 kl.users -= 1
-                if kl.users == 0 and _table.get(entry) is kl:
-                    del _table[entry]
+                if kl.users == 0 and registry.table.get(entry) is kl:
+                    del registry.table[entry]
 
     def _refuse(self, error: LockError) -> None:
         """Raise *error* as this storage's refusal (see the module docstring)."""

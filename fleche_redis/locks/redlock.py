@@ -31,7 +31,7 @@ Keys of a lock named ``ns:{tag}:rest``, all in the tag's hash slot::
     ns:{tag}:fence              fencing counter shared by the slot's locks
 
 Not reentrant: :mod:`fleche_redis.locks` adds reentrancy and in-process
-exclusion.  ``_clock`` and ``_sleep`` are module-level so tests replace them.
+exclusion.  Time is :data:`fleche_redis.runtime.clock`, which tests replace.
 """
 
 from __future__ import annotations
@@ -40,15 +40,16 @@ import logging
 import random
 import secrets
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import redis
 
+from .. import runtime
 from ..errors import LockError, LockLost, LockNotOwned, LockTimeout, LockUnavailable
+from ..runtime import fork_generation
 from ..storage.keys import lock_key, lock_tag_end
-from ..transport.connection import ClientSlot, client_from_url, fork_generation
+from ..transport.connection import ClientSlot, client_from_url
 from ..transport.fanout import receive, run_script, send
 from ..transport.scripts import LuaScript
 from . import lua as redlock_lua
@@ -58,8 +59,6 @@ logger = logging.getLogger("fleche_redis.redlock")
 
 __all__ = ["Redlock", "lock_key", "LOCK_CLIENT_OPTIONS"]
 
-_clock = time.monotonic
-_sleep = time.sleep
 
 LOCK_CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
 """Options of the clients a lock builds from URLs.
@@ -158,7 +157,7 @@ class Redlock:
             self._held
             and not self._lost
             and self._generation == fork_generation()
-            and _clock() < self._valid_until
+            and runtime.clock() < self._valid_until
         )
 
     @property
@@ -175,7 +174,7 @@ class Redlock:
         """Seconds the lock is still safely held (0 when not held)."""
         if not self.held:
             return 0.0
-        return max(0.0, self._valid_until - _clock())
+        return max(0.0, self._valid_until - runtime.clock())
 
     def _drift(self, ttl: float) -> float:
         # Clocks of client and servers may run at slightly different rates.
@@ -220,7 +219,7 @@ class Redlock:
             self._lost = False
         if timeout is ...:
             timeout = self.timeout
-        deadline = None if timeout is None or not blocking else _clock() + timeout
+        deadline = None if timeout is None or not blocking else runtime.clock() + timeout
         try:
             return self._acquire(token, blocking, deadline)
         except BaseException:
@@ -239,7 +238,7 @@ class Redlock:
             # This object had to wait last time: attempt and wait in one
             # write, saving a round trip per turn in a busy hand-over chain.
             # (On a server that lost the script, the BLPOP just times out once.)
-            start = _clock()
+            start = runtime.clock()
             wait = (
                 self.RECHECK if deadline is None else min(self.RECHECK, max(0.0, deadline - start))
             )
@@ -259,7 +258,7 @@ class Redlock:
                     self._contended = waited
                     return True
         while True:
-            start = _clock()
+            start = runtime.clock()
             replies = self._run(self.ACQUIRE, self._keys, (token, ttl_ms, lease_ms, mode))
             ok = {i: r for i, r in replies.items() if not isinstance(r, Exception)}
             won = [i for i, r in ok.items() if r[0] == 1]
@@ -277,7 +276,7 @@ class Redlock:
                 self._give_up(token)
                 return False
             waited = True
-            now = _clock()
+            now = runtime.clock()
             if deadline is not None and now >= deadline:
                 self._give_up(token)
                 cls, why = (
@@ -329,7 +328,7 @@ class Redlock:
             if sum(1 for r in replies.values() if r == 1) < self.quorum:
                 self._release_on(token, won)
                 return False
-        validity = self.ttl - (_clock() - start) - drift
+        validity = self.ttl - (runtime.clock() - start) - drift
         if validity <= 0:
             self._release_on(token, won)
             return False
@@ -346,12 +345,12 @@ class Redlock:
         """Block on our signal list for up to *seconds*; the value pushed, or ``None``."""
         seconds = max(seconds, 0.001)
         if home is None:
-            _sleep(seconds)  # nobody answered: nothing to listen to
+            runtime.sleep(seconds)  # nobody answered: nothing to listen to
             return None
         try:
             reply = self.masters[home].get().blpop([signal_key], timeout=seconds)
         except redis.RedisError:
-            _sleep(min(seconds, 0.05))
+            runtime.sleep(min(seconds, 0.05))
             return None
         return None if reply is None else reply[1]
 
@@ -441,7 +440,7 @@ class Redlock:
 
     def _extend(self, ttl: float) -> str:
         token = self._token
-        start = _clock()
+        start = runtime.clock()
         replies = self._run(self.EXTEND, (self.name,), (token, int(ttl * 1000)))
         yes = sum(1 for r in replies.values() if r == 1)
         no = sum(1 for r in replies.values() if r == 0)
@@ -449,10 +448,10 @@ class Redlock:
         with self._mutex:
             if self._token != token or not self._held:
                 return "released"
-            if yes >= self.quorum and _clock() - start < ttl - drift:
+            if yes >= self.quorum and runtime.clock() - start < ttl - drift:
                 self._valid_until = start + ttl - drift
                 return "ok"
-            if no > len(self.masters) - self.quorum or _clock() >= self._valid_until:
+            if no > len(self.masters) - self.quorum or runtime.clock() >= self._valid_until:
                 self._lost = True
                 return "lost"
             return "unavailable"

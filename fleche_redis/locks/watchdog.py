@@ -26,12 +26,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Protocol
+
+from .. import runtime
 
 logger = logging.getLogger("fleche_redis.watchdog")
 
@@ -172,24 +173,6 @@ class Watchdog:
         return self._heap[0][0] if self._heap else None
 
 
-_shared: Watchdog | None = None
-_shared_lock = threading.Lock()
-
-
 def shared() -> Watchdog:
     """This process's watchdog (a new one in a forked child)."""
-    global _shared
-    if _shared is None:
-        with _shared_lock:
-            if _shared is None:
-                _shared = Watchdog()
-    return _shared
-
-
-def _forget_in_child() -> None:
-    global _shared, _shared_lock
-    _shared = None
-    _shared_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
+    return runtime.per_process("watchdog", Watchdog)

@@ -30,6 +30,8 @@ from typing import Any
 
 from fleche.security import SignatureError, SignedBytes
 
+from ..errors import UndecodableEntry
+
 logger = logging.getLogger("fleche_redis.codec")
 
 __all__ = ["Codec", "UndecodableEntry", "SERIALIZERS", "COMPRESSORS"]
@@ -111,10 +113,6 @@ SERIALIZERS: dict[str, Callable[[], tuple[Callable[[Any], bytes], Callable[[byte
 
 class _CompressionError(Exception):
     pass
-
-
-class UndecodableEntry(KeyError):
-    """Stored bytes that fail verification or decoding; fleche treats it as a miss."""
 
 
 @dataclass(frozen=True)

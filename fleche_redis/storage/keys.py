@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from fleche.digest import DIGEST_LENGTH, Digest
 
+from ..errors import InvalidDigestError
+
 __all__ = [
     "InvalidDigestError",
     "KeyLayout",
@@ -47,13 +49,6 @@ SHARD_CHARS = 2
 
 SHARDS: tuple[str, ...] = tuple(f"{i:02x}" for i in range(16**SHARD_CHARS))
 """Every shard name, in lexicographic (= digest) order."""
-
-
-class InvalidDigestError(KeyError):
-    """A key that is not a (prefix of a) lowercase hex SHA-256 digest.
-
-    A ``KeyError`` so that every fleche code path treats it as a miss.
-    """
 
 
 def check_digest(key: object) -> Digest:

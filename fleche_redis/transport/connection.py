@@ -19,13 +19,14 @@ our own:
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
+
+from .. import runtime
 
 __all__ = [
     "ClientSlot",
@@ -35,30 +36,10 @@ __all__ = [
     "parse_sentinel_url",
     "url_from_client",
     "redact_url",
-    "fork_generation",
 ]
 
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _SENTINEL_SCHEMES = {"redis+sentinel": "redis", "rediss+sentinel": "rediss"}
-
-_fork_generation = 0
-
-
-def _after_fork_in_child() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def fork_generation() -> int:
-    """A number that changes in a child process after every ``fork()``.
-
-    Cheaper than ``os.getpid()`` on every operation, and unlike a pid it cannot
-    be recycled.
-    """
-    return _fork_generation
 
 
 def redact_url(url: str) -> str:
@@ -236,17 +217,18 @@ class ClientSlot:
     def get(self) -> Any:
         if self._given is not None:
             return self._given
-        if self._generation != _fork_generation:
+        generation = runtime.fork_generation()
+        if self._generation != generation:
             with self._lock:
-                if self._generation != _fork_generation:
+                if self._generation != generation:
                     self._client = self._factory()
-                    self._generation = _fork_generation
+                    self._generation = generation
         return self._client
 
     def close(self) -> None:
         """Close the client this slot built (never one the user handed in)."""
         with self._lock:
-            if self._client is not None and self._generation == _fork_generation:
+            if self._client is not None and self._generation == runtime.fork_generation():
                 self._client.close()
             self._client = None
             self._generation = -1

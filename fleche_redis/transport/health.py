@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 
+from .. import runtime
 from ..errors import StorageUnavailable
 
-__all__ = ["Breaker", "POLICIES", "clock"]
+__all__ = ["Breaker", "POLICIES"]
 
 logger = logging.getLogger("fleche_redis.health")
 
 POLICIES = ("raise", "miss")
-
-clock = time.monotonic
-"""The breaker's clock; tests replace it to skip cool-downs without sleeping."""
 
 
 @dataclass
@@ -52,15 +49,15 @@ class Breaker:
     def state(self) -> str:
         if not self.open_until:
             return "closed"
-        return "open" if clock() < self.open_until else "half-open"
+        return "open" if runtime.clock() < self.open_until else "half-open"
 
     def blocked(self, operation: str) -> StorageUnavailable | None:
         """The error to fail *operation* with while open; ``None`` lets it through."""
         until = self.open_until
-        if until and clock() < until:
+        if until and runtime.clock() < until:
             return StorageUnavailable(
                 f"Redis {operation} on {self.name} skipped: circuit open for "
-                f"{until - clock():.1f} s more after {self.failures} connection failures",
+                f"{until - runtime.clock():.1f} s more after {self.failures} connection failures",
                 operation=operation,
                 server=self.name,
             )
@@ -73,7 +70,7 @@ class Breaker:
             if isinstance(fault, StorageUnavailable):
                 self.failures += 1
                 if self.failures >= self.threshold:
-                    self.open_until = clock() + self.cooldown
+                    self.open_until = runtime.clock() + self.cooldown
                     self.opened += 1
                     logger.warning("%s; circuit open for %.1f s", fault, self.cooldown)
                     return

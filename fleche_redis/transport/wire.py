@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import select
 import socket
-import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -50,7 +49,8 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from .connection import fork_generation
+from .. import runtime
+from ..runtime import fork_generation
 
 _POLL = getattr(select, "poll", None)  # not on Windows
 # POLLRDHUP reports a peer's FIN on Linux; elsewhere POLLIN alone sees the EOF.
@@ -74,8 +74,6 @@ __all__ = [
     "Pending",
 ]
 
-_local = threading.local()
-
 
 class _Kept:
     """This thread's connection to one pool, returned to it when the thread ends."""
@@ -92,28 +90,28 @@ class _Kept:
         self.owed: list[tuple[int, Settle]] = []  # posted requests: (reply count, settle)
 
     def __del__(self) -> None:
-        pool = self.pool()
-        if pool is not None and self.generation == fork_generation():
-            try:
+        try:
+            pool = self.pool()
+            if pool is not None and self.generation == fork_generation():
                 if self.owed:
                     # A thread that ended with replies unread: the server has
                     # applied (or refused) what was posted; only the report is
                     # lost.  Never hand a connection with stray bytes back.
                     self.conn.disconnect()
                 pool.release(self.conn)
-            except Exception:  # interpreter shutdown, a pool already closed
-                pass
+        except Exception:  # interpreter shutdown, a pool already closed
+            pass
 
 
 def _kept(pool: Any) -> _Kept | None:
     """This thread's kept connection to *pool*, or ``None`` when it must check one out."""
-    local, generation = _local, fork_generation()
-    if getattr(local, "pool", None) is pool and local.generation == generation:
+    local, generation = runtime.thread, fork_generation()
+    if local.pool is pool and local.generation == generation:
         kept = local.kept  # the pool this thread used last: no lookup
     else:
         if isinstance(pool, redis.BlockingConnectionPool):
             return None
-        held = getattr(local, "held", None)
+        held = local.held
         if held is None:
             held = local.held = weakref.WeakKeyDictionary()
         kept = held.get(pool)
@@ -249,10 +247,11 @@ def post(client: Any, commands: list[tuple[Any, ...]], settle: Settle) -> bool:
         conn.disconnect()
         raise
     kept.owed.append((len(commands), settle))
-    owed = getattr(_local, "owing", None)
-    if owed is None or _local.owing_generation != kept.generation:
-        owed = _local.owing = []
-        _local.owing_generation = kept.generation
+    local = runtime.thread
+    owed = local.owing
+    if local.owing_generation != kept.generation:
+        owed = local.owing = []
+        local.owing_generation = kept.generation
     if kept not in owed:
         owed.append(kept)
     return True
@@ -260,16 +259,17 @@ def post(client: Any, commands: list[tuple[Any, ...]], settle: Settle) -> bool:
 
 def owing() -> bool:
     """Whether this thread has posted requests whose replies it has not read yet."""
-    return bool(getattr(_local, "owing", None))
+    return bool(runtime.thread.owing)
 
 
 def settle() -> None:
     """Read the replies of every request this thread posted and hand them to their *settle*."""
-    owed = getattr(_local, "owing", None)
+    local = runtime.thread
+    owed = local.owing
     if not owed:
         return
-    _local.owing = []
-    if _local.owing_generation != fork_generation():
+    local.owing = []
+    if local.owing_generation != fork_generation():
         return  # the parent's connections: never read them in a child
     for kept in owed:
         if kept.owed:

@@ -18,7 +18,7 @@ import pytest
 from fleche.call import QueryCall
 from fleche.digest import digest
 
-from fleche_redis import CallRedis, RedisCache, RedisStorageError, ValueRedis, redis_cache
+from fleche_redis import CallRedis, RedisCache, RedisStorageError, ValueRedis, redis_cache, runtime
 from fleche_redis.testing.roundtrips import RoundTrips
 from fleche_redis.transport import wire
 
@@ -118,7 +118,7 @@ def test_a_commit_whose_reply_was_lost_is_sent_again(fresh_server, namespace):
     cache = cache_on({"url": fresh_server.url, "namespace": namespace})
     with fleche.cache(cache):
         triple(7)
-        wire._local.kept.conn.disconnect()  # the reply can no longer be read
+        runtime.thread.kept.conn.disconnect()  # the reply can no longer be read
         cache.flush()
     assert len(stored(cache, 7)) == 1
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleche_redis.locks import redlock, watchdog
+from fleche_redis import runtime
+from fleche_redis.locks import watchdog
 from fleche_redis.testing import RedisServer
 
 
@@ -33,8 +34,8 @@ class FakeClock:
 def clock(monkeypatch):
     """Replace the lock primitive's clock (redis-py ``lock.py`` style)."""
     fake = FakeClock()
-    monkeypatch.setattr(redlock, "_clock", fake)
-    monkeypatch.setattr(redlock, "_sleep", fake.sleep)
+    monkeypatch.setattr(runtime, "clock", fake)
+    monkeypatch.setattr(runtime, "sleep", fake.sleep)
     return fake
 
 

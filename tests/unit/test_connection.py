@@ -6,10 +6,10 @@ import pytest
 import redis
 
 from fleche_redis import ValueRedis
+from fleche_redis.runtime import fork_generation
 from fleche_redis.transport.connection import (
     ClientSlot,
     client_from_url,
-    fork_generation,
     redact_url,
     url_from_client,
 )

@@ -7,9 +7,8 @@ from fleche.call import DigestedCall, QueryCall
 from fleche.digest import digest
 from fleche.storage import SaveError
 
-from fleche_redis import CallRedis, ValueRedis
+from fleche_redis import CallRedis, ValueRedis, runtime
 from fleche_redis.errors import SaveRefused, StorageUnavailable, UnavailableMiss
-from fleche_redis.transport import health
 
 
 class FakeClock:
@@ -23,7 +22,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
-    monkeypatch.setattr(health, "clock", fake)
+    monkeypatch.setattr(runtime, "clock", fake)
     return fake
 
 

@@ -19,8 +19,8 @@ from fleche_redis import (
     StorageUnavailable,
     ValueRedis,
     metrics,
+    runtime,
 )
-from fleche_redis.transport import health
 
 
 @fleche.fleche
@@ -75,8 +75,8 @@ def test_failures_open_the_breaker_and_are_counted(fresh_server, namespace, monk
     snap = storage.metrics()
     assert snap["short_circuited"] == 1 and snap["errors"] == 2
     fresh_server.restart()
-    now = health.clock()
-    monkeypatch.setattr(health, "clock", lambda: now + 60)  # past the cool-down
+    now = runtime.clock()
+    monkeypatch.setattr(runtime, "clock", lambda: now + 60)  # past the cool-down
     with pytest.raises(KeyError):
         storage.load(key)  # the restarted server is empty
     snap = storage.metrics()

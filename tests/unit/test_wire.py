@@ -8,6 +8,7 @@ import time
 import pytest
 import redis
 
+from fleche_redis import runtime
 from fleche_redis.transport import wire
 
 FORK = multiprocessing.get_context("fork")
@@ -36,7 +37,7 @@ def test_threads_keep_their_own_connections_and_return_them(client, fresh_server
 
     def worker():
         wire.call(client, "PING")
-        seen.append(id(wire._local.kept.conn))
+        seen.append(id(runtime.thread.kept.conn))
 
     threads = [threading.Thread(target=worker) for _ in range(3)]
     for t in threads:
@@ -100,7 +101,7 @@ def _in_child(client, queue):
 
 def test_a_forked_child_never_uses_its_parents_kept_connection(client):
     wire.call(client, "PING")
-    parent_conn = wire._local.kept.conn
+    parent_conn = runtime.thread.kept.conn
     queue = FORK.Queue()
     child = FORK.Process(target=_in_child, args=(client, queue))
     child.start()
@@ -108,23 +109,23 @@ def test_a_forked_child_never_uses_its_parents_kept_connection(client):
     child.join(10)
     assert status == "ok"
     # The parent's connection is still in step after the child talked.
-    assert wire._local.kept.conn is parent_conn
+    assert runtime.thread.kept.conn is parent_conn
     assert wire.request(client, [("GET", "child"), ("PING",)]) == [b"1", b"PONG"]
 
 
 def test_posted_replies_are_read_in_order_before_the_next_request(client, fresh_server):
     got = []
     wire.call(client, "PING")
-    sock = wire._local.kept.conn._sock
+    sock = runtime.thread.kept.conn._sock
     assert wire.post(client, [("SET", "p", "1"), ("INCR", "p"), ("HGET", "p", "x")], got.append)
     assert wire.owing() and got == []  # written, not read
     assert wire.call(client, "GET", "p") == b"2"  # the posted replies came off the socket first
-    assert not wire.owing() or not wire._local.kept.owed
+    assert not wire.owing() or not runtime.thread.kept.owed
     (replies,) = got
     assert replies[:2] == [b"OK", 2]
     assert isinstance(replies[2], redis.ResponseError)  # WRONGTYPE, in its place
     # No reconnect: replies waiting on the socket are owed, not a sign of a stale one.
-    assert wire._local.kept.conn._sock is sock
+    assert runtime.thread.kept.conn._sock is sock
     assert client_names(fresh_server).count("wire-test") == 1
 
 
@@ -142,7 +143,7 @@ def test_settle_reads_every_posted_reply_of_the_thread(client):
 def test_a_posted_request_on_a_dropped_connection_is_settled_with_the_error(client):
     got = []
     assert wire.post(client, [("SET", "c", "1")], got.append)
-    wire._local.kept.conn.disconnect()  # the reply can no longer be read
+    runtime.thread.kept.conn.disconnect()  # the reply can no longer be read
     wire.settle()
     assert len(got) == 1 and isinstance(got[0], Exception)
     assert wire.call(client, "GET", "c") == b"1"  # the connection comes back for the next request
@@ -191,7 +192,7 @@ def test_fakeredis_connections_are_kept_too():
     for _ in range(200):  # a fake socket whose number names no descriptor (poll: POLLNVAL)
         client = fakeredis.FakeRedis(server=server)
         wire.call(client, "PING")
-        if not is_open(wire._local.kept.conn._sock.fileno()):
+        if not is_open(runtime.thread.kept.conn._sock.fileno()):
             break
     with RoundTrips() as trips:
         for i in range(10):
