@@ -98,10 +98,10 @@ class RawFloor(Contender):
         values = self.source.values
         if not self.record:
             calls = self.source.calls
-            self.record = calls._codec.encode(calls.load(next(iter(calls.list()))))
+            self.record = calls.codec.encode(calls.load(next(iter(calls.list()))))
         names = self.names.setdefault(id(x), [f"raw:{secrets.token_hex(6)}:{i}" for i in range(3)])
         if phase == "miss":
-            items = [values._codec.encode(x), values._codec.encode(x * 2.0), self.record]
+            items = [values.codec.encode(x), values.codec.encode(x * 2.0), self.record]
             start = time.perf_counter()
             for name, data in zip(names, items, strict=True):
                 self.client.set(name, data)
@@ -218,9 +218,9 @@ def floor(url: str, cache: Any, floats: int, reps: int, seed: int) -> dict[str, 
     ).to_lookup_key()
     record = calls.load(key)
     items = [
-        values._codec.encode(x),
-        values._codec.encode(values.load(record.result)),
-        calls._codec.encode(record),
+        values.codec.encode(x),
+        values.codec.encode(values.load(record.result)),
+        calls.codec.encode(record),
     ]
     client = redis.Redis.from_url(url)
     names = [f"raw:{secrets.token_hex(4)}:{i}" for i in range(len(items))]
@@ -267,10 +267,10 @@ def memory_per_call(url: str, calls_n: int, floats: int, run: str) -> dict[str, 
             pipe.memory_usage(k, samples=0)
         return sum(size or 0 for size in pipe.execute())
 
-    data = usage([cache.values._layout.data(k) for k in cache.values.list()])
-    data += usage([cache.calls._layout.data(k) for k in cache.calls.list()])
+    data = usage([cache.values.layout.data(k) for k in cache.values.list()])
+    data += usage([cache.calls.layout.data(k) for k in cache.calls.list()])
     structures = []
-    for layout in (cache.values._layout, cache.calls._layout):
+    for layout in (cache.values.layout, cache.calls.layout):
         structures += [layout.index(s) for s in SHARDS] + [layout.terms(s) for s in SHARDS]
         structures += [layout.references(s) for s in SHARDS]
     index = usage(structures)
@@ -280,7 +280,7 @@ def memory_per_call(url: str, calls_n: int, floats: int, run: str) -> dict[str, 
     for storage in (cache.values, cache.calls):
         for k in storage.list():
             name = f"rawmem:{run}:{k}:{storage.keyspace}"
-            pipe.set(name, storage._codec.encode(storage.load(k)))
+            pipe.set(name, storage.codec.encode(storage.load(k)))
             raw_names.append(name)
     pipe.execute()
     raw = usage(raw_names)

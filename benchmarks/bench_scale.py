@@ -60,7 +60,7 @@ def fill_redis(storage: CallRedis, n: int) -> list[Digest]:
     def flush():
         pipe = client.pipeline(transaction=False)
         for key, record in batch:
-            storage._write(pipe, key, storage._codec.encode(record), record)
+            storage._write(pipe, key, storage.codec.encode(record), record)
         pipe.execute()
         batch.clear()
 

@@ -41,7 +41,7 @@ SAMPLE = 200
 
 def store_info(storage: RedisBackend, *, sample: int = SAMPLE) -> dict[str, Any]:
     """Entries, memory (index exact, data estimated from a sample) and dangling index entries."""
-    layout = storage._layout
+    layout = storage.layout
     entries = storage.count()
     extra = "terms" if isinstance(storage, CallRedis) else "refs"
     side = layout.terms if isinstance(storage, CallRedis) else layout.references
@@ -50,7 +50,7 @@ def store_info(storage: RedisBackend, *, sample: int = SAMPLE) -> dict[str, Any]
     def index_memory(client: Any) -> list[int | None]:
         return pipelined(client, lambda p: [p.memory_usage(k, samples=0) for k in keys])
 
-    index_bytes = sum(size or 0 for size in storage._io("info", index_memory))
+    index_bytes = sum(size or 0 for size in storage.channel.run("info", index_memory))
     sampled = list(itertools.islice(storage.list(), sample))
 
     def data_memory(client: Any) -> list[int | None]:
@@ -58,7 +58,7 @@ def store_info(storage: RedisBackend, *, sample: int = SAMPLE) -> dict[str, Any]
             client, lambda p: [p.memory_usage(layout.data(k), samples=0) for k in sampled]
         )
 
-    sizes = storage._io("info", data_memory) if sampled else []
+    sizes = storage.channel.run("info", data_memory) if sampled else []
     live = [size for size in sizes if size is not None]
     data_bytes = round(sum(live) / len(live) * entries) if live else 0
     return {
@@ -75,7 +75,7 @@ def namespace_info(values: ValueRedis, calls: CallRedis, *, sample: int = SAMPLE
     """:func:`store_info` of both stores of a namespace, a health verdict and whether gc runs."""
     call_info = store_info(calls, sample=sample)
     value_info = store_info(values, sample=sample)
-    gc_run = values._io("info", lambda c: c.get(values._layout.gc_flag(SHARDS[0])))
+    gc_run = values.channel.run("info", lambda c: c.get(values.layout.gc_flag(SHARDS[0])))
     dangling = call_info["dangling_in_sample"] + value_info["dangling_in_sample"]
     return {
         "namespace": calls.namespace,
@@ -109,7 +109,7 @@ def server_info(storage: RedisBackend) -> dict[str, Any]:
         }
 
     try:
-        return storage._io("info", info)
+        return storage.channel.run("info", info)
     except RedisStorageError as e:
         if isinstance(e.__cause__, redis.exceptions.NoPermissionError):
             return dict.fromkeys(
@@ -126,7 +126,7 @@ def namespaces(storage: RedisBackend) -> list[str]:
         for raw in client.scan_iter(match="*:{[cv].??}:index", count=1000):
             found.add(raw.decode().rsplit(":{", 1)[0])
 
-    storage._io("info", scan)
+    storage.channel.run("info", scan)
     return sorted(found)
 
 
@@ -134,7 +134,7 @@ def prefix_matches(storage: RedisBackend, prefix: str, limit: int = 10) -> list[
     """Up to *limit* indexed digests starting with *prefix* (to show an ambiguous prefix's candidates)."""
     prefix = check_prefix(prefix)
     shards = [prefix[:2]] if len(prefix) >= 2 else [s for s in SHARDS if s.startswith(prefix)]
-    layout = storage._layout
+    layout = storage.layout
 
     def matches(client: Any) -> list[list[bytes]]:
         return pipelined(
@@ -151,7 +151,7 @@ def prefix_matches(storage: RedisBackend, prefix: str, limit: int = 10) -> list[
             ],
         )
 
-    found = [Digest(m.decode()) for page in storage._io("expand", matches) for m in page]
+    found = [Digest(m.decode()) for page in storage.channel.run("expand", matches) for m in page]
     return sorted(found)[:limit]
 
 

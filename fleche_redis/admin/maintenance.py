@@ -150,8 +150,8 @@ def _evict_many(storage: RedisBackend, keys: list[Digest]) -> None:
 
 def _data_keys(storage: RedisBackend) -> Iterator[Digest]:
     """Digests of every data key of the storage, found by ``SCAN`` (maintenance only)."""
-    pattern = f"{storage._layout.data_prefix('??')}" + "?" * DIGEST_LENGTH
-    prefix_len = len(storage.namespace) + len(storage._layout.tag("00")) + 2
+    pattern = f"{storage.layout.data_prefix('??')}" + "?" * DIGEST_LENGTH
+    prefix_len = len(storage.namespace) + len(storage.layout.tag("00")) + 2
     for raw in storage.redis().scan_iter(match=pattern, count=1000):
         digest = raw.decode()[prefix_len:]
         if len(digest) == DIGEST_LENGTH:
@@ -182,7 +182,7 @@ def _check(storage: RedisBackend, *, fix: bool, progress: Progress) -> Report:
         storage=f"{type(storage).__name__}({storage.server}, namespace={storage.namespace!r})"
     )
     total = storage.count()
-    client, layout = storage.redis(), storage._layout
+    client, layout = storage.redis(), storage.layout
     done = 0
     for batch in _batches(storage.list()):
         exists = _each(client, batch, lambda p, k: p.exists(layout.data(k)))
@@ -216,7 +216,7 @@ def _check(storage: RedisBackend, *, fix: bool, progress: Progress) -> Report:
 
 def _check_chunks(storage: RedisBackend, report: Report, *, fix: bool) -> None:
     """Chunk keys (``<data key>:<n>``) whose data key holds no manifest naming them."""
-    client, layout = storage.redis(), storage._layout
+    client, layout = storage.redis(), storage.layout
     pattern = layout.data_prefix("??") + "?" * DIGEST_LENGTH + ":*"
     for batch in _batches(client.scan_iter(match=pattern, count=1000)):
         owners = [raw.decode().rsplit(":", 1) for raw in batch]
@@ -232,7 +232,7 @@ def _check_chunks(storage: RedisBackend, report: Report, *, fix: bool) -> None:
 
 
 def _check_terms(storage: CallRedis, report: Report, *, fix: bool, progress: Progress) -> None:
-    client, layout = storage.redis(), storage._layout
+    client, layout = storage.redis(), storage.layout
     for i, shard in enumerate(SHARDS):
         terms_key = layout.terms(shard)
         expected: set[bytes] = set()
@@ -243,7 +243,7 @@ def _check_terms(storage: CallRedis, report: Report, *, fix: bool, progress: Pro
                 if data is None:
                     continue
                 try:
-                    record = storage._codec.decode(data, key=key)
+                    record = storage.codec.decode(data, key=key)
                 except UndecodableEntry:
                     report.undecodable += 1
                     continue
@@ -280,7 +280,7 @@ def _check_terms(storage: CallRedis, report: Report, *, fix: bool, progress: Pro
 def _check_references(
     storage: ValueRedis, report: Report, *, fix: bool, progress: Progress
 ) -> None:
-    client, layout = storage.redis(), storage._layout
+    client, layout = storage.redis(), storage.layout
     for i, shard in enumerate(SHARDS):
         refs_key = layout.references(shard)
         for batch in _batches(client.hscan_iter(refs_key, count=BATCH)):
@@ -332,7 +332,7 @@ def gc(cache: Any, *, progress: Progress = _quiet, max_runtime: float = 6 * 3600
     if not isinstance(values, ValueRedis) or not isinstance(calls, CallRedis):
         raise TypeError("fleche_redis.maintenance.gc needs a Cache over ValueRedis and CallRedis")
     run = secrets.token_hex(6)
-    client, layout = values.redis(), values._layout
+    client, layout = values.redis(), values.layout
 
     def mark_key(shard: str) -> str:
         return f"{layout.gc_flag(shard)}:{run}"
@@ -384,21 +384,21 @@ def _release_flags(client: Any, layout: Any, run: str) -> None:
 
 
 def _load_records(calls: CallRedis, keys: list[Digest]) -> Iterator[DigestedCall]:
-    client, layout = calls.redis(), calls._layout
+    client, layout = calls.redis(), calls.layout
     for key, data in zip(
         keys, _each(client, keys, lambda p, k: p.hget(layout.data(k), "v")), strict=True
     ):
         if data is None:
             continue
         try:
-            yield calls._codec.decode(data, key=key)
+            yield calls.codec.decode(data, key=key)
         except UndecodableEntry:
             continue
 
 
 def _mark(client: Any, values: ValueRedis, mark_key: Callable[[str], str], roots: set[str]) -> None:
     """Add *roots* and every value they reach through reference lists to the mark sets."""
-    layout = values._layout
+    layout = values.layout
     frontier = sorted(roots)
     while frontier:
         added = _each(client, frontier, lambda p, d: p.sadd(mark_key(d[:2]), bytes.fromhex(d)))
@@ -416,7 +416,7 @@ def _mark(client: Any, values: ValueRedis, mark_key: Callable[[str], str], roots
 
 def _snapshot(calls: CallRedis, run: str) -> list[str]:
     """Copy every index shard server-side, so keys written while we work are not visited."""
-    client, layout = calls.redis(), calls._layout
+    client, layout = calls.redis(), calls.layout
     keys = [f"{layout.data_prefix(s)}snapshot:{run}" for s in SHARDS]
     for chunk in _batches(list(zip(SHARDS, keys, strict=True)), 64):
         _each(client, chunk, lambda p, pair: p.zunionstore(pair[1], [layout.index(pair[0])]))

@@ -144,15 +144,17 @@ class RedisCache(Cache):
 
     def _lookup(self, calls: CallRedis, key: Digest) -> tuple[DigestedCall, Any]:
         """The record (and a result pushed along with it, else ``_NOTHING``); ``KeyError`` to compute."""
-        layout = calls._layout
+        layout = calls.layout
         keys = (layout.data(key), layout.key(key, "lease"), layout.key(key, "waiters"))
         token = singleflight.new_token()
         claim_ms = int(self.claim_ttl * 1000)
         deadline = runtime.clock() + self.wait_timeout
         while True:
-            status, payload = calls._io("get", singleflight.LOOKUP, keys, (token, claim_ms, 60_000))
+            status, payload = calls.channel.run(
+                "get", singleflight.LOOKUP, keys, (token, claim_ms, 60_000)
+            )
             if status == singleflight.HIT:
-                return calls._codec.decode(payload, key=key), _NOTHING
+                return calls.codec.decode(payload, key=key), _NOTHING
             if status == singleflight.CLAIMED:
                 runtime.thread.claims[(id(calls), key)] = singleflight.Lease(
                     calls, key, token, self.lease_ttl
@@ -174,10 +176,10 @@ class RedisCache(Cache):
 
     def _unpack(self, calls: CallRedis, key: Digest, message: bytes) -> tuple[DigestedCall, Any]:
         encoded_record, encoded_result = singleflight.unpack(message)
-        record = calls._codec.decode(encoded_record, key=key)
+        record = calls.codec.decode(encoded_record, key=key)
         if encoded_result is None or not isinstance(self.values, ValueRedis):
             return record, _NOTHING
-        result = self.values._codec.decode(encoded_result, key=str(record.result))
+        result = self.values.codec.decode(encoded_result, key=str(record.result))
         # A destructured result arrives as its wrapper: load it in full instead.
         return record, (_NOTHING if isinstance(result, Digested) else result)
 
@@ -265,7 +267,7 @@ class RedisCache(Cache):
                 self.calls.put(digested, key)  # CallRedis.save, with the key known
             encoded = batch.encoded
             message = singleflight.pack(
-                encoded.get((id(self.calls), key)) or self.calls._codec.encode(digested),
+                encoded.get((id(self.calls), key)) or self.calls.codec.encode(digested),
                 encoded.get((id(self.values), digested.result)),
             )
             batch.add(self.calls, lease.finish_request(message), (singleflight.FINISH,))
@@ -308,7 +310,7 @@ class _Behind:
             # The bundle stops at a failing step, so its release may not have
             # run: release now (the waiters look again, and one computes).
             try:
-                lease.calls._io("lease", lease.finish_request())
+                lease.calls.channel.run("lease", lease.finish_request())
             except Exception:
                 logger.debug("could not release the compute lease of %s", lease.key, exc_info=True)
         failures = runtime.thread.failures

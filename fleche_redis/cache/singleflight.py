@@ -146,7 +146,7 @@ class Lease:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def redis_keys(self) -> tuple[str, str]:
-        layout = self.calls._layout
+        layout = self.calls.layout
         return layout.key(self.key, "lease"), layout.key(self.key, "waiters")
 
     def watch(self, first: float) -> None:
@@ -155,7 +155,7 @@ class Lease:
 
     def _extend(self) -> bool:
         lease, _ = self.redis_keys()
-        kept = self.calls._io("lease", EXTEND, (lease,), (self.token, int(self.ttl * 1000)))
+        kept = self.calls.channel.run("lease", EXTEND, (lease,), (self.token, int(self.ttl * 1000)))
         if not kept:
             self.lost = True
         return bool(kept)
@@ -184,7 +184,7 @@ class Lease:
         """
         self._stop()
         lease, waiters = self.redis_keys()
-        prefix = self.calls._layout.key(self.key, "wake")[: -len(self.key)]
+        prefix = self.calls.layout.key(self.key, "wake")[: -len(self.key)]
 
         def request(client: Any) -> Any:
             return FINISH(client, (lease, waiters), (self.token, message, prefix, 60_000))
@@ -194,7 +194,7 @@ class Lease:
     def finish(self) -> None:
         """Drop the lease and wake the waiters now (an abandoned computation: they look again)."""
         if not self.finished:
-            self.calls._io("lease", self.finish_request())
+            self.calls.channel.run("lease", self.finish_request())
 
     def _stop(self) -> bool:
         with self._lock:
@@ -233,14 +233,14 @@ def wait_for_record(
     cut into slices no longer than the lease's remaining time (a dead worker
     is noticed then) or a second (a lost wakeup costs at most that).
     """
-    signal = calls._layout.key(key, "wake")[: -len(key)] + token
+    signal = calls.layout.key(key, "wake")[: -len(key)] + token
     socket_timeout = calls.socket_timeout
     slice_cap = 1.0 if socket_timeout is None else max(0.05, min(1.0, socket_timeout / 2))
     remaining = deadline - runtime.clock()
     if remaining <= 0:
         return None
     wait = min(slice_cap, remaining, max(0.05, lease_ms / 1000 + 0.05))
-    reply = calls._io("wait", lambda client: client.blpop([signal], timeout=wait))
+    reply = calls.channel.run("wait", lambda client: client.blpop([signal], timeout=wait))
     if reply is None:
         return None
     message = reply[1]

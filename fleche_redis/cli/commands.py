@@ -92,7 +92,7 @@ def _storages(url: str, namespace: str) -> tuple[Any, Any]:
     options: dict[str, Any] = {"retries": 0, "breaker_threshold": 10**9}
     values = ValueRedis(url=url, namespace=namespace, **options)
     calls = CallRedis(url=url, namespace=namespace, **options)
-    calls._io("ping", lambda client: client.ping())
+    calls.channel.run("ping", lambda client: client.ping())
     return values, calls
 
 

@@ -250,14 +250,15 @@ class _DistributedLocking(OperationContext):
                     self.url,
                     id(self.client) if self.client is not None else None,
                 )
-                state.masters = (self._slot,)
+                state.masters = (self.channel.slot,)
         return state.masters, state.servers
 
     def _lock_metrics(self) -> StorageMetrics:
         # A fleche-redis storage counts its lock waits with its other counters.
         state = self._lock_state
         if state.metrics is None:
-            state.metrics = getattr(self, "_metrics", None) or StorageMetrics(
+            channel = getattr(self, "channel", None)
+            state.metrics = channel.metrics if channel is not None else StorageMetrics(
                 type(self).__name__,
                 ",".join(redact_url(u) for u in self.lock_urls),
                 self._lock_namespace(),
@@ -427,7 +428,7 @@ class PerKeyLockMixin(_DistributedLocking):
                     return None
         digest = _lockable_digest(key)
         if isinstance(self, RedisBackend):
-            return self._layout.key(digest, "lock")
+            return self.layout.key(digest, "lock")
         return KeyLayout(self.lock_namespace, "lock").key(digest, "lock")
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar
 
 import redis
 from fleche.call import DigestedCall
@@ -43,13 +43,13 @@ from fleche.security import get_secret_key, normalize_secret_key
 from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
 from fleche.storage.destructuring import DestructuringMixin, Digested
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError  # annotations: `redis` is also a method name here
 from redis.retry import Retry
 
-from ..errors import RedisStorageError, SaveRefused, StorageUnavailable, UnavailableMiss
+from ..errors import SaveRefused, UnavailableMiss
 from ..metrics import StorageMetrics
 from ..transport import wire
 from ..transport.batch import Recorder, Request, active_batch
+from ..transport.channel import Channel
 from ..transport.connection import ClientSlot, redact_url, shared_slot, url_from_client
 from ..transport.health import POLICIES, Breaker
 from ..transport.scripts import LuaScript
@@ -132,11 +132,12 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
 
     server: str = field(init=False, compare=False)
     """The URL with its password redacted: safe for repr, logs and errors."""
-    _layout: KeyLayout = field(init=False, repr=False, compare=False)
-    _codec: Codec = field(init=False, repr=False, compare=False)
-    _slot: ClientSlot = field(init=False, repr=False, compare=False)
-    _breaker: Breaker = field(init=False, repr=False, compare=False)
-    _metrics: StorageMetrics = field(init=False, repr=False, compare=False)
+    layout: KeyLayout = field(init=False, repr=False, compare=False)
+    """Which Redis key holds what (see :class:`~fleche_redis.storage.keys.KeyLayout`)."""
+    codec: Codec = field(init=False, repr=False, compare=False)
+    """Bytes in Redis <-> Python objects: serializer, signature, compression."""
+    channel: Channel = field(init=False, repr=False, compare=False)
+    """This process's way to Redis: client, breaker, counters, error policy."""
     _secret_explicit: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -152,10 +153,10 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         set_(self, "_secret_explicit", explicit)
         set_(
             self,
-            "_codec",
+            "codec",
             Codec(self.serializer, self.secret_key, self.compress, self.compress_min_size),
         )
-        set_(self, "_layout", KeyLayout(self.namespace, self.keyspace))
+        set_(self, "layout", KeyLayout(self.namespace, self.keyspace))
         set_(self, "server", redact_url(self.url))
         if self.ttl is not None and not self.ttl > 0:
             raise ValueError(f"ttl must be a positive number of seconds or None, not {self.ttl!r}")
@@ -163,16 +164,17 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             raise ValueError(f"on_error must be one of {POLICIES}, not {self.on_error!r}")
         url, options = self.url, self._client_options()
         if self.client is not None:
-            set_(self, "_slot", ClientSlot(lambda: self.client, given=self.client))
+            slot = ClientSlot(lambda: self.client, given=self.client)
         else:
             slot_key = (url, self.socket_timeout, self.connect_timeout, self.retries)
-            set_(self, "_slot", shared_slot(url, options, slot_key))
-        set_(self, "_breaker", Breaker(self.breaker_threshold, self.breaker_cooldown, self.server))
+            slot = shared_slot(url, options, slot_key)
+        breaker = Breaker(self.breaker_threshold, self.breaker_cooldown, self.server)
         # Process-local: rebuilt by __post_init__ wherever the storage is unpickled.
+        metrics = StorageMetrics(type(self).__name__, self.server, self.namespace, breaker)
         set_(
             self,
-            "_metrics",
-            StorageMetrics(type(self).__name__, self.server, self.namespace, self._breaker),
+            "channel",
+            Channel(slot, breaker, metrics, self.on_error, self.server, self.namespace),
         )
 
     def _client_options(self) -> dict[str, Any]:
@@ -207,15 +209,14 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
 
     def redis(self) -> Any:
         """This process's client (built on first use, rebuilt after ``fork``)."""
-        return self._slot.get()
+        return self.channel.slot.get()
 
     def close(self) -> None:
         """Close the connections this storage opened (a client passed in stays open)."""
-        self._slot.close()
+        self.channel.slot.close()
 
     # -- failures -----------------------------------------------------------
 
-    _WRITES: ClassVar[frozenset[str]] = frozenset({"put"})
     _TUNING: ClassVar[tuple[str, ...]] = (
         "compress_min_size",
         "chunk_size",
@@ -228,87 +229,36 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         "breaker_cooldown",
     )
 
-    def _io(self, operation: str, request: Any, *args: Any) -> Any:
-        """Run ``request(client, *args)`` against Redis under the breaker and the error policy."""
-        breaker, counts = self._breaker, self._metrics
-        if breaker.open_until and (blocked := breaker.blocked(operation)) is not None:
-            counts.short_circuited += 1
-            self._refuse(operation, blocked)
-        if wire.owing():
-            # A write-behind commit of this thread is still unconfirmed: read
-            # its reply first, so this thread reads its own writes.
-            wire.settle()
-        counts.requests += 1
-        if counts.requests >= counts.next_check:
-            counts.check()
-        try:
-            result = request(self.redis(), *args)
-        except redis.RedisError as e:
-            raise self._failed(operation, e)  # noqa: B904 - __cause__ is set by _fault
-        if breaker.failures:
-            breaker.succeeded()
-        return result
-
-    def _failed(self, operation: str, exc: RedisError) -> Exception:
-        """Count *exc* (from Redis) against the breaker; the exception the error policy raises for it."""
-        self._metrics.errors += 1
-        fault = self._fault(operation, exc)
-        self._breaker.failed(fault)
-        try:
-            self._refuse(operation, fault)
-        except Exception as refused:
-            return refused
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _refuse(self, operation: str, fault: RedisStorageError) -> NoReturn:
-        if self.on_error == "raise":
-            raise fault
-        if operation in self._WRITES:
-            raise SaveRefused(f"not stored: {fault}") from fault
-        raise UnavailableMiss(operation, str(fault)) from fault
-
-    def _fault(self, operation: str, exc: RedisError) -> RedisStorageError:
-        unavailable = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
-        cls = StorageUnavailable if unavailable else RedisStorageError
-        fault = cls(
-            f"Redis {operation} on {self.server} (namespace {self.namespace!r}) failed: "
-            f"{type(exc).__name__}: {exc}",
-            operation=operation,
-            server=self.server,
-        )
-        fault.__cause__ = exc
-        return fault
-
     # -- StorageBackend -----------------------------------------------------
 
     def put(self, value: Any, key: Digest) -> Digest:
         key = check_digest(key)
-        data = self._codec.encode(value)
+        data = self.codec.encode(value)
         batch = active_batch()
         if batch is not None:
             batch.add(self, lambda client: self._write(client, key, data, value), self._scripts())
             batch.encoded[(id(self), key)] = data
         else:
-            self._io("put", self._write, key, data, value)
-        counts = self._metrics
+            self.channel.run("put", self._write, key, data, value)
+        counts = self.channel.metrics
         counts.saves += 1
         counts.bytes_out += len(data)
         return key
 
     def get(self, key: Digest) -> Any:
         key = check_digest(key)
-        data = self._io("get", self._read, key)
-        counts = self._metrics
+        data = self.channel.run("get", self._read, key)
+        counts = self.channel.metrics
         if data is None:
             counts.misses += 1
             raise KeyError(key)
         counts.hits += 1
         counts.bytes_in += len(data)
-        return self._codec.decode(data, key=key)
+        return self.codec.decode(data, key=key)
 
     def metrics(self) -> dict[str, Any]:
         """This storage's counters in this process; see :mod:`fleche_redis.metrics`."""
-        return self._metrics.snapshot()
+        return self.channel.metrics.snapshot()
 
     # Storage layout hooks: one atomic request each.  Call records override
     # them to keep their query index (see fleche_redis.calls).
@@ -317,7 +267,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         return 0 if self.ttl is None else max(1, round(self.ttl * 1000))
 
     def _write(self, client: Any, key: Digest, data: bytes, value: Any) -> None:
-        layout = self._layout
+        layout = self.layout
         keys = (
             layout.data(key),
             layout.index_of(key),
@@ -344,13 +294,13 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         )
 
     def _read(self, client: Any, key: Digest) -> bytes | None:
-        data = wire.call(client, "GET", self._layout.data(key))
+        data = wire.call(client, "GET", self.layout.data(key))
         if data is not None and chunks.is_manifest(data):
-            return chunks.read(client, self._layout.data(key), data, key)
+            return chunks.read(client, self.layout.data(key), data, key)
         return data
 
     def _delete(self, client: Any, key: Digest) -> None:
-        layout = self._layout
+        layout = self.layout
         self.EVICT(
             client,
             (layout.data(key), layout.index_of(key), layout.references_of(key)),
@@ -372,8 +322,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             return False
         try:
             return bool(
-                self._io(
-                    "contains", lambda client: wire.call(client, "EXISTS", self._layout.data(key))
+                self.channel.run(
+                    "contains", lambda client: wire.call(client, "EXISTS", self.layout.data(key))
                 )
             )
         except UnavailableMiss:
@@ -382,7 +332,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     def _evict(self, key: Digest) -> None:
         key = check_digest(key)
         try:
-            self._io("evict", self._delete, key)
+            self.channel.run("evict", self._delete, key)
         except UnavailableMiss:
             pass  # failing open: the entry stays until a later evict, its ttl, or gc
 
@@ -472,12 +422,12 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
         frontier = self._raw_sub_digests(raw)
         while frontier:
             wanted = sorted(frontier)
-            found = self._io("get", _pipelined_reads, self, wanted)
+            found = self.channel.run("get", _pipelined_reads, self, wanted)
             frontier = set()
             for digest, data in zip(wanted, found, strict=True):
                 if data is None:
                     continue  # mend() will miss it, as fleche's own load would
-                part = parts[digest] = self._codec.decode(data, key=digest)
+                part = parts[digest] = self.codec.decode(data, key=digest)
                 if isinstance(part, Digested):
                     frontier |= {d for d in self._raw_sub_digests(part) if d not in parts}
         return raw.mend(_Parts(parts))
@@ -487,7 +437,7 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
 
 
 def _pipelined_reads(client: Any, storage: RedisBackend, keys: list[str]) -> list[bytes | None]:
-    found = wire.request(client, [("GET", storage._layout.data(key)) for key in keys])
+    found = wire.request(client, [("GET", storage.layout.data(key)) for key in keys])
     for reply in found:
         if isinstance(reply, Exception):
             raise reply

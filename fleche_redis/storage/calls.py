@@ -119,7 +119,7 @@ class IndexedCallsMixin:
     # -- layout hooks ---------------------------------------------------------
 
     def _write(self, client: Any, key: Digest, data: bytes, value: Any) -> None:
-        layout = self._layout
+        layout = self.layout
         self.PUT_RECORD(
             client,
             (layout.data(key), layout.index_of(key), layout.terms_of(key)),
@@ -127,10 +127,10 @@ class IndexedCallsMixin:
         )
 
     def _read(self, client: Any, key: Digest) -> bytes | None:
-        return wire.call(client, "HGET", self._layout.data(key), "v")
+        return wire.call(client, "HGET", self.layout.data(key), "v")
 
     def _delete(self, client: Any, key: Digest) -> None:
-        layout = self._layout
+        layout = self.layout
         self.EVICT_RECORD(
             client,
             (layout.data(key), layout.index_of(key), layout.terms_of(key)),
@@ -152,7 +152,9 @@ class IndexedCallsMixin:
         """
         terms = template_terms(template)
         try:
-            candidates = self._io("query", self._candidates, terms) if terms else self.list()
+            candidates = (
+                self.channel.run("query", self._candidates, terms) if terms else self.list()
+            )
             for call in self._fetch(candidates, terms):
                 # Unbound, so a plain Call template works too (as with fleche's Sql).
                 if QueryCall.matches(template, call):
@@ -168,7 +170,7 @@ class IndexedCallsMixin:
         term's records in every shard, then probe the other terms for just
         those records.
         """
-        layout = self._layout
+        layout = self.layout
         # Members are term id + 32 digest bytes, so "term id + 33 x 0xff" is
         # above every member of the term, whatever its digest.
         ranges = [(b"[" + t, b"(" + t + b"\xff" * 33) for t in terms]
@@ -196,7 +198,7 @@ class IndexedCallsMixin:
         self, client: Any, records: list[list[bytes]], terms: list[bytes]
     ) -> list[list[bytes]]:
         """Keep the records (per shard) that also carry every one of *terms*: one ZMSCORE per shard."""
-        layout, width = self._layout, len(terms)
+        layout, width = self.layout, len(terms)
         busy = [i for i, recs in enumerate(records) if recs]
         if not busy:
             return records
@@ -226,7 +228,7 @@ class IndexedCallsMixin:
             yield from self._fetch_batch(batch, terms)
 
     def _fetch_batch(self, keys: list[Digest], terms: list[bytes]) -> Iterator[DigestedCall]:
-        layout = self._layout
+        layout = self.layout
 
         def load_and_forget_dead(client: Any) -> list[bytes | None]:
             found = pipelined(client, lambda pipe: [pipe.hget(layout.data(k), "v") for k in keys])
@@ -241,12 +243,12 @@ class IndexedCallsMixin:
                     )
             return found
 
-        found = self._io("query", load_and_forget_dead)
+        found = self.channel.run("query", load_and_forget_dead)
         for key, data in zip(keys, found, strict=True):
             if data is None:
                 continue
             try:
-                yield self._codec.decode(data, key=key)
+                yield self.codec.decode(data, key=key)
             except UndecodableEntry:
                 continue  # logged by the codec; a record we cannot read matches nothing
 

@@ -23,9 +23,9 @@ from ..transport.scripts import LuaScript
 from .keys import SHARDS, InvalidDigestError, check_digest, check_prefix
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from contextlib import AbstractContextManager
 
+    from ..transport.channel import Channel
     from .keys import KeyLayout
 
 __all__ = ["PrefixIndexMixin"]
@@ -34,15 +34,15 @@ __all__ = ["PrefixIndexMixin"]
 class PrefixIndexMixin:
     """The index-reading half of :class:`~fleche_redis.backend.RedisBackend`.
 
-    Needs the backend's ``_layout`` and ``_io`` (requests under the error
+    Needs the backend's ``layout`` and ``channel`` (requests under the error
     policy); writes to the index happen in the backend's write scripts,
     together with the data.
     """
 
     if TYPE_CHECKING:  # provided by RedisBackend and fleche's KeyManagement
-        _layout: KeyLayout
+        layout: KeyLayout
+        channel: Channel
 
-        def _io(self, operation: str, request: Callable[..., Any], *args: Any) -> Any: ...
         def _operation_context(self, key: Any) -> AbstractContextManager[Any]: ...
         def _shrink_one(self, key: Any, sorted_all: Any) -> Digest: ...
 
@@ -83,7 +83,7 @@ class PrefixIndexMixin:
         Holds at most ``LIST_BATCH * LIST_PAGE`` digests at a time.  Entries
         written or evicted while the listing runs may or may not appear.
         """
-        layout, page_size = self._layout, self.LIST_PAGE
+        layout, page_size = self.layout, self.LIST_PAGE
 
         def first_pages(client: Any, shards: tuple[str, ...]) -> list[list[bytes]]:
             pipe = client.pipeline(transaction=False)
@@ -100,13 +100,15 @@ class PrefixIndexMixin:
         try:
             for start in range(0, len(SHARDS), self.LIST_BATCH):
                 batch = SHARDS[start : start + self.LIST_BATCH]
-                for shard, page in zip(batch, self._io("list", first_pages, batch), strict=True):
+                for shard, page in zip(
+                    batch, self.channel.run("list", first_pages, batch), strict=True
+                ):
                     while True:
                         for member in page:
                             yield Digest(member.decode())
                         if len(page) < page_size:
                             break
-                        page = self._io("list", next_page, shard, page[-1])
+                        page = self.channel.run("list", next_page, shard, page[-1])
         except UnavailableMiss:
             return  # failing open: what could not be listed is not there
 
@@ -116,11 +118,11 @@ class PrefixIndexMixin:
         def cards(client: Any) -> int:
             pipe = client.pipeline(transaction=False)
             for shard in SHARDS:
-                pipe.zcard(self._layout.index(shard))
+                pipe.zcard(self.layout.index(shard))
             return sum(pipe.execute())
 
         try:
-            return self._io("count", cards)
+            return self.channel.run("count", cards)
         except UnavailableMiss:
             return 0
 
@@ -139,8 +141,8 @@ class PrefixIndexMixin:
             prefix = check_prefix(prefix)
         except InvalidDigestError:
             return []
-        layout = self._layout
-        found = self._io(
+        layout = self.layout
+        found = self.channel.run(
             "expand",
             self.EXPAND,
             (layout.index_of(prefix),),
@@ -164,13 +166,13 @@ class PrefixIndexMixin:
             def neighbours(client: Any) -> list[Any]:
                 pipe = client.pipeline(transaction=False)
                 for d in digests:
-                    index, member = self._layout.index_of(d), d.encode()
+                    index, member = self.layout.index_of(d), d.encode()
                     pipe.zscore(index, member)
                     pipe.zrevrangebylex(index, b"(" + member, "-", start=0, num=1)
                     pipe.zrangebylex(index, b"(" + member, "+", start=0, num=1)
                 return pipe.execute()
 
-            replies = self._io("shrink", neighbours)
+            replies = self.channel.run("shrink", neighbours)
             out = []
             for i, d in enumerate(digests):
                 score, left, right = replies[3 * i : 3 * i + 3]

@@ -98,7 +98,7 @@ class StorageConformance:
 
     def plant(self, storage, key: Digest, data: bytes) -> None:
         """Overwrite the stored bytes of *key* behind the storage's back (an attacker, a bug)."""
-        storage.redis().set(storage._layout.data(key), data)
+        storage.redis().set(storage.layout.data(key), data)
 
     # -- keys ---------------------------------------------------------------
 
@@ -254,7 +254,7 @@ class StorageConformance:
         key = self.store(storage, 1)
         raw = storage.redis()
         written = {k.decode() for k in raw.scan_iter(match=f"{storage.namespace}:*")}
-        layout = storage._layout
+        layout = storage.layout
         assert {layout.data(key), layout.index_of(key)} <= written
         assert written <= {
             layout.data(key),
@@ -480,7 +480,7 @@ class ValueStorageConformance(StorageConformance):
         value = bytes(range(256)) * 40  # ~10 kB: eleven chunks
         key = storage.save(value)
         raw = storage.redis()
-        chunk_keys = {k.decode() for k in raw.scan_iter(match=storage._layout.data(key) + ":*")}
+        chunk_keys = {k.decode() for k in raw.scan_iter(match=storage.layout.data(key) + ":*")}
         assert len(chunk_keys) == 11
         assert storage.load(key) == value and storage.load(key[:10]) == value
         storage.evict(key)
@@ -490,7 +490,7 @@ class ValueStorageConformance(StorageConformance):
     def test_a_lost_chunk_is_a_miss(self, make_storage, caplog):
         storage = make_storage(chunk_size=1000)
         key = storage.save(b"x" * 5000)
-        storage.redis().delete(storage._layout.data(key) + ":2")
+        storage.redis().delete(storage.layout.data(key) + ":2")
         with caplog.at_level(logging.WARNING):
             with pytest.raises(KeyError):
                 storage.load(key)
@@ -499,7 +499,7 @@ class ValueStorageConformance(StorageConformance):
     def test_a_changed_chunk_is_a_miss(self, make_storage):
         storage = make_storage(chunk_size=1000)
         key = storage.save(b"x" * 5000)
-        storage.redis().set(storage._layout.data(key) + ":1", b"y" * 1000)
+        storage.redis().set(storage.layout.data(key) + ":1", b"y" * 1000)
         with pytest.raises(KeyError):
             storage.load(key)
 
@@ -529,7 +529,7 @@ class CallStorageConformance(StorageConformance):
         return storage.put(self.entry(i), key)
 
     def plant(self, storage, key: Digest, data: bytes) -> None:
-        storage.redis().hset(storage._layout.data(key), "v", data)
+        storage.redis().hset(storage.layout.data(key), "v", data)
 
     def test_save_uses_the_lookup_key(self, storage):
         call = self.entry(3)

@@ -117,14 +117,14 @@ class WriteBatch:
 def _send(group: list[Step], behind: Behind | None) -> None:
     owner = group[0][0]
     if len(group) == 1 and behind is None:
-        owner._io("put", group[0][1])
+        owner.channel.run("put", group[0][1])
         return
     recorder = Recorder(transactional=wire.single_server(owner.redis()))
     for _, request, _ in group:
         request(recorder)
     sent = Request(owner, recorder.commands, {s.sha: s for _, _, ss in group for s in ss})
-    if behind is None or not owner._io("put", sent.post, behind):
-        owner._io("put", sent.send)
+    if behind is None or not owner.channel.run("put", sent.post, behind):
+        owner.channel.run("put", sent.send)
 
 
 @dataclass
@@ -203,14 +203,14 @@ class Request:
             # Unknown whether it ran, or the server lacked a script: send it
             # again, waiting this time (every step is safe to repeat).
             try:
-                owner._io("put", self.send)
+                owner.channel.run("put", self.send)
             except Exception as e:
                 behind.failed(e)
             return
         for reply in outcome:
             if isinstance(reply, Exception):
                 behind.failed(
-                    owner._failed("put", reply) if isinstance(reply, RedisError) else reply
+                    owner.channel.failed("put", reply) if isinstance(reply, RedisError) else reply
                 )
                 return
 

@@ -75,7 +75,7 @@ def test_info_counts_entries_and_memory(capsys, filled):
 
 def test_info_sees_dangling_index_entries(capsys, filled, redis_server):
     key = next(iter(filled.values.list()))
-    redis_server.client().delete(filled.values._layout.data(key))
+    redis_server.client().delete(filled.values.layout.data(key))
     code, out, _ = run(capsys, filled, "info")
     assert code == 0 and "index health 1 of 13 sampled entries are gone" in out
 
@@ -236,7 +236,7 @@ def test_gc_evicts_values_no_record_uses(capsys, filled):
 
 
 def test_gc_already_running_exits_1(capsys, filled, redis_server):
-    flag = filled.values._layout.gc_flag("00")
+    flag = filled.values.layout.gc_flag("00")
     redis_server.client().set(flag, "someone-else", ex=60)
     try:
         code, _, err = run(capsys, filled, "gc")
@@ -249,7 +249,7 @@ def test_verify_finds_and_repair_fixes(capsys, filled, redis_server):
     code, out, _ = run(capsys, filled, "verify")
     assert code == 0 and out.count(": ok,") == 2
     key = next(iter(filled.values.list()))
-    redis_server.client().delete(filled.values._layout.data(key))
+    redis_server.client().delete(filled.values.layout.data(key))
     code, out, _ = run(capsys, filled, "verify")
     assert code == 1 and "found 1 dangling_index" in out and key in out
     assert "run `fleche-redis repair`" in out

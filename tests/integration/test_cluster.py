@@ -63,6 +63,6 @@ def test_single_key_operations_are_one_request(redis_cluster, namespace):
         with RoundTrips() as trips:
             op()
         assert trips.count == 1, trips.commands
-    assert key_slot(storage._layout.data(key).encode()) == key_slot(
-        storage._layout.index_of(key).encode()
+    assert key_slot(storage.layout.data(key).encode()) == key_slot(
+        storage.layout.index_of(key).encode()
     )

@@ -59,7 +59,7 @@ def test_fail_open_workload_survives_a_crash_and_recovers(fresh_server, namespac
     thread.join(10)
 
     assert errors == []
-    assert cache.calls._breaker.opened >= 1  # the outage was real and was noticed
+    assert cache.calls.channel.breaker.opened >= 1  # the outage was real and was noticed
     assert results and all(r == {"x": x, "double": 2 * x} for x, r in results)
     # recovered by itself: the restarted (empty) server fills up again and serves hits
     executions.clear()
@@ -67,7 +67,7 @@ def test_fail_open_workload_survives_a_crash_and_recovers(fresh_server, namespac
         assert [work(x)["double"] for x in range(50)] == [2 * x for x in range(50)]
         assert [work(x)["double"] for x in range(50)] == [2 * x for x in range(50)]
     assert sorted(executions) == sorted(set(executions))  # the second round was all hits
-    assert cache.calls._breaker.state == "closed"
+    assert cache.calls.channel.breaker.state == "closed"
 
 
 def test_raise_mode_reports_the_crash_clearly(fresh_server, namespace):

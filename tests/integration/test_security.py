@@ -115,7 +115,7 @@ def test_planted_pickle_in_a_shared_cache_never_runs(redis_server, namespace, tm
         record = next(iter(cache.calls.list()))
         result_key = cache.calls.load(record).result
         redis_client = cache.values.redis()
-        redis_client.set(cache.values._layout.data(result_key), pickle.dumps(Exploit()))
+        redis_client.set(cache.values.layout.data(result_key), pickle.dumps(Exploit()))
         with caplog.at_level(logging.WARNING):
             assert add(1, 2) == 3  # recomputed: the planted bytes are a miss
     assert not marker.exists()

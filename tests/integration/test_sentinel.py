@@ -49,7 +49,7 @@ def test_storage_follows_a_failover(fresh_sentinel, namespace):
     key = calls.save(record)
     replica = fresh_sentinel.replica.client()
     deadline = time.monotonic() + 10
-    while not replica.exists(calls._layout.data(key)) and time.monotonic() < deadline:
+    while not replica.exists(calls.layout.data(key)) and time.monotonic() < deadline:
         time.sleep(0.05)
     fresh_sentinel.failover()
     deadline = time.monotonic() + 15

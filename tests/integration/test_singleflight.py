@@ -145,12 +145,12 @@ def test_an_abandoned_computation_releases_its_lease_with_its_arguments(redis_se
         with pytest.raises(KeyError):
             cache.load(key)  # claims the lease
         prepared = cache.prepare(call)
-        lease = redis_server.client().get(cache.calls._layout.key(key, "lease"))
+        lease = redis_server.client().get(cache.calls.layout.key(key, "lease"))
         assert lease is not None
         with RoundTrips() as trips:
             prepared.abandon()
     assert trips.count == 1, trips.commands  # arguments and the release together
-    assert redis_server.client().get(cache.calls._layout.key(key, "lease")) is None
+    assert redis_server.client().get(cache.calls.layout.key(key, "lease")) is None
     assert cache.load_value(prepared.digested.arguments["x"]) == 22
 
 

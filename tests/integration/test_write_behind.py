@@ -85,7 +85,7 @@ def test_a_refused_commit_is_logged_counted_releases_the_lease_and_raises_at_flu
     values = cache.values
     # The argument's index shard holds a string: the commit's ZADD there is refused (WRONGTYPE).
     raw = fresh_server.client()
-    raw.set(values._layout.index_of(digest(4)), "not a sorted set")
+    raw.set(values.layout.index_of(digest(4)), "not a sorted set")
     with fleche.cache(cache), caplog.at_level(logging.WARNING, logger="fleche_redis.caches"):
         assert triple(4) == [4, 4, 4]
         wire.settle()

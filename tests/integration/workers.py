@@ -21,7 +21,7 @@ def square(x: int) -> dict:
 def client_id_in_child(storage, conn) -> None:
     """Report the child's connection id and that the parent's client was not reused."""
     try:
-        inherited = storage._slot._client
+        inherited = storage.channel.slot._client
         own = storage.redis()
         conn.send((own.client_id(), own is not inherited, storage.load(storage.save("child"))))
     except BaseException as e:  # surfaced in the parent

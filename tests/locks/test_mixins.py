@@ -288,7 +288,7 @@ def test_per_key_locks_live_in_the_entrys_hash_slot(redis_server, namespace):
     storage = LockedCallRedis(url=redis_server.url, namespace=namespace)
     with acquisitions() as seen, storage._operation_context(DIGEST):
         pass
-    assert seen == [storage._layout.key(DIGEST, "lock")] == [f"{namespace}:{{c.3f}}:lock:{DIGEST}"]
+    assert seen == [storage.layout.key(DIGEST, "lock")] == [f"{namespace}:{{c.3f}}:lock:{DIGEST}"]
 
 
 def test_serializing_mixin_holds_one_lock_per_namespace(redis_server, namespace, tmp_path):
@@ -328,7 +328,7 @@ def test_lock_errors_are_refusals_carrying_the_lock_name(redis_server, namespace
         leave.set()
         holder.join(10)
     assert isinstance(err.value, SaveError) and isinstance(err.value, LockError)
-    assert err.value.name == values._layout.key(DIGEST, "lock")
+    assert err.value.name == values.layout.key(DIGEST, "lock")
 
 
 def test_a_lock_lost_during_the_operation_is_reported_at_release(redis_server, namespace):
@@ -336,12 +336,12 @@ def test_a_lock_lost_during_the_operation_is_reported_at_release(redis_server, n
     r = redis_server.client()
     values = LockedValueRedis(url=redis_server.url, namespace=namespace)
     with pytest.raises(LockLost), values._operation_context(DIGEST):
-        r.set(values._layout.key(DIGEST, "lock"), "an intruder")  # expired and taken over
+        r.set(values.layout.key(DIGEST, "lock"), "an intruder")  # expired and taken over
     calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
     with pytest.raises(Rejected) as err, calls._operation_context(DIGEST):
-        r.set(calls._layout.key(DIGEST, "lock"), "an intruder")
+        r.set(calls.layout.key(DIGEST, "lock"), "an intruder")
     assert isinstance(err.value.__cause__, LockLost)
-    r.delete(values._layout.key(DIGEST, "lock"), calls._layout.key(DIGEST, "lock"))
+    r.delete(values.layout.key(DIGEST, "lock"), calls.layout.key(DIGEST, "lock"))
     values.evict(DIGEST)  # the same keys lock normally again
     calls.evict(DIGEST)
 

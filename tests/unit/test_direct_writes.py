@@ -49,7 +49,7 @@ def test_the_bytes_skip_lua(redis_server, namespace):
 def test_ttl_applies_to_directly_written_bytes(redis_server, namespace):
     storage = ValueRedis(url=redis_server.url, namespace=namespace, ttl=60)
     key = storage.save(BIG)
-    assert 0 < redis_server.client().pttl(storage._layout.data(key)) <= 60_000
+    assert 0 < redis_server.client().pttl(storage.layout.data(key)) <= 60_000
 
 
 def test_a_refused_direct_write_leaves_nothing(fresh_server, namespace):
@@ -63,8 +63,8 @@ def test_a_refused_direct_write_leaves_nothing(fresh_server, namespace):
         storage.save(value)
     raw.config_set("maxmemory", 0)
     key = digest(value)
-    assert not raw.exists(storage._layout.data(key))
-    assert raw.zscore(storage._layout.index_of(key), key) is None
+    assert not raw.exists(storage.layout.data(key))
+    assert raw.zscore(storage.layout.index_of(key), key) is None
 
 
 def test_a_server_without_the_script_is_served(fresh_server, namespace):

@@ -40,7 +40,7 @@ def test_command_refused_is_redis_storage_error(fresh_server, namespace):
     storage = ValueRedis(url=fresh_server.url, namespace=namespace)
     # Someone overwrote an index shard with a string: Redis answers WRONGTYPE.
     key = digest("v")
-    storage.redis().set(storage._layout.index_of(key), b"oops")
+    storage.redis().set(storage.layout.index_of(key), b"oops")
     with pytest.raises(RedisStorageError, match="WRONGTYPE") as info:
         storage.expand(key[:5])
     assert not isinstance(info.value, StorageUnavailable)

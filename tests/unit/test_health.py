@@ -29,13 +29,14 @@ def clock(monkeypatch):
 def counting_connections(storage):
     """Count how often the storage reaches for its client (i.e. tries the network)."""
     calls = []
-    original = storage.redis
+    slot = storage.channel.slot
 
-    def redis():
-        calls.append(1)
-        return original()
+    class Counting:
+        def get(self):
+            calls.append(1)
+            return slot.get()
 
-    object.__setattr__(storage, "redis", redis)
+    object.__setattr__(storage.channel, "slot", Counting())
     return calls
 
 
@@ -76,23 +77,23 @@ def test_breaker_opens_then_costs_no_network(fresh_server, namespace, clock):
     for _ in range(3):
         with pytest.raises(StorageUnavailable):
             storage.load(key)
-    assert storage._breaker.state == "open" and len(tries) == 3
+    assert storage.channel.breaker.state == "open" and len(tries) == 3
     for _ in range(100):
         with pytest.raises(StorageUnavailable, match="circuit open"):
             storage.load(key)
     assert len(tries) == 3  # not one more attempt while open
 
     clock.now += 5.1  # cool-down over: half-open, one attempt goes through
-    assert storage._breaker.state == "half-open"
+    assert storage.channel.breaker.state == "half-open"
     with pytest.raises(StorageUnavailable):
         storage.load(key)
-    assert len(tries) == 4 and storage._breaker.state == "open"
+    assert len(tries) == 4 and storage.channel.breaker.state == "open"
 
     fresh_server.restart()
     clock.now += 5.1
     with pytest.raises(KeyError):  # the restarted server is empty: a plain miss
         storage.load(key)
-    assert storage._breaker.state == "closed" and storage._breaker.opened == 2
+    assert storage.channel.breaker.state == "closed" and storage.channel.breaker.opened == 2
     assert storage.load(storage.save(2)) == 2
 
 

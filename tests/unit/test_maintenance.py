@@ -49,7 +49,7 @@ def test_healthy_store_verifies(cache, small_batches):
 def test_verify_and_repair_find_and_fix_every_kind_of_damage(cache, small_batches):
     keys = fill(cache)
     calls, values = cache.calls, cache.values
-    raw, clayout, vlayout = calls.redis(), calls._layout, values._layout
+    raw, clayout, vlayout = calls.redis(), calls.layout, values.layout
     # data deleted behind the index's back
     raw.delete(clayout.data(keys[0]))
     # a record the index lost
@@ -215,7 +215,7 @@ def test_orphan_chunks_of_an_interrupted_big_write_are_found_and_removed(cache):
     from fleche_redis.storage import chunks
 
     # A writer that died after writing its chunks but before the manifest:
-    data_key = values._layout.data(digest("never finished"))
+    data_key = values.layout.data(digest("never finished"))
     chunks.write(values.redis(), data_key, b"q" * 500, 100, 0)
     report = values.verify()
     assert report.orphan_chunks == 5 and not report.ok

@@ -45,7 +45,7 @@ def test_hits_misses_saves_and_bytes_of_memoized_calls(redis_server, namespace):
     assert (values["hits"], values["misses"], values["saves"]) == (1, 0, 2)
     stored = redis_server.client()
     record_key = next(iter(cache.calls.list()))
-    record_bytes = len(stored.hget(cache.calls._layout.data(record_key), "v"))
+    record_bytes = len(stored.hget(cache.calls.layout.data(record_key), "v"))
     assert calls["bytes_out"] == record_bytes and calls["bytes_in"] == record_bytes
     assert values["bytes_in"] > 0 and values["bytes_out"] > values["bytes_in"]
     # Every request went through the storage: the miss GET, the save and the hit GET.
@@ -98,7 +98,7 @@ def test_lock_waits_are_counted_with_their_time(redis_server, namespace):
     assert (snap["lock_acquires"], snap["lock_waits"]) == (1, 0)
 
     # Another holder (as another process would be) keeps the entry's lock for a while.
-    other = Redlock(storage._layout.key(key, "lock"), [redis_server.url], ttl=10)
+    other = Redlock(storage.layout.key(key, "lock"), [redis_server.url], ttl=10)
     other.acquire()
     saver = threading.Thread(target=storage.save, args=(record,))
     saver.start()
@@ -118,7 +118,7 @@ def test_lock_timeouts_are_counted(redis_server, namespace):
 
     storage = LockedCallRedis(url=redis_server.url, namespace=namespace, lock_timeout=0.2)
     record = DigestedCall(name="g", arguments={})
-    other = Redlock(storage._layout.key(record.to_lookup_key(), "lock"), [redis_server.url], ttl=10)
+    other = Redlock(storage.layout.key(record.to_lookup_key(), "lock"), [redis_server.url], ttl=10)
     with other, pytest.raises(Rejected):
         storage.save(record)
     assert storage.metrics()["lock_failures"] == 1

@@ -263,7 +263,7 @@ def test_overwrite_and_evict_update_the_index(store):
     assert names(store, tpl(result=digest(11))) == ["f"]
     store.evict(key)
     assert names(store, tpl(name="f")) == []
-    terms = store.redis().zcard(store._layout.terms_of(key))
+    terms = store.redis().zcard(store.layout.terms_of(key))
     assert terms == 0
 
 
@@ -279,9 +279,9 @@ def test_expired_records_leave_the_index_when_met(fresh_server, namespace):
     time.sleep(0.3)
     assert names(storage, tpl(name="f")) == []
     raw = storage.redis()
-    assert raw.zcard(storage._layout.index_of(key)) == 0
+    assert raw.zcard(storage.layout.index_of(key)) == 0
     # The term the query used is gone; the others wait for repair().
-    assert raw.zlexcount(storage._layout.terms_of(key), "-", "+") == len(record_terms(record)) - 1
+    assert raw.zlexcount(storage.layout.terms_of(key), "-", "+") == len(record_terms(record)) - 1
 
 
 def test_records_whose_digest_starts_with_ff_are_found(store):
@@ -315,8 +315,8 @@ def test_a_record_rewritten_without_ttl_loses_its_expiry(backend, request, names
     raw = lasting.redis()
     record = DigestedCall(name="f", arguments={"x": digest(1)}, result=digest(2))
     key = lasting.save(record)
-    assert raw.pttl(lasting._layout.data(key)) == -1  # new, no ttl asked: none set
+    assert raw.pttl(lasting.layout.data(key)) == -1  # new, no ttl asked: none set
     expiring.save(record)
-    assert 0 < raw.pttl(lasting._layout.data(key)) <= 60_000
+    assert 0 < raw.pttl(lasting.layout.data(key)) <= 60_000
     lasting.save(record)
-    assert raw.pttl(lasting._layout.data(key)) == -1
+    assert raw.pttl(lasting.layout.data(key)) == -1
