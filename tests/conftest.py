@@ -1,7 +1,10 @@
 """Fixtures shared by the whole suite.
 
 Real servers are private ``redis-server`` processes started here (never the
-one on port 6379).  One server lives for the session and each test gets its
+one on port 6379).  Every test that needs one is marked ``server``
+automatically (by the fixtures it uses, its parameters, or its directory), so
+``pytest -m "not server"`` runs the rest, on fakeredis and in memory, in
+seconds; such a test that starts a server anyway fails, naming itself.  One server lives for the session and each test gets its
 own namespace on it; tests that crash, stop or reconfigure a server ask for
 ``fresh_server`` instead.  ``fake_client`` is an isolated in-process
 fakeredis with Lua.
@@ -22,6 +25,57 @@ from fleche_redis.testing import RedisClusterProcesses, RedisServer, redis_serve
 os.environ.pop("FLECHE_SECRET_KEY", None)
 
 _namespaces = itertools.count()
+
+SERVER_FIXTURES = frozenset(
+    {
+        "redis_server",
+        "fresh_server",
+        "redis_cluster",
+        "redis_sentinel",
+        "fresh_sentinel",
+        "three_masters",
+        "password_server",
+        "small_server",
+        "tls_server",
+        "fleche_redis_server",
+    }
+)
+"""Fixtures that start (or are) a real server."""
+
+SERVER_PARAMS = frozenset({"redis-server", "cluster", "sentinel", "redis_server", "redis_cluster"})
+"""Parameter values with which a fixture asks for a real server at run time."""
+
+
+def _needs_server(item: pytest.Item) -> bool:
+    if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and any(
+        isinstance(v, str) and v in SERVER_PARAMS for v in callspec.params.values()
+    ):
+        return True
+    return "integration" in item.path.parts
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _needs_server(item):
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture(autouse=True)
+def _offline_means_offline(request, monkeypatch):
+    """A test not marked ``server`` must not start one: the quick run stays quick and honest."""
+    if request.node.get_closest_marker("server") is not None:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid} starts a redis-server but is not marked 'server'; "
+            "use a server fixture (see tests/conftest.py)"
+        )
+
+    monkeypatch.setattr(RedisServer, "start", classmethod(refuse))
 
 
 @pytest.fixture(scope="session")
