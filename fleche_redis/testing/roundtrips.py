@@ -35,7 +35,7 @@ class RoundTrips:
     def __enter__(self) -> RoundTrips:
         self._original = AbstractConnection.send_packed_command
         original = self._original
-        counter = self
+        counter, lock = self, self._lock
 
         def counting(conn, command, check_health=True):
             first = command[0] if isinstance(command, (list, tuple)) else command
@@ -44,7 +44,7 @@ class RoundTrips:
                 if bytes(first).startswith(b"*")
                 else bytes(first)[:16]
             )
-            with counter._lock:
+            with lock:
                 counter.count += 1
                 counter.commands.append(word)
             return original(conn, command, check_health)
