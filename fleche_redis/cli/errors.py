@@ -1,4 +1,4 @@
-"""Exit codes, the error a command raises for the terminal, and one-line explanations of Redis failures."""
+"""Exit codes, the error commands raise for the terminal, and one-line Redis failure messages."""
 
 from __future__ import annotations
 

@@ -15,7 +15,12 @@ from fleche.digest import Digest, digest
 from hypothesis import HealthCheck, given, settings
 
 from .roundtrips import RoundTrips
-from .storage_suite import INVALID_KEYS, StorageConformance, scalars, values  # noqa: F401 (importable here as before)
+from .storage_suite import (
+    INVALID_KEYS,  # noqa: F401 (importable from here, as before the split)
+    StorageConformance,
+    scalars,  # noqa: F401 (importable from here, as before the split)
+    values,
+)
 
 __all__ = ["StorageConformance", "ValueStorageConformance", "CallStorageConformance"]
 

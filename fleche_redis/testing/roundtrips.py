@@ -1,13 +1,7 @@
 """Counting Redis round trips, the one performance figure exact on a noisy machine.
 
-Every request a redis-py connection writes goes through
-``send_packed_command`` once: a single command, or a whole pipeline or
-MULTI/EXEC block.  Counting those calls counts round trips, for real servers
-and fakeredis alike::
-
-    with RoundTrips() as trips:
-        storage.get(key)
-    assert trips.count == 1
+Each request a redis-py connection writes (a command, a pipeline, a
+MULTI/EXEC block) is one ``send_packed_command`` call; see docs/testing.md.
 """
 
 from __future__ import annotations
