@@ -1,4 +1,9 @@
-"""Helpers for testing code that uses fleche-redis: private servers and fixtures."""
+"""Helpers for testing code that uses fleche-redis: servers, round trips, conformance, fixtures.
+
+The testing package may import the library, never the other way round:
+nothing imports it except the CLI's demo (through ``embedded``).  See
+docs/testing.md.
+"""
 
 from .server import (
     RedisClusterProcesses,

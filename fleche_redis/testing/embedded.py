@@ -1,9 +1,6 @@
 """A Redis for when none is configured: a private redis-server, else fakeredis over TCP.
 
-Used by the demo (and anything else that must run on a fresh machine): a real
-``redis-server`` on a free loopback port when the binary is on PATH,
-otherwise fakeredis's TCP server in a background thread, which worker
-processes reach like any Redis.
+Used by the demo and the examples; see docs/testing.md.
 """
 
 from __future__ import annotations

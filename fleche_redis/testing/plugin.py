@@ -1,30 +1,8 @@
 """pytest fixtures for testing memoized code on a Redis cache, with no infrastructure to set up.
 
-Installing fleche-redis registers this plugin (entry point ``pytest11``), so
-every test suite in the environment has these fixtures::
-
-    import fleche
-
-    def test_second_call_is_reused(fleche_redis_cache):
-        with fleche.cache(fleche_redis_cache):
-            assert simulate(1, 100) == simulate(1, 100)
-        assert fleche_redis_cache.calls.count() == 1
-
-* ``fleche_redis_cache``: a :class:`~fleche_redis.RedisCache` on an in-process
-  fakeredis (with Lua) of the test's own: nothing to start, nothing shared
-  between tests.  Needs ``fakeredis[lua]`` (``pip install 'fleche-redis[testing]'``).
-* ``fleche_redis_server``: a real Redis for the whole session: the URL given
-  by ``--fleche-redis-url`` or ``$FLECHE_REDIS_TEST_URL``, else a private
-  ``redis-server`` started on a free port when the binary is on ``PATH``;
-  tests that ask for it are skipped when there is neither.
-* ``fleche_redis_real_cache``: a :class:`~fleche_redis.RedisCache` on that
-  server, in a namespace of the test's own whose entries are removed after
-  the test.  Unlike the fakeredis cache it pickles, so it reaches worker
-  processes (``ProcessPoolExecutor``, Dask, Celery) as in production.
-* ``fleche_redis_client``: the fakeredis client behind ``fleche_redis_cache``.
-
-A fixture starts nothing until a test asks for it; the private
-``redis-server`` starts once per session, at the first test that needs it.
+Registered by the ``pytest11`` entry point: ``fleche_redis_cache`` and
+``fleche_redis_client`` (fakeredis, per test), ``fleche_redis_server`` and
+``fleche_redis_real_cache`` (a real Redis); see docs/testing.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """Counting Redis round trips, the one performance figure exact on a noisy machine.
 
-Every request a redis-py connection writes goes through
-``send_packed_command`` once: a single command, or a whole pipeline or
-MULTI/EXEC block.  Counting those calls counts round trips, for real servers
-and fakeredis alike::
-
-    with RoundTrips() as trips:
-        storage.get(key)
-    assert trips.count == 1
+Each request a redis-py connection writes (a command, a pipeline, a
+MULTI/EXEC block) is one ``send_packed_command`` call; see docs/testing.md.
 """
 
 from __future__ import annotations
@@ -35,7 +29,7 @@ class RoundTrips:
     def __enter__(self) -> RoundTrips:
         self._original = AbstractConnection.send_packed_command
         original = self._original
-        counter = self
+        counter, lock = self, self._lock
 
         def counting(conn, command, check_health=True):
             first = command[0] if isinstance(command, (list, tuple)) else command
@@ -44,7 +38,7 @@ class RoundTrips:
                 if bytes(first).startswith(b"*")
                 else bytes(first)[:16]
             )
-            with counter._lock:
+            with lock:
                 counter.count += 1
                 counter.commands.append(word)
             return original(conn, command, check_health)

@@ -1,0 +1,74 @@
+"""Where a command works (URL and namespace from options or environment), and connecting there."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import redis
+
+from ..storage.keys import check_namespace
+from .errors import CliError, explain
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "SCHEMES",
+    "url_of",
+    "namespace_of",
+    "storages",
+    "open_cache",
+    "redacted",
+]
+
+DEFAULT_NAMESPACE = "fleche"
+SCHEMES = "redis://, rediss://, unix://, redis+cluster://, redis+sentinel://"
+
+
+def url_of(args: argparse.Namespace) -> str:
+    from ..storage.backend import DEFAULT_URL
+
+    return getattr(args, "url", None) or os.environ.get("REDIS_URL") or DEFAULT_URL
+
+
+def namespace_of(args: argparse.Namespace) -> str:
+    namespace = (
+        getattr(args, "namespace", None)
+        or os.environ.get("FLECHE_REDIS_NAMESPACE")
+        or DEFAULT_NAMESPACE
+    )
+    try:
+        return check_namespace(namespace)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
+def storages(url: str, namespace: str) -> tuple[Any, Any]:
+    from ..storage.backend import CallRedis, ValueRedis
+    from ..transport.connection import client_from_url, redact_url
+
+    try:
+        client_from_url(url).close()  # parses the URL; connects lazily, so nothing is sent
+    except (ValueError, TypeError, IndexError) as e:
+        raise CliError(f"invalid Redis URL {redact_url(url)!r}: {e} (use {SCHEMES})") from None
+    except redis.RedisError as e:
+        raise CliError(explain(e, redact_url(url))) from None
+    # A command line fails fast: no retry, and a breaker that never opens.
+    options: dict[str, Any] = {"retries": 0, "breaker_threshold": 10**9}
+    values = ValueRedis(url=url, namespace=namespace, **options)
+    calls = CallRedis(url=url, namespace=namespace, **options)
+    calls.channel.run("ping", lambda client: client.ping())
+    return values, calls
+
+
+def open_cache(args: argparse.Namespace) -> Any:
+    from ..cache.caches import RedisCache
+
+    values, calls = storages(url_of(args), namespace_of(args))
+    return RedisCache(values=values, calls=calls)
+
+
+def redacted(url: str) -> str:
+    from ..transport.connection import redact_url
+
+    return redact_url(url)
