@@ -33,6 +33,7 @@ size of the store; ``shrink(*keys)`` costs one pipelined trip for all keys.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -52,8 +53,9 @@ from ..transport.batch import Recorder, Request, active_batch
 from ..transport.channel import Channel
 from ..transport.connection import ClientSlot, redact_url, shared_slot, url_from_client
 from ..transport.health import POLICIES, Breaker
+from ..transport.request import Command, send
 from ..transport.scripts import LuaScript
-from . import chunks
+from . import check, chunks, snapshot
 from . import lua as entry_lua
 from .calls import IndexedCallsMixin
 from .codec import Codec
@@ -366,17 +368,30 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     def to_config(self) -> dict[str, Any]:
         return self._config()
 
-    def verify(self, *, progress: Any = None) -> Any:
+    def verify(self, *, progress: Any = None) -> check.Report:
         """Check the storage's invariants; see :func:`fleche_redis.maintenance.verify`."""
-        from ..admin.maintenance import verify
+        return check.verify(self, **({"progress": progress} if progress else {}))
 
-        return verify(self, **({"progress": progress} if progress else {}))
-
-    def repair(self, *, progress: Any = None) -> Any:
+    def repair(self, *, progress: Any = None) -> check.Report:
         """Restore the storage's invariants; see :func:`fleche_redis.maintenance.repair`."""
-        from ..admin.maintenance import repair
+        return check.repair(self, **({"progress": progress} if progress else {}))
 
-        return repair(self, **({"progress": progress} if progress else {}))
+    # -- maintenance --------------------------------------------------------
+
+    def eviction_commands(self, keys: Iterable[Digest]) -> list[Command]:
+        """The commands that evict *keys* (what ``evict`` runs for each), to send as a group."""
+        recorder = Recorder()
+        for key in keys:
+            self._delete(recorder, check_digest(key))
+        return recorder.commands
+
+    def evict_many(self, keys: Iterable[Digest]) -> None:
+        """Evict *keys* in one request (one by one on Redis Cluster); for maintenance.
+
+        Unlike ``evict`` it bypasses the breaker and the error policy: a
+        failure is redis-py's exception, as for the rest of maintenance.
+        """
+        send(self.redis(), self.eviction_commands(keys), scripts=self._scripts())
 
 
 _NO_ADDRESS = "client://"
@@ -469,9 +484,7 @@ class CallRedis(IndexedCallsMixin, CallMixin, RedisBackend):
 
     def transform(self, func: Any = None, *, progress: Any = None) -> int:
         """fleche's ``transform``, streaming from a snapshot; see :func:`fleche_redis.maintenance.transform`."""
-        from ..admin.maintenance import transform
-
-        return transform(self, func, **({"progress": progress} if progress else {}))
+        return snapshot.transform(self, func, **({"progress": progress} if progress else {}))
 
     def save(self, call: DigestedCall) -> Digest:
         # One round trip: the script overwrites the record and re-adds its
