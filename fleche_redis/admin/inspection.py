@@ -1,13 +1,8 @@
 """Looking into a namespace from outside: sizes, memory, index health, records, prefixes.
 
-What ``fleche-redis info``, ``ls`` and ``show`` print, as plain data, so a
-script can ask the same questions without parsing the command line's output.
-Everything here reads; nothing writes.  Costs stay bounded however large the
-store: counts come from the index shards, memory from ``MEMORY USAGE`` of the
-256 index shards of each store plus a sample of its entries (digests are
-SHA-256, so the first entries in digest order are a random sample), and
-index health from checking that sample's data exists.  Only
-:func:`namespaces` scans the keyspace, on request.
+What ``fleche-redis info``, ``ls`` and ``show`` print, as plain data.  Read
+only, with bounded cost: counts from the index shards, memory from a sample;
+only :func:`namespaces` scans the keyspace.
 """
 
 from __future__ import annotations
