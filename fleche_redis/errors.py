@@ -1,14 +1,9 @@
 """The exceptions fleche-redis raises, in one place.
 
-fleche's contract decides the shape: a miss is a ``KeyError`` (so invalid
-digests and entries that fail verification are ``KeyError`` subclasses), a
-refusal to store is a :class:`fleche.storage.SaveError`.  Everything that goes wrong
-*in Redis* is a :class:`RedisStorageError` naming the operation and the
-server (password redacted), with the redis-py exception as ``__cause__``.
-
-Lock failures are :class:`LockError`; it is also a ``SaveError`` because a
-lock that cannot be taken is a refusal to write, and fleche already turns a
-value storage's ``SaveError`` into an uncached call instead of a crash.
+A miss is a ``KeyError``, a refusal to store a :class:`fleche.storage.SaveError`
+(as fleche's contract wants); anything that goes wrong in Redis is a
+:class:`RedisStorageError` naming operation and server, with redis-py's
+exception as ``__cause__``.  :class:`LockError` is a ``SaveError`` too.
 """
 
 from __future__ import annotations

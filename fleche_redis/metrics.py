@@ -1,28 +1,9 @@
 """What each storage did in this process: counters, as a dict, a debug log line, or an export.
 
-Every :class:`~fleche_redis.backend.RedisBackend` (and every storage or cache
-with a distributed lock mixin) owns one :class:`StorageMetrics`::
-
-    cache.calls.metrics()
-    # {'storage': 'CallRedis', 'server': 'redis://cache-host:6379/0', 'namespace': 'team-a',
-    #  'pid': 4711, 'requests': 812, 'errors': 0, 'short_circuited': 0, 'hits': 400,
-    #  'misses': 12, 'saves': 12, 'bytes_in': 91234, 'bytes_out': 2810, 'lock_acquires': 0,
-    #  'lock_waits': 0, 'lock_wait_seconds': 0.0, 'lock_failures': 0,
-    #  'breaker_state': 'closed', 'breaker_failures': 0, 'breaker_opened': 0}
-
-Counters are process-local: a storage pickled into a worker process starts
-from zero there (each worker reports its own, with its ``pid``).  On the hot
-path they are plain integer increments on a slotted object, with no lock, so
-under many threads of one process an increment may rarely be lost; they are
-meant for dashboards, not accounting.
-
-Exporting: :func:`add_exporter` registers a callable that receives one
-snapshot dict per live storage, every :data:`interval` seconds while the
-storages are busy (checked every few hundred requests, never by a thread
-of ours) and whenever :func:`export` is called.  The same check logs each
-snapshot on the ``fleche_redis.metrics`` logger at debug level; with debug
-off that costs nothing.  :func:`prometheus_collector` adapts the snapshots
-to ``prometheus_client`` (an optional dependency) for scraping.
+Every storage owns one :class:`StorageMetrics` (``storage.metrics()``);
+counters are process-local and lock-free.  :func:`add_exporter` and
+:func:`prometheus_collector` export snapshots; the README's Observability
+section shows the fields.
 """
 
 from __future__ import annotations

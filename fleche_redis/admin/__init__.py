@@ -1,1 +1,6 @@
-"""admin."""
+"""Admin: the maintenance API (verify, repair, gc, transform, redigest, done in
+storage), inspection of a namespace from outside, and progress bars.
+
+It may import every layer below it (errors, runtime, metrics, transport,
+storage, locks, cache), never cli or testing.  See ``docs/maintenance.md``.
+"""

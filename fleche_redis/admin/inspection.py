@@ -1,13 +1,8 @@
 """Looking into a namespace from outside: sizes, memory, index health, records, prefixes.
 
-What ``fleche-redis info``, ``ls`` and ``show`` print, as plain data, so a
-script can ask the same questions without parsing the command line's output.
-Everything here reads; nothing writes.  Costs stay bounded however large the
-store: counts come from the index shards, memory from ``MEMORY USAGE`` of the
-256 index shards of each store plus a sample of its entries (digests are
-SHA-256, so the first entries in digest order are a random sample), and
-index health from checking that sample's data exists.  Only
-:func:`namespaces` scans the keyspace, on request.
+What ``fleche-redis info``, ``ls`` and ``show`` print, as plain data.  Read
+only, with bounded cost: counts from the index shards, memory from a sample;
+only :func:`namespaces` scans the keyspace.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ from fleche.digest import Digest
 from ..errors import RedisStorageError
 from ..storage.backend import CallRedis, RedisBackend, ValueRedis
 from ..storage.keys import SHARDS, check_prefix
-from ..transport.scripts import pipelined
+from ..transport.request import send
 
 __all__ = [
     "store_info",
@@ -48,15 +43,13 @@ def store_info(storage: RedisBackend, *, sample: int = SAMPLE) -> dict[str, Any]
     keys = [layout.index(s) for s in SHARDS] + [side(s) for s in SHARDS]
 
     def index_memory(client: Any) -> list[int | None]:
-        return pipelined(client, lambda p: [p.memory_usage(k, samples=0) for k in keys])
+        return send(client, [("MEMORY", "USAGE", k, "SAMPLES", 0) for k in keys])
 
     index_bytes = sum(size or 0 for size in storage.channel.run("info", index_memory))
     sampled = list(itertools.islice(storage.list(), sample))
 
     def data_memory(client: Any) -> list[int | None]:
-        return pipelined(
-            client, lambda p: [p.memory_usage(layout.data(k), samples=0) for k in sampled]
-        )
+        return send(client, [("MEMORY", "USAGE", layout.data(k), "SAMPLES", 0) for k in sampled])
 
     sizes = storage.channel.run("info", data_memory) if sampled else []
     live = [size for size in sizes if size is not None]
@@ -75,7 +68,8 @@ def namespace_info(values: ValueRedis, calls: CallRedis, *, sample: int = SAMPLE
     """:func:`store_info` of both stores of a namespace, a health verdict and whether gc runs."""
     call_info = store_info(calls, sample=sample)
     value_info = store_info(values, sample=sample)
-    gc_run = values.channel.run("info", lambda c: c.get(values.layout.gc_flag(SHARDS[0])))
+    flag = ("GET", values.layout.gc_flag(SHARDS[0]))
+    (gc_run,) = values.channel.run("info", send, [flag])
     dangling = call_info["dangling_in_sample"] + value_info["dangling_in_sample"]
     return {
         "namespace": calls.namespace,
@@ -137,18 +131,9 @@ def prefix_matches(storage: RedisBackend, prefix: str, limit: int = 10) -> list[
     layout = storage.layout
 
     def matches(client: Any) -> list[list[bytes]]:
-        return pipelined(
-            client,
-            lambda p: [
-                p.zrangebylex(
-                    layout.index(s),
-                    b"[" + prefix.encode(),
-                    b"[" + prefix.encode() + b"\xff",
-                    0,
-                    limit,
-                )
-                for s in shards
-            ],
+        low, high = b"[" + prefix.encode(), b"[" + prefix.encode() + b"\xff"
+        return send(
+            client, [("ZRANGEBYLEX", layout.index(s), low, high, "LIMIT", 0, limit) for s in shards]
         )
 
     found = [Digest(m.decode()) for page in storage.channel.run("expand", matches) for m in page]

@@ -1,13 +1,9 @@
 """Progress bars for long maintenance work, drawn on stderr when a person is watching.
 
-:mod:`fleche_redis.maintenance` reports ``progress(stage, done, total)``
-(``total`` is ``None`` when unknown).  :class:`ProgressBar` is such a
-callback: on a terminal it redraws one line per stage in place, and
-elsewhere (a pipe, a log file, CI, ``--json`` output) it writes nothing, so
-scripts read clean output.  No dependency: a bar is one ``\\r``-rewritten
-line, throttled so a fast loop does not spend its time drawing.
+:class:`ProgressBar` is a ``progress(stage, done, total)`` callback: one
+line per stage redrawn in place on a terminal, nothing elsewhere (pipes,
+CI, ``--json``)::
 
-    from fleche_redis.admin.progress import ProgressBar
     with ProgressBar() as bar:
         cache.calls.verify(progress=bar)
 """

@@ -1,35 +1,8 @@
 """fleche caches that know their storages are Redis: single flight, batched writes, streaming gc.
 
-:class:`RedisCache` is a :class:`fleche.caches.Cache` over a
-:class:`~fleche_redis.ValueRedis` and a :class:`~fleche_redis.CallRedis`.  It
-changes how a memoized call travels, never what it returns:
-
-- **Single flight.**  When eight workers miss the same key at once, the first
-  to look takes a compute lease and runs the function; the others wait for
-  its record (pushed to them, not polled) and return the saved result.  If
-  the computing worker raises, returns ``None`` (which fleche never caches)
-  or dies, one waiter takes over.  A waiter gives up after ``wait_timeout``
-  seconds, warns and computes itself.  See :mod:`fleche_redis.singleflight`.
-- **Round trips.**  A hit costs 2 requests (record, result); a miss 2 in all:
-  look up or take the lease, then one pipelined request at commit that
-  stores the arguments (encoded at ``prepare``, as they were at call time),
-  the result and the record and releases the lease (see
-  :mod:`fleche_redis.batch`).
-- **Write-behind, if asked.**  With ``write_behind=True`` the commit's
-  request is written and the call returns without waiting for Redis to
-  answer; the answer is read before the thread's next request (so the
-  thread always reads its own writes), and a refused commit is logged, not
-  raised (see :meth:`RedisCache.flush`).
-- **Scale.**  :meth:`RedisCache.gc` and :meth:`RedisCache.redigest` stream with
-  bounded memory through :mod:`fleche_redis.maintenance`.
-
-::
-
-    import fleche
-    from fleche_redis import redis_cache
-
-    with fleche.cache(redis_cache(url="redis://cache-host:6379/0", namespace="team-a")):
-        result = simulate(seed=1)
+:class:`RedisCache` changes how a memoized call travels (round trips, leases,
+optional write-behind), never what it returns; :func:`redis_cache` builds
+one.  How and why: ``docs/cache.md``.
 """
 
 from __future__ import annotations

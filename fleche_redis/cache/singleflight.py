@@ -1,30 +1,8 @@
 """Compute leases for missing call records: one worker computes, the others wait for its record.
 
-All keys of one record's lease live in the record's hash slot::
-
-    team-a:{c.3f}:lease:<digest>         token of the worker computing it (expires)
-    team-a:{c.3f}:waiters:<digest>       tokens of the workers waiting for it
-    team-a:{c.3f}:wake:<token>           a waiter's own signal list (BLPOP)
-
-:data:`LOOKUP` runs at load time: it returns the record if it exists; else it
-*claims* the lease for the caller (who will compute) or, when another worker
-holds it, enlists the caller as a waiter, all in one atomic request, so no
-wakeup can fall between "not there yet" and "wait".  The computing worker's
-commit stores the result and the record and then runs :data:`FINISH`, in the
-same pipelined request: it drops the lease and pushes the encoded record (and
-a small result) onto every waiter's signal list, so a waiter wakes holding
-what it came for and returns without another request.  When the computation fails (or returns ``None``, which
-fleche never caches), FINISH pushes an empty message instead and each waiter
-looks again; one of them gets the lease.  A worker that dies stops renewing
-its lease; it expires, and the waiters' bounded re-checks notice.
-
-A claim taken by ``load`` expires after a short ``claim_ttl`` unless
-``prepare`` (which fleche calls right before running the function) hands it
-to the process's watchdog, which turns it into a lease before it runs out
-and renews it for as long as the function runs.  So a plain ``cache.load``
-that is never followed by a computation holds up other workers for at most
-``claim_ttl``, and a computation that ends before the first renewal costs no
-request for its lease beyond the lookup and the commit.
+:data:`LOOKUP` returns a record or claims its lease (or enlists a waiter) in
+one atomic request; :data:`FINISH`, sent with the commit, drops the lease and
+wakes the waiters with the record.  The protocol: ``docs/cache.md``.
 """
 
 from __future__ import annotations

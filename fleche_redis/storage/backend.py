@@ -1,49 +1,21 @@
-"""fleche storages that keep values and call records in Redis.
+"""fleche storages that keep values and call records in Redis: RedisBackend, ValueRedis, CallRedis.
 
-:class:`RedisBackend` is the :class:`fleche.storage.StorageBackend`: one Redis
-string per entry and a sharded sorted-set index (see :mod:`fleche_redis.keys`)
-that answers ``expand`` and ``shrink`` from one shard instead of listing the
-store.  :class:`ValueRedis` and :class:`CallRedis` compose it exactly like
-fleche's own storages, and importing :mod:`fleche_redis` registers both as
-storage type ``"redis"``::
-
-    from fleche.caches import Cache
-    from fleche_redis import ValueRedis, CallRedis
-
-    cache = Cache(
-        values=ValueRedis(url="redis://cache-host:6379/0", namespace="team-a"),
-        calls=CallRedis(url="redis://cache-host:6379/0", namespace="team-a"),
-    )
-
-or in ``fleche.toml`` (after ``import fleche_redis``)::
-
-    [shared]
-    values.type = "redis"
-    values.url = "redis://cache-host:6379/0"
-    values.namespace = "team-a"
-    calls.type = "redis"
-    calls.url = "redis://cache-host:6379/0"
-    calls.namespace = "team-a"
-
-Round trips: ``put``, ``get``, ``contains``, ``evict``, ``expand`` (prefix of
-four or more characters) and ``CallRedis.save`` cost one each whatever the
-size of the store; ``shrink(*keys)`` costs one pipelined trip for all keys.
+Importing :mod:`fleche_redis` registers ValueRedis and CallRedis as storage
+type ``"redis"``.  Usage, configuration and round trips: ``docs/storage.md``.
 """
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-import redis
 from fleche.call import DigestedCall
 from fleche.digest import Digest
 from fleche.security import get_secret_key, normalize_secret_key
 from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
 from fleche.storage.destructuring import DestructuringMixin, Digested
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from ..errors import SaveRefused, UnavailableMiss
 from ..metrics import StorageMetrics
@@ -52,8 +24,9 @@ from ..transport.batch import Recorder, Request, active_batch
 from ..transport.channel import Channel
 from ..transport.connection import ClientSlot, redact_url, shared_slot, url_from_client
 from ..transport.health import POLICIES, Breaker
+from ..transport.request import Command, send
 from ..transport.scripts import LuaScript
-from . import chunks
+from . import check, chunks, config, snapshot
 from . import lua as entry_lua
 from .calls import IndexedCallsMixin
 from .codec import Codec
@@ -95,14 +68,14 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             ``FLECHE_SECRET_KEY`` is used.  Entries that fail verification are
             misses and are never unpickled.
         chunk_size: entries larger than this many bytes are stored as chunks
-            (see :mod:`fleche_redis.chunks`); Redis strings end at 512 MB.
+            (see :mod:`fleche_redis.storage.chunks`); Redis strings end at 512 MB.
         ttl: seconds an entry lives after it was written (``None``: until
             evicted).  Index entries of expired data are dropped when a lookup
             meets them and by :func:`fleche_redis.maintenance.repair`.
     """
 
     keyspace: ClassVar[str] = "kv"
-    """Separates stores sharing a namespace; see :class:`~fleche_redis.keys.KeyLayout`."""
+    """Separates stores sharing a namespace; see :class:`~fleche_redis.storage.keys.KeyLayout`."""
 
     PUT: ClassVar[LuaScript] = entry_lua.PUT
     INDEX: ClassVar[LuaScript] = entry_lua.INDEX
@@ -144,9 +117,13 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         set_ = object.__setattr__
         check_namespace(self.namespace)
         if self.client is not None:
-            _refuse_decoding_client(self.client)
+            config.refuse_decoding_client(self.client)
             if self.url == DEFAULT_URL:
-                set_(self, "url", url_from_client(self.client, with_password=False) or _NO_ADDRESS)
+                set_(
+                    self,
+                    "url",
+                    url_from_client(self.client, with_password=False) or config.NO_ADDRESS,
+                )
         explicit = bool(self.secret_key)
         keys = normalize_secret_key(self.secret_key) if explicit else get_secret_key()
         set_(self, "secret_key", tuple(keys))
@@ -178,16 +155,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         )
 
     def _client_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {
-            "socket_timeout": self.socket_timeout,
-            "socket_connect_timeout": self.connect_timeout,
-        }
-        if self.retries:
-            # Every command the storages send is idempotent (content-addressed
-            # writes, deletes, reads), so retrying after a dropped connection
-            # is safe.
-            options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.01), self.retries)
-        return options
+        return config.client_options(self.socket_timeout, self.connect_timeout, self.retries)
 
     # -- process boundaries -------------------------------------------------
 
@@ -214,20 +182,6 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     def close(self) -> None:
         """Close the connections this storage opened (a client passed in stays open)."""
         self.channel.slot.close()
-
-    # -- failures -----------------------------------------------------------
-
-    _TUNING: ClassVar[tuple[str, ...]] = (
-        "compress_min_size",
-        "chunk_size",
-        "ttl",
-        "on_error",
-        "socket_timeout",
-        "connect_timeout",
-        "retries",
-        "breaker_threshold",
-        "breaker_cooldown",
-    )
 
     # -- StorageBackend -----------------------------------------------------
 
@@ -339,60 +293,35 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     # -- configuration ------------------------------------------------------
 
     def _config(self) -> dict[str, Any]:
-        if self.url == _NO_ADDRESS:
-            raise TypeError(
-                f"{type(self).__name__} was built on an in-process client (fakeredis?) that has "
-                "no address, so it cannot be written as configuration"
-            )
-        config: dict[str, Any] = {
-            "type": "redis",
-            "url": self.url,
-            "namespace": self.namespace,
-            "serializer": self.serializer,
-            "compress": self.compress,
-        }
-        # Keys taken from FLECHE_SECRET_KEY stay in the environment.
-        if self._secret_explicit:
-            config["secret_key"] = [k.hex() for k in self.secret_key]
-        # Tuning options only when changed, so configs stay short; None has no
-        # TOML form and is left out.
-        for f in fields(self):
-            if f.name in self._TUNING:
-                value = getattr(self, f.name)
-                if value != f.default and value is not None:
-                    config[f.name] = value
-        return config
+        return config.describe(self, secret_explicit=self._secret_explicit)
 
     def to_config(self) -> dict[str, Any]:
         return self._config()
 
-    def verify(self, *, progress: Any = None) -> Any:
+    def verify(self, *, progress: Any = None) -> check.Report:
         """Check the storage's invariants; see :func:`fleche_redis.maintenance.verify`."""
-        from ..admin.maintenance import verify
+        return check.verify(self, **({"progress": progress} if progress else {}))
 
-        return verify(self, **({"progress": progress} if progress else {}))
-
-    def repair(self, *, progress: Any = None) -> Any:
+    def repair(self, *, progress: Any = None) -> check.Report:
         """Restore the storage's invariants; see :func:`fleche_redis.maintenance.repair`."""
-        from ..admin.maintenance import repair
+        return check.repair(self, **({"progress": progress} if progress else {}))
 
-        return repair(self, **({"progress": progress} if progress else {}))
+    # -- maintenance --------------------------------------------------------
 
+    def eviction_commands(self, keys: Iterable[Digest]) -> list[Command]:
+        """The commands that evict *keys* (what ``evict`` runs for each), to send as a group."""
+        recorder = Recorder()
+        for key in keys:
+            self._delete(recorder, check_digest(key))
+        return recorder.commands
 
-_NO_ADDRESS = "client://"
+    def evict_many(self, keys: Iterable[Digest]) -> None:
+        """Evict *keys* in one request (one by one on Redis Cluster); for maintenance.
 
-
-def _refuse_decoding_client(client: Any) -> None:
-    if isinstance(client, redis.RedisCluster):
-        decode = client.get_encoder().decode_responses
-    else:
-        pool = getattr(client, "connection_pool", None)
-        decode = pool is not None and pool.connection_kwargs.get("decode_responses", False)
-    if decode:
-        raise ValueError(
-            "the Redis client decodes responses to str; fleche-redis stores binary entries, "
-            "so build the client with decode_responses=False"
-        )
+        Unlike ``evict`` it bypasses the breaker and the error policy: a
+        failure is redis-py's exception, as for the rest of maintenance.
+        """
+        send(self.redis(), self.eviction_commands(keys), scripts=self._scripts())
 
 
 @dataclass(frozen=True)
@@ -463,15 +392,13 @@ class _Parts:
 
 @dataclass(frozen=True)
 class CallRedis(IndexedCallsMixin, CallMixin, RedisBackend):
-    """Call-record storage in Redis, with a query index (see :mod:`fleche_redis.calls`)."""
+    """Call-record storage in Redis, with a query index (see :mod:`fleche_redis.storage.calls`)."""
 
     keyspace: ClassVar[str] = "c"
 
     def transform(self, func: Any = None, *, progress: Any = None) -> int:
         """fleche's ``transform``, streaming from a snapshot; see :func:`fleche_redis.maintenance.transform`."""
-        from ..admin.maintenance import transform
-
-        return transform(self, func, **({"progress": progress} if progress else {}))
+        return snapshot.transform(self, func, **({"progress": progress} if progress else {}))
 
     def save(self, call: DigestedCall) -> Digest:
         # One round trip: the script overwrites the record and re-adds its

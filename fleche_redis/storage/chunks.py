@@ -1,14 +1,8 @@
 """Entries bigger than one Redis string should be: stored as chunks behind a manifest.
 
-An entry over ``chunk_size`` bytes is written as numbered chunk keys next to
-its data key (``<data key>:0``, ``:1``, ... in the same hash slot), and the
-data key gets a small *manifest* naming the chunk count, the total length and
-a BLAKE2b checksum of the whole.  The manifest is written last, by the same
-atomic script that indexes the entry, so a reader that finds it finds every
-chunk written; the checksum catches a chunk changed or lost since (a
-concurrent eviction, an expiry): such a read is a logged miss, never a
-partial value.  Redis caps strings at 512 MB; chunks keep each request
-far below that and let a 600 MB array round-trip.
+The manifest (count, length, checksum) is written last, so a reader sees a
+whole entry or a logged miss, never a partial value.  Details:
+``docs/storage.md``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
 """Bytes in Redis <-> Python objects: serialize, sign, compress, and refuse.
 
-The wire format is fleche's own pickle-file format, so an entry means the
-same thing in Redis as on disk::
-
-    compressed?( pickle + hex HMAC-SHA256 signature? )
-
-The signature is :class:`fleche.security.SignedBytes` (appended after the
-pickle ``STOP`` opcode, key rotation by trying every key), and the keys follow
-fleche's rules: an explicit ``secret_key`` or else ``FLECHE_SECRET_KEY``.
-Compression (zlib, or zstd / lz4 when their packages are installed) applies
-to entries of at least ``compress_min_size`` bytes and is detected on read by
-the compressor's magic bytes (a pickle starts with ``0x80``), so one store
-can mix them and ``compress`` can change at any time.
-
-Anything that cannot be verified or decoded is a *miss*: :meth:`Codec.decode`
-raises :class:`UndecodableEntry` (a ``KeyError``) and logs a warning.  When a
-secret key is configured, bytes whose signature fails are never handed to a
-deserializer.
+The format is fleche's pickle-file format (``compressed?(pickle +
+signature?)``); anything that cannot be verified or decoded is a miss
+(:class:`UndecodableEntry`).  Details: ``docs/storage.md``.
 """
 
 from __future__ import annotations

@@ -1,24 +1,8 @@
 """Key layout: which Redis key holds what, and which digests are acceptable.
 
-Everything fleche-redis writes lives under ``<namespace>:``, so the ACL key
-pattern ``~<namespace>:*`` confines a storage and two namespaces never see
-each other's entries.  Within a namespace, a *keyspace* letter separates the
-stores that may share it (``v`` values, ``c`` call records), because a value
-digest and a call digest are both 64 hex characters and could collide::
-
-    fleche:{v.3f}:3fa94c...e1      data of value 3fa94c...e1
-    fleche:{v.3f}:index            sorted set of every value digest starting "3f"
-    fleche:{v.3f}:refs             hash: destructured value -> digests it refers to
-    fleche:{c.a5}:terms            sorted set of query terms of the call records in "a5"
-
-The part in braces is a Redis Cluster *hash tag*: a data key and the index
-shard that lists it hash to the same slot, so one atomic script can write
-both, while the 256 shards of a keyspace hash to different slots and spread
-over every node of a cluster.
-
-Digests are validated here before they reach Redis: a key that is not 64
-lowercase hex characters is a :class:`InvalidDigestError` (a ``KeyError``),
-never a Redis error and never a pattern that could match other keys.
+Everything lives under ``<namespace>:``, in hash-tagged shards so a data key
+and its index shard share a slot; a digest that is not 64 lowercase hex
+characters never reaches Redis.  The layout: ``docs/storage.md``.
 """
 
 from __future__ import annotations

@@ -1,25 +1,8 @@
 """cloudpickle's meaning at the standard pickler's speed.
 
-cloudpickle differs from :mod:`pickle` in one respect: functions and classes
-that another process could not import by name (those defined in
-``__main__``, in a function body, or in a module registered with
-``cloudpickle.register_pickle_by_value``) are pickled *by value*.  For
-everything else both write the same stream, but cloudpickle's pure-Python
-hook runs for every object, which makes a call record about three times
-slower to encode.  :func:`dumps` therefore uses the C pickler whenever the
-result provably means the same:
-
-* the value is *plain* (built-in scalars and containers, numpy arrays without
-  Python objects inside, fleche's digests and call records over plain
-  metadata), so it cannot refer to a function or class by name at all; or
-* the C pickler succeeds, no module is registered for by-value pickling, and
-  the stream never names ``__main__``: every function and class in it was
-  found by import, exactly as cloudpickle would have referred to it.
-
-Anything else (a pickling error, a stream naming ``__main__``, by-value
-modules) goes to cloudpickle.  A plain string that happens to contain
-``__main__`` costs only the slower path.  Both streams load with
-:func:`pickle.loads`.
+:func:`dumps` uses the C pickler whenever its stream provably means what
+cloudpickle's would, and cloudpickle otherwise; both load with
+:func:`pickle.loads`.  Why that is safe: ``docs/storage.md``.
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
 """Which index terms describe a call record, and which a query template needs.
 
-A *term* is one fact about a record that a query can ask for: its function
-name, module, version or code digest, an argument's value digest, that it has
-an argument of some name, its result digest, or that it carries a metadata
-entry (or a key in one).  Every value is compared by digest, exactly as
-:meth:`fleche.call.QueryCall.matches` compares them, so a term built from a
-template equals the term built from every record the template matches.
-
-Terms are stored as fixed-size ids (a 12-byte BLAKE2b of the term text) in one
-sorted set per index shard, each member ``term id + record digest`` (binary);
-see :class:`~fleche_redis.backend.CallRedis`.  A query intersects its terms
-per shard on the server, then checks every candidate with ``matches``: the
-index only narrows the search, it never decides a result, so a stale entry
-costs a read and never yields a wrong record.
-
-Metadata *values* are filtered client-side (as fleche's ``Sql`` does for
-values it cannot push down): indexing every metadata value would create an
-index entry per distinct runtime, timestamp or counter.
+Terms are digests of facts a query can ask for, compared exactly as
+:meth:`fleche.call.QueryCall.matches` compares them; the index only narrows
+a search, ``matches`` decides.  Details: ``docs/storage.md``.
 """
 
 from __future__ import annotations

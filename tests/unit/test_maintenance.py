@@ -9,6 +9,7 @@ from fleche.digest import digest
 from fleche_redis import CallRedis, ValueRedis
 from fleche_redis.admin import maintenance
 from fleche_redis.admin.maintenance import GcAlreadyRunning
+from fleche_redis.storage import scan
 
 
 @pytest.fixture(params=["fakeredis", "redis-server", "cluster", "sentinel"])
@@ -26,7 +27,7 @@ def cache(request, namespace):
 
 @pytest.fixture
 def small_batches(monkeypatch):
-    monkeypatch.setattr(maintenance, "BATCH", 3)
+    monkeypatch.setattr(scan, "BATCH", 3)
 
 
 def fill(cache, n=12):

@@ -1,0 +1,238 @@
+"""A storage's invariants, checked (:func:`verify`) or restored (:func:`repair`), streaming.
+
+What each invariant is and why it can break: ``docs/maintenance.md``.
+Every group of commands goes through :func:`~fleche_redis.transport.request.send`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleche.call import DigestedCall
+from fleche.digest import DIGEST_LENGTH, Digest
+from fleche.storage.destructuring import DestructuringMixin
+
+from ..errors import UndecodableEntry
+from ..transport.request import send
+from . import chunks, scan
+from .calls import IndexedCallsMixin
+from .keys import SHARDS
+from .query import TERM_BYTES, record_terms
+from .scan import Progress, Store, batches, shard_members
+
+__all__ = ["Report", "verify", "repair"]
+
+
+@dataclass
+class Report:
+    """What :func:`verify` found (or :func:`repair` fixed) in one storage.
+
+    Every count is a number of problems; ``examples`` keeps up to five digests
+    per kind so a person can look at them.
+    """
+
+    storage: str
+    entries: int = 0
+    dangling_index: int = 0
+    """Index members whose data is gone (expired, evicted, or deleted behind our back)."""
+    unindexed: int = 0
+    """Data keys no index shard lists: invisible to expand, list and gc."""
+    stale_terms: int = 0
+    """Query-index members pointing at a record that is gone or no longer has that term."""
+    missing_terms: int = 0
+    """Terms a record has that the query index lacks (queries would miss it)."""
+    stale_references: int = 0
+    """Reference lists (for gc) of values that are gone."""
+    orphan_chunks: int = 0
+    """Chunks of big entries whose manifest is gone (a writer died mid-write): wasted memory."""
+    undecodable: int = 0
+    """Entries that fail signature verification or decoding (left in place)."""
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.dangling_index
+            or self.unindexed
+            or self.stale_terms
+            or self.missing_terms
+            or self.stale_references
+            or self.orphan_chunks
+        )
+
+    def note(self, kind: str, digest: str, n: int = 1) -> None:
+        setattr(self, kind, getattr(self, kind) + n)
+        samples = self.examples.setdefault(kind, [])
+        if len(samples) < 5:
+            samples.append(digest)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "storage": self.storage,
+            "ok": self.ok,
+            "entries": self.entries,
+            "dangling_index": self.dangling_index,
+            "unindexed": self.unindexed,
+            "stale_terms": self.stale_terms,
+            "missing_terms": self.missing_terms,
+            "stale_references": self.stale_references,
+            "orphan_chunks": self.orphan_chunks,
+            "undecodable": self.undecodable,
+            "examples": self.examples,
+        }
+
+
+def verify(storage: Store, *, progress: Progress = scan.quiet) -> Report:
+    """Check the storage's invariants without changing anything."""
+    return _check(storage, fix=False, progress=progress)
+
+
+def repair(storage: Store, *, progress: Progress = scan.quiet) -> Report:
+    """Restore the invariants :func:`verify` checks; the report says what was fixed.
+
+    Dangling index members and stale index terms are removed, unindexed data
+    is indexed again, and call records get their query terms back.
+    Undecodable entries are counted, not deleted: they may be another
+    deployment's (different secret key).
+    """
+    return _check(storage, fix=True, progress=progress)
+
+
+def _check(storage: Store, *, fix: bool, progress: Progress) -> Report:
+    report = Report(
+        storage=f"{type(storage).__name__}({storage.server}, namespace={storage.namespace!r})"
+    )
+    _check_index(storage, report, fix=fix, progress=progress)
+    _check_data(storage, report, fix=fix, progress=progress)
+    _check_chunks(storage, report, fix=fix)
+    if isinstance(storage, IndexedCallsMixin):
+        for i, shard in enumerate(SHARDS):
+            _check_terms(storage, shard, report, fix=fix)
+            progress("terms", i + 1, len(SHARDS))
+    if isinstance(storage, DestructuringMixin):
+        _check_references(storage, report, fix=fix, progress=progress)
+    return report
+
+
+def _check_index(storage: Store, report: Report, *, fix: bool, progress: Progress) -> None:
+    """Index members whose data key is gone."""
+    total = storage.count()
+    client, layout = storage.redis(), storage.layout
+    done = 0
+    for batch in batches(storage.list()):
+        exists = send(client, [("EXISTS", layout.data(k)) for k in batch])
+        dead = [k for k, e in zip(batch, exists, strict=True) if not e]
+        for k in dead:
+            report.note("dangling_index", k)
+        report.entries += len(batch) - len(dead)
+        if fix and dead:
+            send(client, [("ZREM", layout.index_of(k), k) for k in dead])
+        done += len(batch)
+        progress("index", done, total)
+
+
+def _check_data(storage: Store, report: Report, *, fix: bool, progress: Progress) -> None:
+    """Data keys no index shard lists."""
+    client, layout = storage.redis(), storage.layout
+    seen = 0
+    for batch in batches(scan.data_keys(storage)):
+        scores = send(client, [("ZSCORE", layout.index_of(k), k) for k in batch])
+        lost = [k for k, score in zip(batch, scores, strict=True) if score is None]
+        for k in lost:
+            report.note("unindexed", k)
+        if fix and lost:
+            send(client, [("ZADD", layout.index_of(k), 0, k) for k in lost])
+        seen += len(batch)
+        progress("data", seen, None)
+
+
+def _check_chunks(storage: Store, report: Report, *, fix: bool) -> None:
+    """Chunk keys (``<data key>:<n>``) whose data key holds no manifest naming them."""
+    client, layout = storage.redis(), storage.layout
+    pattern = layout.data_prefix("??") + "?" * DIGEST_LENGTH + ":*"
+    for batch in batches(client.scan_iter(match=pattern, count=1000)):
+        owners = [raw.decode().rsplit(":", 1) for raw in batch]
+        heads = send(client, [("GETRANGE", owner, 0, 200) for owner, _ in owners])
+        orphans = []
+        for raw, (owner, index), head in zip(batch, owners, heads, strict=True):
+            fields = head[len(chunks.MAGIC) :].split() if chunks.is_manifest(head) else []
+            if not fields or not index.isdigit() or int(index) >= int(fields[0]):
+                orphans.append(raw)
+                report.note("orphan_chunks", owner.rsplit(":", 1)[1])
+        if fix and orphans:
+            send(client, [("DEL", k) for k in orphans])
+
+
+def _check_terms(storage: Store, shard: str, report: Report, *, fix: bool) -> None:
+    """One shard's query index against the terms of the records it holds."""
+    client, terms_key = storage.redis(), storage.layout.terms(shard)
+    expected: set[bytes] = set()
+    for batch in batches(shard_members(client, storage.layout.index(shard))):
+        records = _record_terms(storage, batch, report)
+        for _, wanted, _ in records:
+            expected.update(wanted)
+        queried = [("ZMSCORE", terms_key, *wanted) for _, wanted, _ in records if wanted]
+        scores = iter(send(client, queried))
+        for key, wanted, listed_right in records:
+            missing = (
+                [m for m, sc in zip(wanted, next(scores), strict=True) if sc is None]
+                if wanted
+                else []
+            )
+            if missing or not listed_right:
+                report.note("missing_terms", key, max(1, len(missing)))
+                if fix:
+                    terms = b"".join(m[:TERM_BYTES] for m in wanted)
+                    send(client, [("HSET", storage.layout.data(key), "t", terms)])
+                    if missing:
+                        send(client, [("ZADD", terms_key, *_scored(missing))])
+    stale = [m for m in shard_members(client, terms_key, raw=True) if m not in expected]
+    for m in stale:
+        report.note("stale_terms", m[TERM_BYTES:].hex())
+    if fix and stale:
+        for chunk in batches(stale):
+            send(client, [("ZREM", terms_key, *chunk)])
+
+
+def _record_terms(
+    storage: Store, keys: list[Digest], report: Report
+) -> list[tuple[Digest, list[bytes], bool]]:
+    """``(key, index members it should have, whether its stored terms are right)`` per record."""
+    layout = storage.layout
+    fetched = send(storage.redis(), [("HMGET", layout.data(k), "v", "t") for k in keys])
+    records: list[tuple[Digest, list[bytes], bool]] = []
+    for key, (data, stored) in zip(keys, fetched, strict=True):
+        if data is None:
+            continue
+        try:
+            record = storage.codec.decode(data, key=key)
+        except UndecodableEntry:
+            report.undecodable += 1
+            continue
+        terms = record_terms(record) if isinstance(record, DigestedCall) else []
+        member = bytes.fromhex(key)
+        wanted = [t + member for t in terms]
+        records.append((key, wanted, (stored or b"") == b"".join(terms)))
+    return records
+
+
+def _scored(members: list[bytes]) -> list[Any]:
+    """``ZADD`` arguments giving every member score 0."""
+    return [part for m in members for part in (0, m)]
+
+
+def _check_references(storage: Store, report: Report, *, fix: bool, progress: Progress) -> None:
+    """Reference lists (kept for gc) of values whose data is gone."""
+    client, layout = storage.redis(), storage.layout
+    for i, shard in enumerate(SHARDS):
+        refs_key = layout.references(shard)
+        for batch in batches(client.hscan_iter(refs_key, count=scan.BATCH)):
+            owners = [owner.decode() for owner, _ in batch]
+            exists = send(client, [("EXISTS", layout.data(o)) for o in owners])
+            gone = [o for o, e in zip(owners, exists, strict=True) if not e]
+            for o in gone:
+                report.note("stale_references", o)
+            if fix and gone:
+                send(client, [("HDEL", refs_key, *gone)])
+        progress("references", i + 1, len(SHARDS))
