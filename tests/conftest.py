@@ -42,7 +42,7 @@ SERVER_FIXTURES = frozenset(
 )
 """Fixtures that start (or are) a real server."""
 
-SERVER_PARAMS = frozenset({"redis-server", "cluster", "sentinel", "redis_server", "redis_cluster"})
+SERVER_PARAMS = frozenset({"redis-server", "cluster", "sentinel", "redis_server", "redis_cluster", "fresh_server"})
 """Parameter values with which a fixture asks for a real server at run time."""
 
 

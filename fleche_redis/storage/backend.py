@@ -24,7 +24,7 @@ from ..transport.batch import Recorder, Request, active_batch
 from ..transport.channel import Channel
 from ..transport.connection import ClientSlot, redact_url, shared_slot, url_from_client
 from ..transport.health import POLICIES, Breaker
-from ..transport.request import Command, send
+from ..transport.request import Command, call, send
 from ..transport.scripts import LuaScript
 from . import check, chunks, config, snapshot
 from . import lua as entry_lua
@@ -248,7 +248,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         )
 
     def _read(self, client: Any, key: Digest) -> bytes | None:
-        data = wire.call(client, "GET", self.layout.data(key))
+        data = call(client, "GET", self.layout.data(key))
         if data is not None and chunks.is_manifest(data):
             return chunks.read(client, self.layout.data(key), data, key)
         return data
@@ -277,7 +277,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         try:
             return bool(
                 self.channel.run(
-                    "contains", lambda client: wire.call(client, "EXISTS", self.layout.data(key))
+                    "contains", lambda client: call(client, "EXISTS", self.layout.data(key))
                 )
             )
         except UnavailableMiss:
@@ -366,10 +366,7 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
 
 
 def _pipelined_reads(client: Any, storage: RedisBackend, keys: list[str]) -> list[bytes | None]:
-    found = wire.request(client, [("GET", storage.layout.data(key)) for key in keys])
-    for reply in found:
-        if isinstance(reply, Exception):
-            raise reply
+    found = send(client, [("GET", storage.layout.data(key)) for key in keys])
     # Chunked entries hold a manifest here; they are read in full separately.
     return [
         storage._read(client, Digest(key))

@@ -11,6 +11,7 @@ import hashlib
 import logging
 from typing import Any
 
+from ..transport.request import call
 from .codec import UndecodableEntry
 
 __all__ = ["MAGIC", "is_manifest", "write", "read"]
@@ -44,7 +45,7 @@ def read(client: Any, data_key: str, manifest: bytes, key: str) -> bytes:
     count, total, checksum = manifest[len(MAGIC) :].decode().split()
     out = bytearray()
     for i in range(int(count)):
-        chunk = client.get(f"{data_key}:{i}")
+        chunk = call(client, "GET", f"{data_key}:{i}")
         if chunk is None:
             logger.warning("entry %s lost chunk %d of %s; treating it as a miss", key, i, count)
             raise UndecodableEntry(key, "chunk missing")

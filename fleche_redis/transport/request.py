@@ -17,7 +17,7 @@ from redis.exceptions import NoScriptError
 from . import wire
 from .scripts import LuaScript
 
-__all__ = ["send", "Command"]
+__all__ = ["send", "call", "Command"]
 
 Command = tuple[Any, ...]
 """A command and its arguments, as Redis takes them: ``("HGET", key, "v")``."""
@@ -35,9 +35,12 @@ def send(
 
     *atomic* wraps them in ``MULTI``/``EXEC`` on a single server (a command
     refused while queued, such as ``OOM``, stores none of them).  A reply
-    ``NOSCRIPT`` loads *scripts* and sends everything again, so the commands
-    must be safe to repeat.  On Redis Cluster, *ordered* (or any ``EVALSHA``)
-    sends them one by one, in order; otherwise one pipeline, nodes in parallel.
+    ``NOSCRIPT`` (a server that lost our scripts: restart, ``SCRIPT FLUSH``,
+    failover) sends a lone script call again as ``EVAL``, which also caches
+    it there, and otherwise loads *scripts* and sends everything again, so
+    the commands must be safe to repeat.  On Redis Cluster, *ordered* (or any
+    ``EVALSHA``) sends them one by one, in order; otherwise one pipeline,
+    nodes in parallel.
     """
     if not commands:
         return []
@@ -46,15 +49,27 @@ def send(
     sent = [("MULTI",), *commands, ("EXEC",)] if atomic else list(commands)
     replies = _outcome(wire.request(client, sent), atomic)
     if scripts and any(isinstance(r, NoScriptError) for r in replies):
-        # A server without our scripts (fresh, restarted, flushed): load them
-        # and send it all again.
-        for script in scripts:
-            client.script_load(script.source)
-        replies = _outcome(wire.request(client, sent), atomic)
+        if len(sent) == 1:
+            replies = wire.request(client, [_as_eval(sent[0], scripts)])
+        else:
+            for script in scripts:
+                client.script_load(script.source)
+            replies = _outcome(wire.request(client, sent), atomic)
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
     return replies
+
+
+def call(client: Any, *command: Any, scripts: Sequence[LuaScript] = ()) -> Any:
+    """The reply to one command (an error reply raised): :func:`send` of a group of one."""
+    return send(client, [command], scripts=scripts)[0]
+
+
+def _as_eval(command: Command, scripts: Sequence[LuaScript]) -> Command:
+    """``EVALSHA sha ...`` as ``EVAL source ...`` (one round trip where loading first costs two)."""
+    source = next(script.source for script in scripts if script.sha == command[1])
+    return ("EVAL", source, *command[2:])
 
 
 def _outcome(replies: list[Any], atomic: bool) -> list[Any]:
@@ -71,17 +86,16 @@ def _outcome(replies: list[Any], atomic: bool) -> list[Any]:
 def _cluster(
     client: Any, commands: Sequence[Command], scripts: Sequence[LuaScript], ordered: bool
 ) -> list[Any]:
-    if ordered or any(command[0] == "EVALSHA" for command in commands):
-        by_sha = {script.sha: script for script in scripts}
+    if ordered or len(commands) == 1 or any(command[0] == "EVALSHA" for command in commands):
+        # One by one, each routed to its node (cluster pipelines refuse scripts).
         replies = []
         for command in commands:
             try:
                 replies.append(client.execute_command(*command))
             except NoScriptError:
-                script = by_sha.get(command[1])
-                if script is None:
+                if not scripts:
                     raise
-                replies.append(client.execute_command("EVAL", script.source, *command[2:]))
+                replies.append(client.execute_command(*_as_eval(command, scripts)))
         return replies
     pipe = client.pipeline(transaction=False)
     for command in commands:

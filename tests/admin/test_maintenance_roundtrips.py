@@ -21,7 +21,8 @@ def cache(request, namespace):
     if request.param == "fakeredis":
         conn = {"client": fakeredis.FakeRedis(server=fakeredis.FakeServer())}
     else:
-        conn = {"url": request.getfixturevalue("redis_server").url}
+        # A server of its own: SCAN's round trips grow with every key in the database.
+        conn = {"url": request.getfixturevalue("fresh_server").url}
     return Cache(ValueRedis(namespace=namespace, **conn), CallRedis(namespace=namespace, **conn))
 
 
@@ -91,8 +92,8 @@ def test_transform_and_redigest_round_trips(cache):
     assert moved == 0 and count == 300
 
 
-def test_inspection_round_trips(redis_server, namespace):  # fakeredis lacks MEMORY USAGE
-    conn = {"url": redis_server.url, "namespace": namespace}
+def test_inspection_round_trips(fresh_server, namespace):  # fakeredis lacks MEMORY USAGE
+    conn = {"url": fresh_server.url, "namespace": namespace}
     cache = Cache(ValueRedis(**conn), CallRedis(**conn))
     keys, _ = fill(cache)
     assert trips(lambda: inspection.store_info(cache.calls))[0] == 19
