@@ -329,7 +329,7 @@ class _DistributedLocking(OperationContext):
                     self._refuse(e)
 
     def _refuse(self, error: LockError) -> NoReturn:
-        """Raise *error* as this storage's refusal (see the module docstring)."""
+        """Raise *error* as this storage's refusal (error policy: ``docs/locks.md``)."""
         if isinstance(self, (CallStorage, BaseCache)):
             raise Rejected(f"lock failure, call not recorded: {error}") from error
         raise error

@@ -54,7 +54,7 @@ class Redlock:
 
     Args:
         name: the lock's key, ``<namespace>:{<tag>}...`` (see :func:`lock_key`).
-        masters: URLs, redis-py clients or :class:`~fleche_redis.connection.ClientSlot`
+        masters: URLs, redis-py clients or :class:`~fleche_redis.transport.connection.ClientSlot`
             objects of independent masters (1, 3 or 5; a ``redis+cluster://``
             URL counts as one).
         ttl: seconds the lock lives without renewal; also what a crashed
