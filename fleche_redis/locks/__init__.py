@@ -1,1 +1,4 @@
-"""locks."""
+"""Distributed locks: :class:`~.redlock.Redlock`, its watchdog, and the storage mixins.
+
+See ``docs/locks.md``.
+"""

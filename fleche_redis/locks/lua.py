@@ -1,9 +1,9 @@
-"""The server side of :class:`~fleche_redis.redlock.Redlock`: the Lua that takes, passes on, renews and settles a lock.
+"""The server side of :class:`~fleche_redis.locks.redlock.Redlock`: its Lua scripts.
 
-Every script runs on one master and touches only keys of the lock's hash
-slot (see the key layout in :mod:`fleche_redis.redlock`).  ACQUIRE and
-RELEASE share the helpers in ``_SHARED``: fencing tokens that strictly
-increase, across restarts too, and the hand-over to the oldest live waiter.
+Each script runs on one master and touches only keys of the lock's hash
+slot (key layout: ``docs/locks.md``).  ACQUIRE and RELEASE share the
+helpers in ``_SHARED``: strictly increasing fencing tokens and the
+hand-over to the oldest live waiter.
 """
 
 from __future__ import annotations

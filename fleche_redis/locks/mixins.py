@@ -1,73 +1,11 @@
 """Distributed counterparts of fleche's ``PerKeyLockMixin`` and ``SerializingMixin``.
 
-fleche's mixins in ``fleche.storage.thread_safe`` exclude the threads of one
-process.  These exclude every thread of every process that shares the lock
-servers, and compose the same way: they override
-``_operation_context(key, *, intent)`` and chain through ``super()``, so
-they go in front of any fleche storage or cache::
-
-    from dataclasses import dataclass
-    from fleche.caches import Cache
-    from fleche.storage import ValuePickleFile
-    from fleche_redis import CallRedis, PerKeyLockMixin, SerializingMixin, ValueRedis
-
-    @dataclass(frozen=True)
-    class LockedValueRedis(PerKeyLockMixin, ValueRedis): ...      # locks on the storage's Redis
-
-    @dataclass(frozen=True)
-    class LockedPickle(PerKeyLockMixin, ValuePickleFile): ...     # files on a shared filesystem
-
-    @dataclass(frozen=True)
-    class LockedCache(PerKeyLockMixin, Cache): ...                # the whole cache, per call key
-
-    values = LockedPickle(root="/shared/cache", lock_urls=("redis://lock-host:6379/0",))
-
-* :class:`PerKeyLockMixin` takes one lock per entry.  Next to a fleche-redis
-  storage the lock key sits in the entry's own hash slot
-  (``<namespace>:{c.3f}:lock:<digest>``), so a script can later touch lock
-  and record together; elsewhere it is ``<lock_namespace>:{lock.3f}:lock:<digest>``.
-  A short digest prefix is expanded *before* locking (without taking the
-  lock: expansion is a read), so ``evict("3fa9")`` and ``save(x)`` with
-  digest ``3fa9...`` exclude each other.  A prefix that names no entry, or
-  several, locks nothing: the operation it guards is a miss or an
-  ambiguity error anyway.
-* :class:`SerializingMixin` takes one lock per namespace,
-  ``<namespace>:{<namespace>}:lock``.
-
-Both are reentrant per thread and lock key: nested contexts (fleche nests
-them: ``CallMixin.save`` calls ``contains`` and ``evict``) cost no Redis
-round trip.  Other threads of the process wait on an in-process lock first
-and go to Redis after it, in turn with the other processes.
-
-**Reads take no distributed lock.**  fleche enters the hook with the
-default intent ``WRITE`` even from ``load``, but a lock around a read buys
-nothing here: fleche-redis reads and writes entries with single atomic
-commands and fleche's file storages replace files atomically, so a reader
-sees an entry before or after a write, never half of one.  A lock would add
-two round trips to every cache hit.  So ``load``, ``load_value``,
-``contains``, ``expand`` and ``shrink`` (and everything they call) pass
-straight through; ``Intent.READ`` acquires nothing, as upstream.  Set
-``lock_reads=True`` for a storage whose writes are not atomic.
-
-**A lock failure never fails a finished computation.**  The lock
-exceptions are :class:`fleche.storage.SaveError` subclasses (refusals).
-fleche turns a value storage's refusal into ``Rejected``, but lets a call
-storage's escape after the function body ran.  So in a call storage or a
-cache these mixins raise ``fleche.caches.Rejected`` instead (the
-:class:`~fleche_redis.errors.LockError` is its ``__cause__``): the memoized
-function returns its result uncached, fleche logs "Cache rejected save",
-and the result value already written is an orphan that ``Cache.gc()``
-reclaims.  The next call computes again.  The same holds when the watchdog
-finds, at release, that the lock was lost during the write.
-
-Configuration (keyword-only fields; ``lock_urls`` defaults to the storage's
-own Redis when composed with a fleche-redis storage, and is required
-otherwise)::
-
-    lock_urls = ("redis://a:6379/0", "redis://b:6379/0", "redis://c:6379/0")  # Redlock quorum
-    lock_ttl = 10.0        # seconds a crashed holder blocks the key; renewed while alive
-    lock_timeout = 30.0    # seconds a waiter blocks before the refusal
-    lock_namespace = "fleche"   # for storages without a namespace of their own
+They override fleche's ``_operation_context`` hook like the in-process
+mixins of ``fleche.storage.thread_safe``, but exclude every process sharing
+the lock servers: one :class:`~.redlock.Redlock` per entry or per namespace,
+reentrant per thread.  Reads take no lock, and a lock failure in a call
+storage or cache is a ``Rejected`` save, never a failed computation; see
+``docs/locks.md`` for the read policy, error policy and configuration.
 """
 
 from __future__ import annotations
@@ -80,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from fleche.caches import BaseCache, Rejected
 from fleche.digest import DIGEST_LENGTH
@@ -144,6 +82,26 @@ def _url_slot(url: str) -> ClientSlot:
                 url, ClientSlot(partial(client_from_url, url, **LOCK_CLIENT_OPTIONS))
             )
     return slot
+
+
+@contextlib.contextmanager
+def _registered(entry: tuple[Any, str]) -> Iterator[_KeyLock]:
+    """This process's :class:`_KeyLock` of *entry*, kept in the registry while anyone uses it."""
+    registry = _registry()
+    with registry.lock:
+        kl = registry.table.get(entry)
+        if kl is None:
+            kl = registry.table[entry] = _KeyLock()
+        kl.users += 1
+    try:
+        yield kl
+    finally:
+        # Looked up again: after a fork it is the child's registry.
+        registry = _registry()
+        with registry.lock:
+            kl.users -= 1
+            if kl.users == 0 and registry.table.get(entry) is kl:
+                del registry.table[entry]
 
 
 class _Bypass:
@@ -258,10 +216,14 @@ class _DistributedLocking(OperationContext):
         state = self._lock_state
         if state.metrics is None:
             channel = getattr(self, "channel", None)
-            state.metrics = channel.metrics if channel is not None else StorageMetrics(
-                type(self).__name__,
-                ",".join(redact_url(u) for u in self.lock_urls),
-                self._lock_namespace(),
+            state.metrics = (
+                channel.metrics
+                if channel is not None
+                else StorageMetrics(
+                    type(self).__name__,
+                    ",".join(redact_url(u) for u in self.lock_urls),
+                    self._lock_namespace(),
+                )
             )
         return state.metrics
 
@@ -292,74 +254,82 @@ class _DistributedLocking(OperationContext):
 
     @contextlib.contextmanager
     def _hold(self, name: str) -> Iterator[None]:
+        """Hold the lock *name*: this process's turn first, then the distributed lock."""
         masters, servers = self._lock_masters()
-        me = threading.get_ident()
-        entry = (servers, name)
-        registry = _registry()
-        with registry.lock:
-            kl = registry.table.get(entry)
-            if kl is None:
-                kl = registry.table[entry] = _KeyLock()
-            kl.users += 1
-        try:
-            if kl.owner == me:  # nested: this thread holds it already, no round trip
+        with _registered((servers, name)) as kl:
+            if kl.owner == threading.get_ident():  # nested: held already, no round trip
                 yield
                 return
             deadline = runtime.clock() + self.lock_timeout
             counts, started = self._lock_metrics(), time.perf_counter()
             # A thread of this process holding the key counts as a wait too.
-            queued = not kl.mutex.acquire(blocking=False)
-            if queued and not kl.mutex.acquire(
-                timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)
-            ):
-                counts.lock_failures += 1
-                self._refuse(
-                    LockTimeout(
-                        f"{name}: another thread of this process held it for {self.lock_timeout}s",
-                        name=name,
-                    )
-                )
+            queued = self._process_turn(kl, name, counts)
             try:
-                lock = kl.redlock
-                if lock is None:
-                    lock = kl.redlock = Redlock(name, masters, ttl=self.lock_ttl)
-                lock.ttl = self.lock_ttl
-                try:
-                    lock.acquire(timeout=max(0.0, deadline - runtime.clock()))
-                except LockError as e:
-                    counts.lock_failures += 1
-                    self._refuse(e)
+                lock = self._acquire_redlock(kl, name, masters, deadline, counts)
                 # The Redlock remembers whether this acquisition queued in Redis.
-                counts.lock_acquired(time.perf_counter() - started, queued or lock._contended)
-                kl.owner = me
-                failed = False
-                try:
+                counts.lock_acquired(time.perf_counter() - started, queued or lock.contended)
+                with self._owning(kl, lock):
                     yield
-                except BaseException:
-                    failed = True
-                    raise
-                finally:
-                    kl.owner = None
-                    try:
-                        lock.release()
-                    except LockError as e:
-                        kl.redlock = None  # an unconfirmed release: leave it to expire
-                        if failed:  # the operation's own error says more
-                            logger.warning("%s (while handling another error)", e)
-                        else:
-                            self._refuse(e)
             finally:
                 kl.mutex.release()
-        finally:
-            # Looked up again: after a fork it is the child's registry.
-            registry = _registry()
-            with registry.lock:
-                kl.users -= 1
-                if kl.users == 0 and registry.table.get(entry) is kl:
-                    del registry.table[entry]
 
-    def _refuse(self, error: LockError) -> None:
-        """Raise *error* as this storage's refusal (see the module docstring)."""
+    def _process_turn(self, kl: _KeyLock, name: str, counts: StorageMetrics) -> bool:
+        """Take *kl*'s in-process mutex; whether we had to wait for it (refused after the timeout)."""
+        if kl.mutex.acquire(blocking=False):
+            return False
+        if not kl.mutex.acquire(timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)):
+            counts.lock_failures += 1
+            self._refuse(
+                LockTimeout(
+                    f"{name}: another thread of this process held it for {self.lock_timeout}s",
+                    name=name,
+                )
+            )
+        return True
+
+    def _acquire_redlock(
+        self,
+        kl: _KeyLock,
+        name: str,
+        masters: tuple[ClientSlot, ...],
+        deadline: float,
+        counts: StorageMetrics,
+    ) -> Redlock:
+        """Acquire the key's distributed lock by *deadline* (refused if not)."""
+        lock = kl.redlock
+        if lock is None:
+            lock = kl.redlock = Redlock(name, masters, ttl=self.lock_ttl)
+        lock.ttl = self.lock_ttl
+        try:
+            lock.acquire(timeout=max(0.0, deadline - runtime.clock()))
+        except LockError as e:
+            counts.lock_failures += 1
+            self._refuse(e)
+        return lock
+
+    @contextlib.contextmanager
+    def _owning(self, kl: _KeyLock, lock: Redlock) -> Iterator[None]:
+        """Run the operation as *kl*'s owner thread, then release *lock*."""
+        kl.owner = threading.get_ident()
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            kl.owner = None
+            try:
+                lock.release()
+            except LockError as e:
+                kl.redlock = None  # an unconfirmed release: leave it to expire
+                if failed:  # the operation's own error says more
+                    logger.warning("%s (while handling another error)", e)
+                else:
+                    self._refuse(e)
+
+    def _refuse(self, error: LockError) -> NoReturn:
+        """Raise *error* as this storage's refusal (error policy: ``docs/locks.md``)."""
         if isinstance(self, (CallStorage, BaseCache)):
             raise Rejected(f"lock failure, call not recorded: {error}") from error
         raise error
@@ -412,7 +382,7 @@ class PerKeyLockMixin(_DistributedLocking):
         calls = LockedCallRedis(url="redis://cache-host:6379/0", namespace="team-a")
 
     The lock of entry ``3fa9...`` is ``team-a:{c.3f}:lock:3fa9...``, in the
-    entry's hash slot.  See :mod:`fleche_redis.locks` for what is locked
+    entry's hash slot.  See ``docs/locks.md`` for what is locked
     and what happens when a lock cannot be had.
     """
 

@@ -6,53 +6,33 @@
     with lock:
         write_report(fence=lock.fencing_token)
 
-* Exclusion: ``SET NX PX`` with a random token on every master at once
-  (:mod:`fleche_redis.fanout`), held once a quorum ``N // 2 + 1`` accepted
-  and ``ttl - elapsed - drift`` is still positive.
-* Waiting is pushed, not polled: a waiter queues its token and blocks on a
-  signal list of its own.  On one master the release script makes the
-  oldest live waiter the holder (strict FIFO, nobody barges); with several
-  masters, whose queues may disagree, it only wakes the oldest and a split
-  vote backs off randomly.  A waiter re-checks after ``RECHECK`` seconds or
-  when the holder's lease ends, so a lost wakeup or a crash costs little.
-* Fencing tokens strictly increase, across restarts too (see
-  :mod:`fleche_redis.redlock_lua`, which holds the scripts).
-* Release keeps the token until a quorum confirmed; retry after
-  :class:`LockUnavailable`.  The watchdog (:mod:`fleche_redis.watchdog`)
-  renews held locks and flags lost ones (:class:`LockLost` at release).
-  A forked child never renews or releases its parent's locks.
-
-Keys of a lock named ``ns:{tag}:rest``, all in the tag's hash slot::
-
-    ns:{tag}:rest               the lock: holder's token, PX ttl
-    ns:{tag}:rest:q             waiting tokens, oldest first
-    ns:{tag}:rest:a:<token>     a waiter's lease (value: its ttl in ms)
-    ns:{tag}:rest:s:<token>     a waiter's signal list
-    ns:{tag}:fence              fencing counter shared by the slot's locks
-
-Not reentrant: :mod:`fleche_redis.locks` adds reentrancy and in-process
-exclusion.  Time is :data:`fleche_redis.runtime.clock`, which tests replace.
+Quorum ``SET NX PX`` on every master at once, FIFO hand-over to queued
+waiters, strictly increasing fencing tokens, renewal by the watchdog.  This
+module does the I/O; :mod:`.policy` reads the replies, :mod:`.lua` holds the
+scripts.  The algorithm and key layout are in ``docs/locks.md``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 import threading
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from types import EllipsisType
+from typing import Any, ClassVar, NamedTuple
 
 import redis
 
 from .. import runtime
-from ..errors import LockError, LockLost, LockNotOwned, LockTimeout, LockUnavailable
+from ..errors import LockError, LockLost, LockNotOwned, LockUnavailable
 from ..runtime import fork_generation
 from ..storage.keys import lock_key, lock_tag_end
 from ..transport.connection import ClientSlot, client_from_url
-from ..transport.fanout import receive, run_script, send
+from ..transport.fanout import run_script
 from ..transport.scripts import LuaScript
+from ..transport.wire import receive, send
 from . import lua as redlock_lua
+from . import policy
 from . import watchdog as _watchdog
 
 logger = logging.getLogger("fleche_redis.redlock")
@@ -74,7 +54,7 @@ class Redlock:
 
     Args:
         name: the lock's key, ``<namespace>:{<tag>}...`` (see :func:`lock_key`).
-        masters: URLs, redis-py clients or :class:`~fleche_redis.connection.ClientSlot`
+        masters: URLs, redis-py clients or :class:`~fleche_redis.transport.connection.ClientSlot`
             objects of independent masters (1, 3 or 5; a ``redis+cluster://``
             URL counts as one).
         ttl: seconds the lock lives without renewal; also what a crashed
@@ -170,6 +150,11 @@ class Redlock:
         """The current acquisition's token: greater than every earlier holder's."""
         return self._fence if self._held else None
 
+    @property
+    def contended(self) -> bool:
+        """Whether the last acquisition had to wait its turn in Redis (it queued)."""
+        return self._contended
+
     def remaining(self) -> float:
         """Seconds the lock is still safely held (0 when not held)."""
         if not self.held:
@@ -198,7 +183,7 @@ class Redlock:
 
     # -- acquire ----------------------------------------------------------------
 
-    def acquire(self, blocking: bool = True, timeout: float | None | type[Ellipsis] = ...) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float | None | EllipsisType = ...) -> bool:
         """Take the lock; ``True`` once held.
 
         Blocks up to *timeout* seconds (default: the lock's ``timeout``),
@@ -217,9 +202,8 @@ class Redlock:
                 )
             self._token = token = secrets.token_hex(16)
             self._lost = False
-        if timeout is ...:
-            timeout = self.timeout
-        deadline = None if timeout is None or not blocking else runtime.clock() + timeout
+        limit = self.timeout if isinstance(timeout, EllipsisType) else timeout
+        deadline = None if limit is None or not blocking else runtime.clock() + limit
         try:
             return self._acquire(token, blocking, deadline)
         except BaseException:
@@ -227,51 +211,26 @@ class Redlock:
             raise
 
     def _acquire(self, token: str, blocking: bool, deadline: float | None) -> bool:
-        ttl_ms = int(self.ttl * 1000)
-        lease_ms = int(self.WAITER_LEASE * 1000)
-        signal_key = f"{self.name}:s:{token}"
+        turn = _Turn(
+            token, int(self.ttl * 1000), int(self.WAITER_LEASE * 1000), f"{self.name}:s:{token}",
+            self._drift(self.ttl),
+        )  # fmt: skip
         mode = self._mode + ("q" if blocking else "")
-        drift = self._drift(self.ttl)
         home: int | None = None
         waited = False
         if blocking and self._contended and len(self.masters) == 1:
             # This object had to wait last time: attempt and wait in one
             # write, saving a round trip per turn in a busy hand-over chain.
-            # (On a server that lost the script, the BLPOP just times out once.)
-            start = runtime.clock()
-            wait = (
-                self.RECHECK if deadline is None else min(self.RECHECK, max(0.0, deadline - start))
-            )
-            attempt, signal = self._attempt_and_wait(
-                token, ttl_ms, lease_ms, mode + "p", signal_key, wait
-            )
+            held, home, waited = self._pipelined_turn(turn, mode + "p", deadline)
+            if held:
+                return True
             mode = self._mode + "qc"
-            if not isinstance(attempt, Exception):
-                home = 0
-                waited = attempt[0] == 0
-                fence = signal if waited else attempt[1]
-                if (
-                    fence is not None
-                    and fence != b"0"
-                    and self._settle(int(fence), [0], start, drift)
-                ):
-                    self._contended = waited
-                    return True
         while True:
-            start = runtime.clock()
-            replies = self._run(self.ACQUIRE, self._keys, (token, ttl_ms, lease_ms, mode))
-            ok = {i: r for i, r in replies.items() if not isinstance(r, Exception)}
-            won = [i for i, r in ok.items() if r[0] == 1]
-            if len(won) >= self.quorum:
-                fence = max(int(ok[i][1]) for i in won)
-                if self._settle(fence, won, start, drift):
-                    self._contended = waited
-                    return True
-            elif won:
-                self._release_on(token, won)  # split vote: let others through, keep our place
+            held, round_, start = self._round(turn, mode, waited)
+            if held:
+                return True
             mode = self._mode + "qc"  # from now on we may be queued
-            if ok:
-                home = home if home in ok else min(ok)
+            home = policy.home(home, round_.answered)
             if not blocking:
                 self._give_up(token)
                 return False
@@ -279,39 +238,77 @@ class Redlock:
             now = runtime.clock()
             if deadline is not None and now >= deadline:
                 self._give_up(token)
-                cls, why = (
-                    (LockTimeout, "held by another holder")
-                    if len(ok) >= self.quorum
-                    else (
-                        LockUnavailable,
-                        f"only {len(ok)} of {len(self.masters)} master(s) answered",
-                    )
+                raise policy.timeout_error(
+                    self.name, len(round_.answered), len(self.masters), self.quorum
                 )
-                raise cls(f"{self.name}: not acquired within the timeout ({why})", name=self.name)
-            wait = self.RECHECK
-            leases = [r[2] / 1000 for r in ok.values() if r[0] == 0 and r[2] > 0]
-            if leases:
-                wait = min(wait, min(leases) + 0.001)
-            if won:
-                wait = min(wait, random.uniform(0.001, self.SPLIT_BACKOFF))
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            signal = self._wait(home, signal_key, wait)
+            wait = policy.next_wait(
+                round_,
+                recheck=self.RECHECK,
+                split_backoff=self.SPLIT_BACKOFF,
+                now=now,
+                deadline=deadline,
+            )
             # A fencing token here means the releaser made us the holder
             # before pushing (no extra round trip), after our last attempt.
-            if signal not in (None, b"0") and self._settle(int(signal), [home], start, drift):
+            fence = policy.fence_of(self._wait(home, turn.signal_key, wait))
+            if (
+                fence is not None
+                and home is not None
+                and self._settle(fence, [home], start, turn.drift)
+            ):
                 self._contended = True
                 return True
 
-    def _attempt_and_wait(
-        self, token: str, ttl_ms: int, lease_ms: int, mode: str, signal_key: str, wait: float
-    ) -> tuple[Any, bytes | None]:
+    def _round(self, turn: _Turn, mode: str, waited: bool) -> tuple[bool, policy.Round, float]:
+        """One ``ACQUIRE`` on every master at once: (held, the replies read, when it started)."""
+        start = runtime.clock()
+        replies = self._run(
+            self.ACQUIRE, self._keys, (turn.token, turn.ttl_ms, turn.lease_ms, mode)
+        )
+        round_ = policy.tally(replies, self.quorum)
+        if round_.fence is not None:
+            if self._settle(round_.fence, round_.won, start, turn.drift):
+                self._contended = waited
+                return True, round_, start
+        elif round_.won:
+            # A split vote: let others through, keep our place.
+            self._release_on(turn.token, round_.won)
+        return False, round_, start
+
+    def _pipelined_turn(
+        self, turn: _Turn, mode: str, deadline: float | None
+    ) -> tuple[bool, int | None, bool]:
+        """One attempt and a wait in a single write, on the only master: (held, home, waited).
+
+        (On a server that lost the script, the ``BLPOP`` just times out once.)
+        """
+        start = runtime.clock()
+        wait = policy.first_wait(self.RECHECK, start, deadline)
+        attempt, signal = self._attempt_and_wait(turn, mode, wait)
+        if isinstance(attempt, Exception):
+            return False, None, False
+        waited, fence = policy.pipelined(attempt, signal)
+        if fence is not None and self._settle(fence, [0], start, turn.drift):
+            self._contended = waited
+            return True, 0, waited
+        return False, 0, waited
+
+    def _attempt_and_wait(self, turn: _Turn, mode: str, wait: float) -> tuple[Any, bytes | None]:
         """ACQUIRE and a BLPOP on our signal in one write: (attempt's reply, signal or ``None``)."""
         client = self.masters[0].get()
-        acquire = ("EVALSHA", self.ACQUIRE.sha, 2, *self._keys, token, ttl_ms, lease_ms, mode)
+        acquire = (
+            "EVALSHA",
+            self.ACQUIRE.sha,
+            2,
+            *self._keys,
+            turn.token,
+            turn.ttl_ms,
+            turn.lease_ms,
+            mode,
+        )
         try:
             attempt, popped = receive(
-                send(client, [acquire, ("BLPOP", signal_key, max(wait, 0.001))])
+                send(client, [acquire, ("BLPOP", turn.signal_key, max(wait, 0.001))])
             )
         except redis.RedisError as e:
             return e, None
@@ -456,8 +453,11 @@ class Redlock:
                 return "lost"
             return "unavailable"
 
-    def _renew(self) -> float | None:
-        """The watchdog's call: extend now, say when to come back (``None``: stop)."""
+    def renew(self) -> float | None:
+        """The watchdog's call: extend now, say when to come back (``None``: stop).
+
+        Implements :class:`~fleche_redis.locks.watchdog.Renewable`.
+        """
         if not self.held:
             return None
         outcome = self._extend(self.ttl)
@@ -470,6 +470,10 @@ class Redlock:
             logger.warning("lock %s was lost while held (expired or taken over)", self.name)
         return None
 
+    def _renew(self) -> float | None:
+        """The former name of :meth:`renew`, kept for existing callers."""
+        return self.renew()
+
     # -- context manager ----------------------------------------------------------
 
     def __enter__(self) -> Redlock:
@@ -478,6 +482,16 @@ class Redlock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class _Turn(NamedTuple):
+    """What one acquisition sends every round."""
+
+    token: str
+    ttl_ms: int
+    lease_ms: int
+    signal_key: str
+    drift: float
 
 
 def _slot(master: Any) -> ClientSlot:

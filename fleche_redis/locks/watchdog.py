@@ -1,24 +1,9 @@
 """One background thread per process that keeps held locks alive.
 
-A lock's ``ttl`` is what bounds the damage of a crashed holder, so it should
-be short; a slow holder must not lose its lock because of it.  Every
-:class:`~fleche_redis.Redlock` that is held with ``auto_renew`` registers
-here, and this thread extends it before its lease runs out, for as long as
-the lock object is alive (the registry holds weak references: a lock that
-was dropped without ``release`` stops being renewed and expires), until it
-is released, or until a renewal finds the lock gone, which marks it lost.
-
-One thread serves every lock of the process, so a process holding a
-thousand per-key locks still has one renewer, and a process holding none
-has a thread parked on a condition variable (started on first use).
-
-After ``fork()`` the child gets a fresh, empty watchdog: threads do not
-survive a fork, and a child must never extend its parent's locks.
-
-Each watchdog reads its own clock (``time.monotonic`` unless given one),
-and :meth:`Watchdog.tick` runs one round by hand, so tests drive a
-watchdog of their own with a fake clock, without a thread and without
-sleeping, while the process's shared one keeps real time.
+A short ``ttl`` bounds what a crashed holder costs; the watchdog renews
+every held :class:`Renewable` (weakly referenced) before its lease runs out,
+so a slow holder keeps its lock.  A forked child gets a fresh watchdog.
+:meth:`Watchdog.tick` runs one round by hand for tests; see ``docs/locks.md``.
 """
 
 from __future__ import annotations
@@ -36,12 +21,31 @@ from .. import runtime
 
 logger = logging.getLogger("fleche_redis.watchdog")
 
-__all__ = ["Watchdog", "Renewable", "shared"]
+__all__ = ["Watchdog", "Renewable", "LegacyRenewable", "renew", "shared"]
 
 
 class Renewable(Protocol):
-    def _renew(self) -> float | None:
+    """What the watchdog renews (:class:`~fleche_redis.Redlock` is one)."""
+
+    def renew(self) -> float | None:
         """Extend the lock now; return seconds until the next renewal, or ``None`` to stop."""
+
+
+class LegacyRenewable(Protocol):
+    """The former protocol, still accepted: ``_renew`` instead of ``renew``."""
+
+    def _renew(self) -> float | None: ...
+
+
+Watched = Renewable | LegacyRenewable
+
+
+def renew(lock: Watched) -> float | None:
+    """Call *lock*'s renewal: ``renew()``, or ``_renew()`` on an object of the former protocol."""
+    method = getattr(lock, "renew", None)
+    if method is None:
+        method = lock._renew  # type: ignore[union-attr]
+    return method()
 
 
 class Watchdog:
@@ -60,12 +64,12 @@ class Watchdog:
         self._heap: list[tuple[float, int, int]] = []
         # id(lock) -> (weak reference, sequence number of its live heap entry);
         # heap entries with another number are left over from earlier holds.
-        self._locks: dict[int, tuple[weakref.ref[Renewable], int]] = {}
+        self._locks: dict[int, tuple[weakref.ref[Watched], int]] = {}
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._wake_at = float("-inf")  # when the sleeping thread will look again (-inf: awake)
 
-    def watch(self, lock: Renewable, delay: float) -> None:
+    def watch(self, lock: Watched, delay: float) -> None:
         """Renew *lock* in *delay* seconds, and then as often as it asks."""
         key = id(lock)
         due = self._clock() + delay
@@ -83,14 +87,14 @@ class Watchdog:
                 # (watched and unwatched before it is due) costs no thread switch.
                 self._cond.notify()
 
-    def unwatch(self, lock: Renewable) -> None:
+    def unwatch(self, lock: Watched) -> None:
         """Stop renewing *lock* (its heap entries are skipped when they come due)."""
         with self._cond:
             entry = self._locks.get(id(lock))
             if entry is not None and entry[0]() is lock:
                 del self._locks[id(lock)]
 
-    def watching(self, lock: Renewable) -> bool:
+    def watching(self, lock: Watched) -> bool:
         with self._cond:
             entry = self._locks.get(id(lock))
             return entry is not None and entry[0]() is lock
@@ -123,7 +127,7 @@ class Watchdog:
         The network calls run outside the schedule's lock so ``watch`` and
         ``unwatch`` never wait for Redis.
         """
-        due: list[tuple[int, int, Renewable]] = []
+        due: list[tuple[int, int, Watched]] = []
         now = self._clock()
         with self._cond:
             while self._heap:
@@ -136,7 +140,7 @@ class Watchdog:
                     due.append((key, seq, lock))
         for key, seq, lock in due:
             try:
-                delay = lock._renew()
+                delay = renew(lock)
             except Exception:  # a bug in one lock must not stop renewing the others
                 logger.exception("renewing %r failed", lock)
                 delay = None

@@ -263,3 +263,31 @@ def test_watchdog_keeps_a_long_hold_and_hands_over_promptly(redis_server, namesp
     thread.join(5)
     assert got and got[0] - released < 0.5
     other.release()
+
+
+def test_contended_says_whether_the_last_acquisition_waited_its_turn(redis_server, namespace):
+    name = lock_key("contended", namespace)
+    a, b = Redlock(name, [redis_server.url], ttl=5), Redlock(name, [redis_server.url], ttl=5)
+    assert a.acquire() and not a.contended
+    waiter = threading.Thread(target=b.acquire, kwargs={"timeout": 5})
+    waiter.start()
+    time.sleep(0.3)  # b is queued by now
+    a.release()
+    waiter.join(5)
+    assert b.held and b.contended
+    b.release()
+    # Free now: the pipelined attempt wins at once and is not contended.
+    assert b.acquire(timeout=5) and not b.contended
+    b.release()
+
+
+def test_renew_is_public_and_the_former_name_still_works(redis_server, namespace):
+    lock = Redlock(lock_key("renew", namespace), [redis_server.url], ttl=3, auto_renew=False)
+    assert lock.renew() is None and lock._renew() is None  # not held: stop
+    lock.acquire()
+    try:
+        assert lock.renew() == pytest.approx(1.0)
+        assert lock._renew() == pytest.approx(1.0)
+        assert lock.held
+    finally:
+        lock.release()

@@ -89,3 +89,27 @@ def test_one_thread_serves_every_lock():
     for lock in locks:
         dog.unwatch(lock)
     assert len(dog) == 0
+
+
+class PublicRenewable:
+    """The current protocol: a public ``renew``; ``_renew`` must not be the one called."""
+
+    def __init__(self) -> None:
+        self.renewals = 0
+
+    def renew(self) -> float | None:
+        self.renewals += 1
+        return 1.0
+
+    def _renew(self) -> float | None:
+        raise AssertionError("the watchdog called the former hook of a lock that has renew()")
+
+
+def test_renews_through_the_public_hook_and_still_the_former_one(clock, manual_watchdog):
+    public, former = PublicRenewable(), Renewable(every=1.0)
+    manual_watchdog.watch(public, 1.0)
+    manual_watchdog.watch(former, 1.0)
+    clock.advance(1.0)
+    assert manual_watchdog.tick() == 2
+    assert (public.renewals, former.renewals) == (1, 1)
+    assert manual_watchdog.watching(public) and manual_watchdog.watching(former)
