@@ -17,7 +17,7 @@ streams every record, as fleche does.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fleche.call import Call, DigestedCall, QueryCall
 from fleche.digest import Digest
@@ -30,15 +30,26 @@ from .codec import UndecodableEntry
 from .keys import SHARDS
 from .query import TERM_BYTES, record_terms, template_terms
 
+if TYPE_CHECKING:
+    from .codec import Codec
+    from .index import PrefixIndexMixin as _Host
+else:
+    _Host = object
+
 __all__ = ["IndexedCallsMixin"]
 
 
-class IndexedCallsMixin:
+class IndexedCallsMixin(_Host):
     """Record layout and queries for :class:`~fleche_redis.backend.CallRedis`.
 
     Overrides the storage-layout hooks of
     :class:`~fleche_redis.backend.RedisBackend`; it has no state of its own.
     """
+
+    if TYPE_CHECKING:  # provided by RedisBackend (layout, channel and list by _Host)
+        codec: Codec
+
+        def _ttl_ms(self) -> int: ...
 
     FETCH_BATCH: ClassVar[int] = 500
     """Candidate records fetched per pipelined round trip while a query runs."""
@@ -206,7 +217,7 @@ class IndexedCallsMixin:
                 for i in busy
             ],
         )
-        kept = [[] for _ in records]
+        kept: list[list[bytes]] = [[] for _ in records]
         for i, shard_scores in zip(busy, scores, strict=True):
             for j, record in enumerate(records[i]):
                 if all(score is not None for score in shard_scores[j * width : (j + 1) * width]):
