@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import runtime
 from ..locks import watchdog as _watchdog
+from ..locks.lua import EXTEND  # a lease is renewed like a lock: one script for both
 from ..transport.scripts import LuaScript
 
 if TYPE_CHECKING:
@@ -74,17 +75,6 @@ FINISH = LuaScript(
       redis.call('PEXPIRE', signal, ARGV[4])
     end
     return #waiters
-    """
-)
-
-EXTEND = LuaScript(
-    """
-    -- KEYS[1] lease; ARGV[1] token, ARGV[2] ttl ms
-    -- Extends the lease if the caller still holds it; returns 1, else 0.
-    if redis.call('GET', KEYS[1]) == ARGV[1] then
-      return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    end
-    return 0
     """
 )
 
