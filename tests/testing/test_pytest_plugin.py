@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.server  # starts redis-server processes of its own
+
 pytest_plugins = ["pytester"]
 
 USER_TESTS = textwrap.dedent(

@@ -6,7 +6,7 @@ import pytest
 
 from fleche_redis.transport.connection import client_from_url
 
-from ..locks import lockworkers
+from . import lockworkers
 
 FORK = multiprocessing.get_context("fork")
 

@@ -184,7 +184,7 @@ def test_pool_workers_that_exit_with_commits_in_flight_stored_them(
     """Pool workers end without flushing (forked ones skip atexit): what they posted is stored."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from . import workers
+    from ..integration import workers
 
     counter = f"{namespace}:executions"
     monkeypatch.setenv("FLECHE_REDIS_TEST_COUNTER", f"{redis_server.url} {counter}")

@@ -5,6 +5,8 @@ import pytest
 from fleche_redis import cli
 from fleche_redis.testing import embedded
 
+pytestmark = pytest.mark.server  # starts redis-server processes of its own
+
 
 def _run(capsys, *argv):
     code = cli.main(["demo", "--tasks", "4", "--workers", "2", "--samples", "2000", *argv])
