@@ -27,6 +27,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import redis
 
 from .. import runtime
+from . import redispy
 
 __all__ = [
     "ClientSlot",
@@ -95,7 +96,7 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     single = urlunsplit(
         (base_scheme, (auth + "@" if auth else "") + "localhost", "", parts.query, "")
     )
-    options = redis.connection.parse_url(single)
+    options = redispy.parse_url(single)
     for name in ("host", "port", "db", "connection_class", "path"):
         options.pop(name, None)
     if base_scheme == "rediss":

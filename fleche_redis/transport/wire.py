@@ -47,10 +47,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 from .. import runtime
 from ..runtime import fork_generation
+from . import redispy
 
 _POLL = getattr(select, "poll", None)  # not on Windows
 # POLLRDHUP reports a peer's FIN on Linux; elsewhere POLLIN alone sees the EOF.
@@ -109,14 +109,14 @@ def _kept(pool: Any) -> _Kept | None:
     if local.pool is pool and local.generation == generation:
         kept = local.kept  # the pool this thread used last: no lookup
     else:
-        if isinstance(pool, redis.BlockingConnectionPool):
+        if redispy.is_blocking_pool(pool):
             return None
         held = local.held
         if held is None:
             held = local.held = weakref.WeakKeyDictionary()
         kept = held.get(pool)
         if kept is None or kept.generation != generation:  # a client used across fork()
-            kept = held[pool] = _Kept(pool, pool.get_connection())
+            kept = held[pool] = _Kept(pool, redispy.checkout(pool))
         local.pool, local.kept, local.generation = pool, kept, generation
     return None if kept.busy else kept
 
@@ -130,16 +130,7 @@ Pending = tuple[Any, Any, "_Kept | None", list[tuple[Any, ...]]]
 """``(client, connection or None, the kept connection it is or None, commands sent)``."""
 
 
-_PIPELINES: dict[type, bool] = {}
-
-
-def _pool(client: Any) -> Any:
-    """The client's single pool; ``None`` for pipelines and clients without one (cluster)."""
-    kind = type(client)
-    pipeline = _PIPELINES.get(kind)
-    if pipeline is None:  # isinstance against redis-py's classes is slow: once per type
-        pipeline = _PIPELINES[kind] = issubclass(kind, Pipeline)
-    return None if pipeline else getattr(client, "connection_pool", None)
+_pool = redispy.pool_of
 
 
 def single_server(client: Any) -> bool:
@@ -159,13 +150,13 @@ def send(client: Any, commands: list[tuple[Any, ...]]) -> Pending:
         conn = kept.conn
         _drop_if_stale(kept)
     else:
-        conn = pool.get_connection()
+        conn = redispy.checkout(pool)
     try:
-        conn.send_packed_command(_packed(conn, commands), check_health=False)
+        redispy.write(conn, _packed(conn, commands))
     except BaseException:
         conn.disconnect()
         if kept is None:
-            pool.release(conn)
+            redispy.release(pool, conn)
         raise
     if kept is not None:
         kept.busy = True
@@ -190,7 +181,7 @@ def receive(pending: Pending) -> list[Any]:
     try:
         for _ in commands:
             try:
-                replies.append(conn.read_response())
+                replies.append(redispy.read(conn))
             except redis.ResponseError as e:
                 replies.append(e)
     except BaseException:
@@ -201,14 +192,14 @@ def receive(pending: Pending) -> list[Any]:
         if kept is not None:
             kept.busy = False
         else:
-            client.connection_pool.release(conn)
+            redispy.release(redispy.pool_of(client), conn)
     return replies
 
 
 def request(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send *commands* in one write and read every reply, retrying by the client's policy."""
     pool = _pool(client)
-    retry = None if pool is None else pool.connection_kwargs.get("retry")
+    retry = None if pool is None else redispy.retry_of(pool)
     if retry is None:
         return receive(send(client, commands))
     return retry.call_with_retry(lambda: receive(send(client, commands)), _dropped)
@@ -242,7 +233,7 @@ def post(client: Any, commands: list[tuple[Any, ...]], settle: Settle) -> bool:
     conn = kept.conn
     _drop_if_stale(kept)
     try:
-        conn.send_packed_command(_packed(conn, commands), check_health=False)
+        redispy.write(conn, _packed(conn, commands))
     except BaseException:
         conn.disconnect()
         raise
@@ -285,7 +276,7 @@ def _settle_kept(kept: _Kept) -> None:
         try:
             for _ in range(count):
                 try:
-                    replies.append(conn.read_response())
+                    replies.append(redispy.read(conn))
                 except redis.ResponseError as e:
                     replies.append(e)
         except Exception as e:
@@ -324,7 +315,7 @@ def _packed(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
             return [b"".join([_pack_command(command) for command in commands])]
         except TypeError:  # an argument hiredis does not take (bytearray, memoryview)
             pass
-    return conn.pack_commands(commands)
+    return redispy.pack(conn, commands)
 
 
 def _framed(commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -366,7 +357,7 @@ def _drop_if_stale(kept: _Kept) -> None:
     again here, through ``connect()``.
     """
     conn = kept.conn
-    sock = getattr(conn, "_sock", None)
+    sock = redispy.socket_of(conn)
     if sock is None:
         # Connect through connect(), which a Sentinel connection overrides to
         # ask where the primary is now (sending would reconnect to the old one).
@@ -388,7 +379,7 @@ def _drop_if_stale(kept: _Kept) -> None:
         stale = bool(kept.poller.poll(0))
     else:
         try:
-            stale = conn.can_read()
+            stale = redispy.can_read(conn)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             stale = True
     if stale:
