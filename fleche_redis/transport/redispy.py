@@ -34,10 +34,11 @@ __all__ = [
 ]
 
 
-def _needs_command(pool_class: type) -> bool:
+def _needs_command(pool_class: Any) -> bool:
     """Whether ``get_connection`` requires a command name (redis-py 5.0 to 5.2)."""
     try:
-        parameter = inspect.signature(pool_class.get_connection).parameters.get("command_name")
+        get_connection = pool_class.get_connection
+        parameter = inspect.signature(get_connection).parameters.get("command_name")
     except (TypeError, ValueError):  # pragma: no cover - not introspectable
         return False
     return parameter is not None and parameter.default is inspect.Parameter.empty
