@@ -24,7 +24,8 @@ from fleche.digest import Digest
 
 from ..errors import UnavailableMiss
 from ..transport import wire
-from ..transport.scripts import LuaScript, pipelined
+from ..transport.request import send
+from ..transport.scripts import LuaScript
 from .codec import UndecodableEntry
 from .keys import SHARDS
 from .query import TERM_BYTES, record_terms, template_terms
@@ -176,18 +177,14 @@ class IndexedCallsMixin:
         ranges = [(b"[" + t, b"(" + t + b"\xff" * 33) for t in terms]
         rarest = 0
         if len(terms) > 1:
-            counts = pipelined(
+            counts = send(
                 client,
-                lambda p: [
-                    p.zlexcount(layout.terms(s), lo, hi) for s in SHARDS for lo, hi in ranges
-                ],
+                [("ZLEXCOUNT", layout.terms(s), lo, hi) for s in SHARDS for lo, hi in ranges],
             )
             totals = [sum(counts[i :: len(terms)]) for i in range(len(terms))]
             rarest = min(range(len(terms)), key=totals.__getitem__)
         lo, hi = ranges[rarest]
-        listed = pipelined(
-            client, lambda p: [p.zrangebylex(layout.terms(s), lo, hi) for s in SHARDS]
-        )
+        listed = send(client, [("ZRANGEBYLEX", layout.terms(s), lo, hi) for s in SHARDS])
         records = [[m[TERM_BYTES:] for m in members] for members in listed]
         others = [t for i, t in enumerate(terms) if i != rarest]
         if others:
@@ -202,10 +199,10 @@ class IndexedCallsMixin:
         busy = [i for i, recs in enumerate(records) if recs]
         if not busy:
             return records
-        scores = pipelined(
+        scores = send(
             client,
-            lambda p: [
-                p.zmscore(layout.terms(SHARDS[i]), [t + r for r in records[i] for t in terms])
+            [
+                ("ZMSCORE", layout.terms(SHARDS[i]), *[t + r for r in records[i] for t in terms])
                 for i in busy
             ],
         )
@@ -231,7 +228,7 @@ class IndexedCallsMixin:
         layout = self.layout
 
         def load_and_forget_dead(client: Any) -> list[bytes | None]:
-            found = pipelined(client, lambda pipe: [pipe.hget(layout.data(k), "v") for k in keys])
+            found = send(client, [("HGET", layout.data(k), "v") for k in keys])
             # Records that expired or were evicted: rare, and cluster
             # pipelines refuse scripts, so one request each.
             for key, data in zip(keys, found, strict=True):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from fleche.digest import DIGEST_LENGTH, Digest
 
 from ..errors import UnavailableMiss
+from ..transport.request import send
 from ..transport.scripts import LuaScript
 from .keys import SHARDS, InvalidDigestError, check_digest, check_prefix
 
@@ -86,16 +87,15 @@ class PrefixIndexMixin:
         layout, page_size = self.layout, self.LIST_PAGE
 
         def first_pages(client: Any, shards: tuple[str, ...]) -> list[list[bytes]]:
-            pipe = client.pipeline(transaction=False)
-            for shard in shards:
-                pipe.zrangebylex(layout.index(shard), "-", "+", start=0, num=page_size)
-            return pipe.execute()
+            return send(
+                client,
+                [("ZRANGEBYLEX", layout.index(s), "-", "+", "LIMIT", 0, page_size) for s in shards],
+            )
 
         def next_page(client: Any, shard: str, after: bytes) -> list[bytes]:
             # A lexicographic cursor stays correct while members come and go.
-            return client.zrangebylex(
-                layout.index(shard), b"(" + after, "+", start=0, num=page_size
-            )
+            command = ("ZRANGEBYLEX", layout.index(shard), b"(" + after, "+", "LIMIT", 0, page_size)
+            return send(client, [command])[0]
 
         try:
             for start in range(0, len(SHARDS), self.LIST_BATCH):
@@ -116,10 +116,7 @@ class PrefixIndexMixin:
         """Number of indexed entries, from one pipelined ``ZCARD`` per shard."""
 
         def cards(client: Any) -> int:
-            pipe = client.pipeline(transaction=False)
-            for shard in SHARDS:
-                pipe.zcard(self.layout.index(shard))
-            return sum(pipe.execute())
+            return sum(send(client, [("ZCARD", self.layout.index(shard)) for shard in SHARDS]))
 
         try:
             return self.channel.run("count", cards)
@@ -164,13 +161,15 @@ class PrefixIndexMixin:
             digests = [check_digest(k) for k in keys]
 
             def neighbours(client: Any) -> list[Any]:
-                pipe = client.pipeline(transaction=False)
+                commands = []
                 for d in digests:
                     index, member = self.layout.index_of(d), d.encode()
-                    pipe.zscore(index, member)
-                    pipe.zrevrangebylex(index, b"(" + member, "-", start=0, num=1)
-                    pipe.zrangebylex(index, b"(" + member, "+", start=0, num=1)
-                return pipe.execute()
+                    commands += [
+                        ("ZSCORE", index, member),
+                        ("ZREVRANGEBYLEX", index, b"(" + member, "-", "LIMIT", 0, 1),
+                        ("ZRANGEBYLEX", index, b"(" + member, "+", "LIMIT", 0, 1),
+                    ]
+                return send(client, commands)
 
             replies = self.channel.run("shrink", neighbours)
             out = []

@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from . import wire
+from . import request
 
 __all__ = ["LuaScript", "pipelined", "bundle"]
 
@@ -35,10 +35,8 @@ class LuaScript:
     def __call__(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         if not hasattr(client, "execute_command"):  # a recorder standing in for a client
             return client.evalsha(self.sha, len(keys), *keys, *args)
-        try:
-            return wire.call(client, "EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return wire.call(client, "EVAL", self.source, len(keys), *keys, *args)
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        return request.send(client, [command], scripts=(self,), reload="eval")[0]
 
 
 def pipelined(
