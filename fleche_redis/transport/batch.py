@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from redis.exceptions import NoScriptError, RedisError
 
 from . import request, wire
+from .redispy import Client
 from .scripts import LuaScript
 
 if TYPE_CHECKING:
@@ -142,10 +143,10 @@ class Request:
     commands: list[tuple[Any, ...]]
     scripts: dict[str, LuaScript]
 
-    def send(self, client: Any) -> list[Any]:
+    def send(self, client: Client) -> list[Any]:
         return request.send(client, self.commands, scripts=self._scripts(), bundled=True)
 
-    def post(self, client: Any, behind: Behind) -> bool:
+    def post(self, client: Client, behind: Behind) -> bool:
         """Write the request without waiting; ``False`` where it cannot be posted (then send it)."""
         return request.post(
             client,

@@ -10,13 +10,14 @@ naming the member, when a redis-py release changes one of them.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.client import Pipeline
 from redis.connection import parse_url as _parse_url
 
 __all__ = [
+    "Client",
     "checkout",
     "release",
     "socket_of",
@@ -32,6 +33,17 @@ __all__ = [
     "parse_url",
     "CHECKOUT_NEEDS_COMMAND",
 ]
+
+
+class Client(Protocol):
+    """What the transport uses of a client: redis-py's ``Redis``, ``RedisCluster``, a
+    pipeline, or fakeredis.  Its pool, when it has one, is reached by :func:`pool_of`."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any: ...
+
+    def pipeline(self, transaction: Any = ..., shard_hint: Any = ...) -> Any: ...
+
+    def script_load(self, script: Any) -> Any: ...
 
 
 def _needs_command(pool_class: Any) -> bool:
@@ -109,7 +121,7 @@ def is_blocking_pool(pool: Any) -> bool:
     return isinstance(pool, redis.BlockingConnectionPool)
 
 
-def pool_of(client: Any) -> Any:
+def pool_of(client: Client) -> Any:
     """The client's single pool; ``None`` for pipelines and clients without one (cluster)."""
     if is_pipeline(type(client)):
         return None

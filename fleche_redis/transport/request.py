@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError
 
 from . import scripts as _scripts
 from . import wire
+from .redispy import Client
 
 __all__ = ["send", "post", "Command"]
 
@@ -25,7 +26,7 @@ Reload = Literal["load", "eval"]
 
 
 def send(
-    client: Any,
+    client: Client,
     commands: Sequence[Command],
     *,
     scripts: Sequence[_scripts.LuaScript] = (),
@@ -71,7 +72,7 @@ def send(
 
 
 def post(
-    client: Any,
+    client: Client,
     commands: Sequence[Command],
     settle: Callable[[Any], None],
     *,
@@ -144,7 +145,7 @@ def _outcome(replies: list[Any], atomic: bool) -> list[Any]:
 
 
 def _cluster(
-    client: Any,
+    client: Client,
     commands: Sequence[Command],
     scripts: Sequence[_scripts.LuaScript],
     ordered: bool,

@@ -15,13 +15,20 @@ import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
 from redis.exceptions import NoScriptError
 
 from . import request
+from .redispy import Client
 
 __all__ = ["LuaScript", "pipelined", "bundle"]
+
+
+class Recording(Protocol):
+    """A stand-in for a client that keeps script calls to send later (:class:`.batch.Recorder`)."""
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -32,11 +39,13 @@ class LuaScript:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
-    def __call__(self, client: Any, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+    def __call__(
+        self, client: Client | Recording, keys: Sequence[Any] = (), args: Sequence[Any] = ()
+    ) -> Any:
         if not hasattr(client, "execute_command"):  # a recorder standing in for a client
             return client.evalsha(self.sha, len(keys), *keys, *args)
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
-        return request.send(client, [command], scripts=(self,), reload="eval")[0]
+        return request.send(cast(Client, client), [command], scripts=(self,), reload="eval")[0]
 
 
 def pipelined(

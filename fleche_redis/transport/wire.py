@@ -51,6 +51,7 @@ import redis
 from .. import runtime
 from ..runtime import fork_generation
 from . import redispy
+from .redispy import Client
 
 _POLL = getattr(select, "poll", None)  # not on Windows
 # POLLRDHUP reports a peer's FIN on Linux; elsewhere POLLIN alone sees the EOF.
@@ -126,19 +127,19 @@ Settle = Callable[[Any], None]
 the exception that made them unreadable (the connection dropped: the request may or
 may not have run)."""
 
-Pending = tuple[Any, Any, "_Kept | None", list[tuple[Any, ...]]]
+Pending = tuple[Client, Any, "_Kept | None", list[tuple[Any, ...]]]
 """``(client, connection or None, the kept connection it is or None, commands sent)``."""
 
 
 _pool = redispy.pool_of
 
 
-def single_server(client: Any) -> bool:
+def single_server(client: Client) -> bool:
     """Whether *client* talks to one server over one pool (not a cluster, not a pipeline)."""
     return _pool(client) is not None
 
 
-def send(client: Any, commands: list[tuple[Any, ...]]) -> Pending:
+def send(client: Client, commands: list[tuple[Any, ...]]) -> Pending:
     """Write *commands* in one go on this thread's connection; :func:`receive` reads the replies."""
     pool = _pool(client)
     if pool is None:
@@ -196,7 +197,7 @@ def receive(pending: Pending) -> list[Any]:
     return replies
 
 
-def request(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+def request(client: Client, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send *commands* in one write and read every reply, retrying by the client's policy."""
     pool = _pool(client)
     retry = None if pool is None else redispy.retry_of(pool)
@@ -205,7 +206,7 @@ def request(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     return retry.call_with_retry(lambda: receive(send(client, commands)), _dropped)
 
 
-def call(client: Any, *command: Any) -> Any:
+def call(client: Client, *command: Any) -> Any:
     """One command's reply; an error reply is raised."""
     if _pool(client) is None:
         return client.execute_command(*command)
@@ -215,7 +216,7 @@ def call(client: Any, *command: Any) -> Any:
     return reply
 
 
-def post(client: Any, commands: list[tuple[Any, ...]], settle: Settle) -> bool:
+def post(client: Client, commands: list[tuple[Any, ...]], settle: Settle) -> bool:
     """Write *commands* on this thread's kept connection and return without waiting for the replies.
 
     *settle* gets the replies when this thread next sends a request on that
