@@ -1,30 +1,9 @@
-"""Deferring a group of writes so they reach Redis in one pipelined request.
+"""Deferring a group of writes so they reach Redis in one request.
 
-fleche stores a call in pieces: each argument value, then the result, then
-the record, each through ``storage.save``.  Inside a :func:`write_batch`
-block, the ``put`` of every fleche-redis storage only *encodes* the entry
-and queues its write; when the block ends, the queued writes (plus any extra
-steps, such as releasing a compute lease) go out in order, one pipelined
-request per client.  Value and call storages of the same server share a
-client (:func:`fleche_redis.connection.shared_slot`), so a whole miss costs
-one request, and since commands of one pipeline run in order on one
-server, a record is never visible before the values it points to.
-
-On one server, the writes' scripts run as one bundled script
-(:func:`fleche_redis.scripts.bundle`): one call for Redis to set up, and a
-step that fails stops the steps after it, so a refused value never leaves a
-record pointing at it.  Plain commands (the bytes of a big entry, written
-with ``SET`` rather than copied through Lua; chunks) go ahead of that
-script, all in one ``MULTI``/``EXEC``, so a refusal while queued (``OOM``)
-stores none of it (see :class:`Request`).  Past that, nothing is rolled
-back: a failure part-way leaves the earlier entries stored, which is
-harmless for content-addressed values and records.  On Redis Cluster the
-writes run one request each, in order, each routed to its node.
-
-A batch that fails raises the storages' usual error (by their error policy:
-a :class:`~fleche_redis.errors.RedisStorageError`, or a
-:class:`~fleche_redis.errors.SaveRefused` when failing open) at the end of the
-block.
+Inside a :func:`write_batch` block, storages' ``put`` only encode and queue
+their writes; when the block ends they go out in order, one request per
+client (so a record is never visible before its values), or are posted
+(write-behind).  Details in ``docs/transport.md``.
 """
 
 from __future__ import annotations
@@ -206,7 +185,7 @@ class write_batch:  # noqa: N801 - used as a function: ``with write_batch() as b
     is sent.  A class rather than a generator: it runs twice on every miss.
 
     With *behind*, a batch that makes one request on a single server is
-    *posted* (:func:`fleche_redis.wire.post`): the block ends as soon as the
+    *posted* (:func:`.wire.post`): the block ends as soon as the
     request is written, and its reply is read before this thread's next
     request to Redis.  A reply that is an error reaches ``behind.failed``
     then, as the storage's usual exception; a request whose reply could not

@@ -1,12 +1,8 @@
-"""Server-side Lua scripts, run by SHA with one fallback round trip.
+"""Server-side Lua scripts, run by SHA with one fallback round trip, and bundles of them.
 
-A :class:`LuaScript` is a module or class constant: it knows its SHA1 and is
-called with the client to run on, so one object serves every server and every
-process.  The common path is one ``EVALSHA``; a server that does not know the
-script yet (fresh start, ``SCRIPT FLUSH``, failover) answers ``NOSCRIPT`` and
-gets one ``EVAL``, which also caches the script there.  redis-py's own
-``Script`` needs three round trips for that case (``EVALSHA``, ``SCRIPT LOAD``,
-``EVALSHA``).
+A :class:`LuaScript` sends ``EVALSHA`` and, on ``NOSCRIPT``, one ``EVAL``
+(redis-py's ``Script`` takes three trips); :func:`bundle` runs several calls
+as one script.  Details in ``docs/transport.md``.
 """
 
 from __future__ import annotations

@@ -1,41 +1,9 @@
 """Requests on a connection each thread keeps, instead of a pool checkout per command.
 
-redis-py's client takes a connection out of its pool for every command and
-puts it back after: a lock, a ``poll()`` on the socket (to catch a
-connection left with unread replies), observability counters, event
-dispatch, and the same again on the way back.  On a memoized call, which is
-one or two requests, that bookkeeping costs about as much as the request.
-
-Here each thread takes one connection from a client's pool the first time it
-talks to that server and keeps it for its life (it goes back to the pool when
-the thread ends); before each request it makes the pool's one check that
-matters, a ``poll()`` that notices a connection the server closed.  A request is written in one go and its replies read in
-order; error replies come back as exception objects, as from
-:mod:`fleche_redis.fanout`, so a pipelined request reads every reply.  The
-client's retry policy is applied exactly as redis-py applies it: on a
-connection error or timeout, the connection is dropped, reconnected after a
-backoff, and the whole request is sent again, which every request of this
-package is safe to repeat.
-
-What keeps a pool checkout per request:
-
-* clients without a single pool (``RedisCluster``) and pipelines, which go
-  through redis-py's own commands;
-* a ``BlockingConnectionPool`` (its size is a limit someone chose; a
-  connection kept per thread would count against it forever);
-* a request made while this thread's kept connection still owes replies
-  (:func:`send` without its :func:`receive` yet): it takes a connection of
-  its own.
-
-A request can also be *posted* (:func:`post`): written now, its replies
-read later, just before this thread's next request on that connection, or
-at :func:`settle`.  Replies come back in order on a connection, so nothing
-is lost or mixed up; a write-behind commit uses it (see
-:class:`~fleche_redis.caches.RedisCache`).
-
-After ``fork()`` a child never uses a connection kept by its parent: it is
-another client (see :class:`~fleche_redis.connection.ClientSlot`), so another
-pool, and the parent's connections are dropped unused.
+redis-py's per-command pool checkout costs about as much as a memoized
+call's request; here a thread keeps one connection per pool, checks it with
+one ``poll()``, writes a request in one go and reads its replies in order
+(error replies as exception objects).  Details in ``docs/transport.md``.
 """
 
 from __future__ import annotations
