@@ -48,10 +48,11 @@ from redis.retry import Retry
 from ..errors import SaveRefused, UnavailableMiss
 from ..metrics import StorageMetrics
 from ..transport import wire
-from ..transport.batch import Recorder, Request, active_batch
+from ..transport.batch import Recorder, active_batch
 from ..transport.channel import Channel
 from ..transport.connection import ClientSlot, redact_url, shared_slot, url_from_client
 from ..transport.health import POLICIES, Breaker
+from ..transport.request import send
 from ..transport.scripts import LuaScript
 from . import chunks
 from . import lua as entry_lua
@@ -285,7 +286,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             if wire.single_server(client):
                 recorder = Recorder(transactional=True)
                 self._write(recorder, key, data, value)
-                Request(self, recorder.commands, {self.INDEX.sha: self.INDEX}).send(client)
+                send(client, recorder.commands, scripts=(self.INDEX,), bundled=True)
                 return
         self.PUT(
             client,
