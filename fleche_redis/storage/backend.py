@@ -438,10 +438,8 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
 
 
 def _pipelined_reads(client: Any, storage: RedisBackend, keys: list[str]) -> list[bytes | None]:
-    found = wire.request(client, [("GET", storage.layout.data(key)) for key in keys])
-    for reply in found:
-        if isinstance(reply, Exception):
-            raise reply
+    # One by one on Cluster, as before: each routed to its node.
+    found = send(client, [("GET", storage.layout.data(key)) for key in keys], ordered=True)
     # Chunked entries hold a manifest here; they are read in full separately.
     return [
         storage._read(client, Digest(key))
