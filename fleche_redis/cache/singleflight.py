@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import runtime
 from ..locks import watchdog as _watchdog
 from ..locks.lua import EXTEND  # a lease is renewed like a lock: one script for both
+from ..transport.request import send
 from ..transport.scripts import LuaScript
 
 if TYPE_CHECKING:
@@ -208,7 +209,9 @@ def wait_for_record(
     if remaining <= 0:
         return None
     wait = min(slice_cap, remaining, max(0.05, lease_ms / 1000 + 0.05))
-    reply = calls.channel.run("wait", lambda client: client.blpop([signal], timeout=wait))
+    reply = calls.channel.run(
+        "wait", lambda client: send(client, [("BLPOP", signal, wait)], ordered=True)[0]
+    )
     if reply is None:
         return None
     message = reply[1]

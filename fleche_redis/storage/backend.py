@@ -20,7 +20,7 @@ from fleche.storage.destructuring import DestructuringMixin, Digested
 from ..errors import SaveRefused, UnavailableMiss
 from ..metrics import StorageMetrics
 from ..transport import wire
-from ..transport.batch import Recorder, Request, active_batch
+from ..transport.batch import Recorder, active_batch
 from ..transport.channel import Channel
 from ..transport.connection import ClientSlot, redact_url, shared_slot, url_from_client
 from ..transport.health import POLICIES, Breaker
@@ -239,7 +239,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             if wire.single_server(client):
                 recorder = Recorder(transactional=True)
                 self._write(recorder, key, data, value)
-                Request(self, recorder.commands, {self.INDEX.sha: self.INDEX}).send(client)
+                send(client, recorder.commands, scripts=(self.INDEX,), bundled=True)
                 return
         self.PUT(
             client,
@@ -366,7 +366,8 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
 
 
 def _pipelined_reads(client: Any, storage: RedisBackend, keys: list[str]) -> list[bytes | None]:
-    found = send(client, [("GET", storage.layout.data(key)) for key in keys])
+    # One by one on Cluster, as before: each routed to its node.
+    found = send(client, [("GET", storage.layout.data(key)) for key in keys], ordered=True)
     # Chunked entries hold a manifest here; they are read in full separately.
     return [
         storage._read(client, Digest(key))

@@ -1,30 +1,9 @@
-"""Deferring a group of writes so they reach Redis in one pipelined request.
+"""Deferring a group of writes so they reach Redis in one request.
 
-fleche stores a call in pieces: each argument value, then the result, then
-the record, each through ``storage.save``.  Inside a :func:`write_batch`
-block, the ``put`` of every fleche-redis storage only *encodes* the entry
-and queues its write; when the block ends, the queued writes (plus any extra
-steps, such as releasing a compute lease) go out in order, one pipelined
-request per client.  Value and call storages of the same server share a
-client (:func:`fleche_redis.connection.shared_slot`), so a whole miss costs
-one request, and since commands of one pipeline run in order on one
-server, a record is never visible before the values it points to.
-
-On one server, the writes' scripts run as one bundled script
-(:func:`fleche_redis.scripts.bundle`): one call for Redis to set up, and a
-step that fails stops the steps after it, so a refused value never leaves a
-record pointing at it.  Plain commands (the bytes of a big entry, written
-with ``SET`` rather than copied through Lua; chunks) go ahead of that
-script, all in one ``MULTI``/``EXEC``, so a refusal while queued (``OOM``)
-stores none of it (see :class:`Request`).  Past that, nothing is rolled
-back: a failure part-way leaves the earlier entries stored, which is
-harmless for content-addressed values and records.  On Redis Cluster the
-writes run one request each, in order, each routed to its node.
-
-A batch that fails raises the storages' usual error (by their error policy:
-a :class:`~fleche_redis.errors.RedisStorageError`, or a
-:class:`~fleche_redis.errors.SaveRefused` when failing open) at the end of the
-block.
+Inside a :func:`write_batch` block, storages' ``put`` only encode and queue
+their writes; when the block ends they go out in order, one request per
+client (so a record is never visible before its values), or are posted
+(write-behind).  Details in ``docs/transport.md``.
 """
 
 from __future__ import annotations
@@ -36,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import NoScriptError, RedisError
 
-from . import wire
-from .scripts import LuaScript, bundle
+from . import request, wire
+from .redispy import Client
+from .scripts import LuaScript
 
 if TYPE_CHECKING:
     from ..storage.backend import RedisBackend
@@ -120,8 +100,8 @@ def _send(group: list[Step], behind: Behind | None) -> None:
         owner.channel.run("put", group[0][1])
         return
     recorder = Recorder(transactional=wire.single_server(owner.redis()))
-    for _, request, _ in group:
-        request(recorder)
+    for _, step, _ in group:
+        step(recorder)
     sent = Request(owner, recorder.commands, {s.sha: s for _, _, ss in group for s in ss})
     if behind is None or not owner.channel.run("put", sent.post, behind):
         owner.channel.run("put", sent.send)
@@ -142,63 +122,25 @@ class Request:
     commands: list[tuple[Any, ...]]
     scripts: dict[str, LuaScript]
 
-    def _for(self, client: Any) -> tuple[list[tuple[Any, ...]], list[LuaScript], bool]:
-        """``(commands to send, scripts they run, whether they are one MULTI/EXEC)``."""
-        commands, scripts = self.commands, self.scripts
-        if not wire.single_server(client):
-            return commands, list(scripts.values()), False
-        evals = [cmd for cmd in commands if cmd[0] == "EVALSHA"]
-        plain = [cmd for cmd in commands if cmd[0] != "EVALSHA"]
-        load = list(scripts.values())
-        if len(evals) > 1:
-            # One script call instead of one per step (see scripts.bundle).
-            together, keys, args = bundle(
-                [(scripts[sha], rest[:n], rest[n:]) for _, sha, n, *rest in evals]
-            )
-            evals, load = [("EVALSHA", together.sha, len(keys), *keys, *args)], [together]
-        if not plain:
-            return evals, load, False
-        return [("MULTI",), *plain, *evals, ("EXEC",)], load, True
+    def send(self, client: Client) -> list[Any]:
+        return request.send(client, self.commands, scripts=self._scripts(), bundled=True)
 
-    @staticmethod
-    def _outcome(replies: list[Any], transactional: bool) -> list[Any]:
-        """The commands' own replies: for a transaction, what ``EXEC`` returned."""
-        if not transactional:
-            return replies
-        executed = replies[-1]
-        if isinstance(executed, Exception):
-            # EXECABORT: a command was refused while queued, and that refusal says why.
-            return [next((r for r in replies[1:-1] if isinstance(r, Exception)), executed)]
-        return list(executed)
-
-    def send(self, client: Any) -> list[Any]:
-        commands, load, transactional = self._for(client)
-        replies = self._outcome(wire.request(client, commands), transactional)
-        if any(isinstance(r, NoScriptError) for r in replies):
-            # A server without our scripts (fresh, or flushed): load them
-            # and send it all again; every step is safe to repeat.
-            for script in load:
-                client.script_load(script.source)
-            replies = self._outcome(wire.request(client, commands), transactional)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
-
-    def post(self, client: Any, behind: Behind) -> bool:
+    def post(self, client: Client, behind: Behind) -> bool:
         """Write the request without waiting; ``False`` where it cannot be posted (then send it)."""
-        if not wire.single_server(client):
-            return False
-        commands, _, transactional = self._for(client)
-        return wire.post(
-            client, commands, lambda outcome: self._settle(outcome, transactional, behind)
+        return request.post(
+            client,
+            self.commands,
+            lambda outcome: self._settle(outcome, behind),
+            scripts=self._scripts(),
+            bundled=True,
         )
 
-    def _settle(self, outcome: Any, transactional: bool, behind: Behind) -> None:
+    def _scripts(self) -> list[LuaScript]:
+        return list(self.scripts.values())
+
+    def _settle(self, outcome: Any, behind: Behind) -> None:
         """The posted request's replies arrived (or could not be read)."""
         owner = self.owner
-        if not isinstance(outcome, BaseException):
-            outcome = self._outcome(outcome, transactional)
         if isinstance(outcome, BaseException) or any(isinstance(r, NoScriptError) for r in outcome):
             # Unknown whether it ran, or the server lacked a script: send it
             # again, waiting this time (every step is safe to repeat).
@@ -243,7 +185,7 @@ class write_batch:  # noqa: N801 - used as a function: ``with write_batch() as b
     is sent.  A class rather than a generator: it runs twice on every miss.
 
     With *behind*, a batch that makes one request on a single server is
-    *posted* (:func:`fleche_redis.wire.post`): the block ends as soon as the
+    *posted* (:func:`.wire.post`): the block ends as soon as the
     request is written, and its reply is read before this thread's next
     request to Redis.  A reply that is an error reaches ``behind.failed``
     then, as the storage's usual exception; a request whose reply could not

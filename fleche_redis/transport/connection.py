@@ -1,20 +1,8 @@
 """Building Redis clients from URLs, lazily and once per process.
 
-A storage is configuration; its connection is process-local state.  A
-:class:`ClientSlot` builds the client on first use and builds a new one after
-``fork()``, so a child never talks through its parent's sockets, and a
-storage that was pickled into a worker connects there on its first call.
-
-URLs are redis-py's (``redis://``, ``rediss://``, ``unix://``) plus two of
-our own:
-
-``redis+cluster://[user:pw@]host:port[,host:port...]``
-    a Redis Cluster, given any of its nodes (``rediss+cluster://`` for TLS);
-``redis+sentinel://[user:pw@]host:port[,host:port...]/service[/db]``
-    the primary that Sentinel names *service*, followed through failovers
-    (``rediss+sentinel://`` for TLS to the primary).  The credentials are the
-    primary's; ``?sentinel_password=`` (and ``sentinel_username=``) are for
-    the sentinels themselves.
+A :class:`ClientSlot` builds a storage's client on first use and again after
+``fork()``.  URLs are redis-py's plus ``redis+cluster://`` and
+``redis+sentinel://`` (see ``docs/transport.md``).
 """
 
 from __future__ import annotations
@@ -27,6 +15,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import redis
 
 from .. import runtime
+from . import redispy
 
 __all__ = [
     "ClientSlot",
@@ -95,7 +84,7 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     single = urlunsplit(
         (base_scheme, (auth + "@" if auth else "") + "localhost", "", parts.query, "")
     )
-    options = redis.connection.parse_url(single)
+    options = redispy.parse_url(single)
     for name in ("host", "port", "db", "connection_class", "path"):
         options.pop(name, None)
     if base_scheme == "rediss":
@@ -244,7 +233,7 @@ def shared_slot(url: str, options: dict[str, Any], key: tuple[Any, ...]) -> Clie
     Storages that talk to the same server with the same settings share a
     client, so they share a connection pool, and one pipeline can carry the
     writes of a value storage and a call storage together (see
-    :mod:`fleche_redis.batch`).
+    :mod:`.batch`).
     """
     with _shared_lock:
         slot = _shared_slots.get(key)

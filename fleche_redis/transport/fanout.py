@@ -1,19 +1,8 @@
 """One round trip to many Redis servers, without threads.
 
-A Redlock asks N independent masters the same question.  Asking them one
-after another costs N round trips; a thread pool costs threads.  Here the
-request is written to every server first and the replies are read after, so
-the servers work in parallel and the caller waits about one round trip.  The
-same split lets one connection carry a script and a blocking ``BLPOP`` in a
-single write.
-
-Replies come back as values, and an error reply as its exception object, so
-a caller counts answers per server instead of handling exceptions.  The
-write and the read are :func:`fleche_redis.wire.send` and
-:func:`~fleche_redis.wire.receive`, on each thread's kept connection.
-:class:`~fleche_redis.scripts.LuaScript` called with a client is the
-one-server, one-command form of :func:`run_script`; this one splits its
-``EVALSHA`` (and ``EVAL`` fallback) into a write and a read so servers overlap.
+:func:`run_script` writes a script call to every server first and reads the
+replies after, so the servers work in parallel (a Redlock's N masters);
+replies and errors come back per server.  Details in ``docs/transport.md``.
 """
 
 from __future__ import annotations

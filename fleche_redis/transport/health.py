@@ -1,19 +1,8 @@
 """What a Redis failure means for the caller: the error policy and the circuit breaker.
 
-With ``on_error="raise"`` (the default) a failure is a
-:class:`~fleche_redis.errors.RedisStorageError` naming server and operation.
-With ``on_error="miss"`` the cache fails open: a read is a miss
-(:class:`~fleche_redis.errors.UnavailableMiss`, a ``KeyError``), a write is
-refused (:class:`~fleche_redis.errors.SaveRefused`, a ``SaveError``, so fleche
-returns the result uncached) and an eviction is skipped, each logged once per
-burst of failures.
-
-Either way a :class:`Breaker` counts consecutive connection failures; after
-``threshold`` of them it *opens* for ``cooldown`` seconds, and every operation
-fails at once without touching the network, so a dead Redis costs
-microseconds per call instead of a socket timeout.  The first operation
-after the cool-down tries Redis again (half-open): success closes the
-breaker, failure opens it for another cool-down.
+``on_error="raise"`` raises a :class:`~fleche_redis.errors.RedisStorageError`;
+``"miss"`` fails open.  A :class:`Breaker` opened by consecutive connection
+failures fails operations at once for a cool-down (see ``docs/transport.md``).
 """
 
 from __future__ import annotations

@@ -1,75 +1,141 @@
 """One way to send a group of commands to a storage's Redis, whatever the client.
 
-:func:`send` takes commands as tuples (``("ZCARD", key)``) and returns
-their replies in order.  On one server they go out in one write on the
-thread's kept connection (:mod:`.wire`); on Redis Cluster they go through a
-redis-py cluster pipeline (each routed to its node), or one by one when
-their order matters or they run scripts (cluster pipelines refuse them).
+:func:`send` takes commands as tuples (``("ZCARD", key)``) and returns their
+replies in order; :func:`post` writes them now and reads the replies later
+(write-behind).  How a request is shaped for single servers and Cluster,
+bundled and reloaded is told in ``docs/transport.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 from redis.exceptions import NoScriptError
 
+from . import scripts as _scripts
 from . import wire
-from .scripts import LuaScript
+from .redispy import Client
 
-__all__ = ["send", "call", "Command"]
+__all__ = ["send", "call", "post", "Command"]
 
 Command = tuple[Any, ...]
 """A command and its arguments, as Redis takes them: ``("HGET", key, "v")``."""
 
+Reload = Literal["load", "eval"]
+
 
 def send(
-    client: Any,
+    client: Client,
     commands: Sequence[Command],
     *,
-    scripts: Sequence[LuaScript] = (),
+    scripts: Sequence[_scripts.LuaScript] = (),
     atomic: bool = False,
     ordered: bool = False,
+    bundled: bool = False,
+    reload: Reload = "load",
 ) -> list[Any]:
     """Send *commands* as one request; their replies in order, the first error reply raised.
 
     *atomic* wraps them in ``MULTI``/``EXEC`` on a single server (a command
-    refused while queued, such as ``OOM``, stores none of them).  A reply
-    ``NOSCRIPT`` (a server that lost our scripts: restart, ``SCRIPT FLUSH``,
-    failover) sends a lone script call again as ``EVAL``, which also caches
-    it there, and otherwise loads *scripts* and sends everything again, so
-    the commands must be safe to repeat.  On Redis Cluster, *ordered* (or any
-    ``EVALSHA``) sends them one by one, in order; otherwise one pipeline,
-    nodes in parallel.
+    refused while queued, such as ``OOM``, stores none of them).  *bundled*
+    runs their ``EVALSHA`` calls as one script after the plain commands, the
+    whole one ``MULTI``/``EXEC`` when there are plain commands (the replies are
+    then those of that shaped request; on Cluster, one command at a time).  A reply ``NOSCRIPT`` loads *scripts*
+    (``reload="load"``) or sends ``EVAL`` in place of ``EVALSHA``
+    (``reload="eval"``), and sends everything again, so the commands must be
+    safe to repeat.  On Redis Cluster, *ordered* (or any ``EVALSHA``) sends them
+    one by one, in order; otherwise one pipeline, nodes in parallel.  Replies
+    are raw on a single server; on Cluster redis-py's reply callbacks apply.
     """
     if not commands:
         return []
     if not wire.single_server(client):
-        return _cluster(client, commands, scripts, ordered)
-    sent = [("MULTI",), *commands, ("EXEC",)] if atomic else list(commands)
+        if not bundled:
+            return _cluster(client, commands, scripts, ordered)
+        # A batch's writes: one by one, in order, each routed to its node.
+        bundled = atomic = False
+    sent, load, atomic = _shape(commands, scripts, atomic, bundled)
     replies = _outcome(wire.request(client, sent), atomic)
-    if scripts and any(isinstance(r, NoScriptError) for r in replies):
-        if len(sent) == 1:
-            replies = wire.request(client, [_as_eval(sent[0], scripts)])
+    if load and any(isinstance(r, NoScriptError) for r in replies):
+        # A server without our scripts (fresh, restarted, flushed).
+        if reload == "eval":
+            sent = _evaluated(sent, load)
         else:
-            for script in scripts:
+            for script in load:
                 client.script_load(script.source)
-            replies = _outcome(wire.request(client, sent), atomic)
+        replies = _outcome(wire.request(client, sent), atomic)
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
     return replies
 
 
-def call(client: Any, *command: Any, scripts: Sequence[LuaScript] = ()) -> Any:
+def call(client: Client, *command: Any, scripts: Sequence[_scripts.LuaScript] = ()) -> Any:
     """The reply to one command (an error reply raised): :func:`send` of a group of one."""
-    return send(client, [command], scripts=scripts)[0]
+    return send(client, [command], scripts=scripts, reload="eval")[0]
 
 
-def _as_eval(command: Command, scripts: Sequence[LuaScript]) -> Command:
-    """``EVALSHA sha ...`` as ``EVAL source ...`` (one round trip where loading first costs two)."""
-    source = next(script.source for script in scripts if script.sha == command[1])
-    return ("EVAL", source, *command[2:])
+def post(
+    client: Client,
+    commands: Sequence[Command],
+    settle: Callable[[Any], None],
+    *,
+    scripts: Sequence[_scripts.LuaScript] = (),
+    atomic: bool = False,
+    bundled: bool = False,
+) -> bool:
+    """Write *commands* shaped as :func:`send` would, without waiting (:func:`.wire.post`).
+
+    *settle* gets the replies (error replies, ``NOSCRIPT`` included, as
+    exception objects; never reloaded here) or the exception that made them
+    unreadable.  ``False``: nothing was posted (Cluster, no kept connection);
+    send the request instead.
+    """
+    if not wire.single_server(client):
+        return False
+    sent, _, atomic = _shape(commands, scripts, atomic, bundled)
+
+    def settled(outcome: Any) -> None:
+        settle(outcome if isinstance(outcome, BaseException) else _outcome(outcome, atomic))
+
+    return wire.post(client, sent, settled)
+
+
+def _shape(
+    commands: Sequence[Command],
+    scripts: Sequence[_scripts.LuaScript],
+    atomic: bool,
+    bundled: bool,
+) -> tuple[list[Command], list[_scripts.LuaScript], bool]:
+    """``(commands to send, scripts they may need loaded, whether they are one MULTI/EXEC)``."""
+    if not bundled:
+        sent = [("MULTI",), *commands, ("EXEC",)] if atomic else list(commands)
+        return sent, list(scripts), atomic
+    by_sha = {script.sha: script for script in scripts}
+    evals = [cmd for cmd in commands if cmd[0] == "EVALSHA"]
+    plain = [cmd for cmd in commands if cmd[0] != "EVALSHA"]
+    load = list(by_sha.values())
+    if len(evals) > 1:
+        # One script call instead of one per step (see scripts.bundle).
+        together, keys, args = _scripts.bundle(
+            [(by_sha[sha], rest[:n], rest[n:]) for _, sha, n, *rest in evals]
+        )
+        evals, load = [("EVALSHA", together.sha, len(keys), *keys, *args)], [together]
+    if not plain and not atomic:
+        return evals, load, False
+    return [("MULTI",), *plain, *evals, ("EXEC",)], load, True
+
+
+def _evaluated(commands: list[Command], scripts: Sequence[_scripts.LuaScript]) -> list[Command]:
+    """*commands* with ``EVAL source`` in place of ``EVALSHA`` for each of *scripts*."""
+    by_sha = {script.sha: script for script in scripts}
+    return [
+        ("EVAL", by_sha[cmd[1]].source, *cmd[2:])
+        if cmd[0] == "EVALSHA" and cmd[1] in by_sha
+        else cmd
+        for cmd in commands
+    ]
 
 
 def _outcome(replies: list[Any], atomic: bool) -> list[Any]:
@@ -84,18 +150,22 @@ def _outcome(replies: list[Any], atomic: bool) -> list[Any]:
 
 
 def _cluster(
-    client: Any, commands: Sequence[Command], scripts: Sequence[LuaScript], ordered: bool
+    client: Client,
+    commands: Sequence[Command],
+    scripts: Sequence[_scripts.LuaScript],
+    ordered: bool,
 ) -> list[Any]:
     if ordered or len(commands) == 1 or any(command[0] == "EVALSHA" for command in commands):
-        # One by one, each routed to its node (cluster pipelines refuse scripts).
+        by_sha = {script.sha: script for script in scripts}
         replies = []
         for command in commands:
             try:
                 replies.append(client.execute_command(*command))
             except NoScriptError:
-                if not scripts:
+                script = by_sha.get(command[1])
+                if script is None:
                     raise
-                replies.append(client.execute_command(*_as_eval(command, scripts)))
+                replies.append(client.execute_command("EVAL", script.source, *command[2:]))
         return replies
     pipe = client.pipeline(transaction=False)
     for command in commands:

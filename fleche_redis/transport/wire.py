@@ -1,41 +1,9 @@
 """Requests on a connection each thread keeps, instead of a pool checkout per command.
 
-redis-py's client takes a connection out of its pool for every command and
-puts it back after: a lock, a ``poll()`` on the socket (to catch a
-connection left with unread replies), observability counters, event
-dispatch, and the same again on the way back.  On a memoized call, which is
-one or two requests, that bookkeeping costs about as much as the request.
-
-Here each thread takes one connection from a client's pool the first time it
-talks to that server and keeps it for its life (it goes back to the pool when
-the thread ends); before each request it makes the pool's one check that
-matters, a ``poll()`` that notices a connection the server closed.  A request is written in one go and its replies read in
-order; error replies come back as exception objects, as from
-:mod:`fleche_redis.fanout`, so a pipelined request reads every reply.  The
-client's retry policy is applied exactly as redis-py applies it: on a
-connection error or timeout, the connection is dropped, reconnected after a
-backoff, and the whole request is sent again, which every request of this
-package is safe to repeat.
-
-What keeps a pool checkout per request:
-
-* clients without a single pool (``RedisCluster``) and pipelines, which go
-  through redis-py's own commands;
-* a ``BlockingConnectionPool`` (its size is a limit someone chose; a
-  connection kept per thread would count against it forever);
-* a request made while this thread's kept connection still owes replies
-  (:func:`send` without its :func:`receive` yet): it takes a connection of
-  its own.
-
-A request can also be *posted* (:func:`post`): written now, its replies
-read later, just before this thread's next request on that connection, or
-at :func:`settle`.  Replies come back in order on a connection, so nothing
-is lost or mixed up; a write-behind commit uses it (see
-:class:`~fleche_redis.caches.RedisCache`).
-
-After ``fork()`` a child never uses a connection kept by its parent: it is
-another client (see :class:`~fleche_redis.connection.ClientSlot`), so another
-pool, and the parent's connections are dropped unused.
+redis-py's per-command pool checkout costs about as much as a memoized
+call's request; here a thread keeps one connection per pool, checks it with
+one ``poll()``, writes a request in one go and reads its replies in order
+(error replies as exception objects).  Details in ``docs/transport.md``.
 """
 
 from __future__ import annotations
@@ -47,10 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 from .. import runtime
 from ..runtime import fork_generation
+from . import redispy
+from .redispy import Client
 
 _POLL = getattr(select, "poll", None)  # not on Windows
 # POLLRDHUP reports a peer's FIN on Linux; elsewhere POLLIN alone sees the EOF.
@@ -109,14 +78,14 @@ def _kept(pool: Any) -> _Kept | None:
     if local.pool is pool and local.generation == generation:
         kept = local.kept  # the pool this thread used last: no lookup
     else:
-        if isinstance(pool, redis.BlockingConnectionPool):
+        if redispy.is_blocking_pool(pool):
             return None
         held = local.held
         if held is None:
             held = local.held = weakref.WeakKeyDictionary()
         kept = held.get(pool)
         if kept is None or kept.generation != generation:  # a client used across fork()
-            kept = held[pool] = _Kept(pool, pool.get_connection())
+            kept = held[pool] = _Kept(pool, redispy.checkout(pool))
         local.pool, local.kept, local.generation = pool, kept, generation
     return None if kept.busy else kept
 
@@ -126,28 +95,19 @@ Settle = Callable[[Any], None]
 the exception that made them unreadable (the connection dropped: the request may or
 may not have run)."""
 
-Pending = tuple[Any, Any, "_Kept | None", list[tuple[Any, ...]]]
+Pending = tuple[Client, Any, "_Kept | None", list[tuple[Any, ...]]]
 """``(client, connection or None, the kept connection it is or None, commands sent)``."""
 
 
-_PIPELINES: dict[type, bool] = {}
+_pool = redispy.pool_of
 
 
-def _pool(client: Any) -> Any:
-    """The client's single pool; ``None`` for pipelines and clients without one (cluster)."""
-    kind = type(client)
-    pipeline = _PIPELINES.get(kind)
-    if pipeline is None:  # isinstance against redis-py's classes is slow: once per type
-        pipeline = _PIPELINES[kind] = issubclass(kind, Pipeline)
-    return None if pipeline else getattr(client, "connection_pool", None)
-
-
-def single_server(client: Any) -> bool:
+def single_server(client: Client) -> bool:
     """Whether *client* talks to one server over one pool (not a cluster, not a pipeline)."""
     return _pool(client) is not None
 
 
-def send(client: Any, commands: list[tuple[Any, ...]]) -> Pending:
+def send(client: Client, commands: list[tuple[Any, ...]]) -> Pending:
     """Write *commands* in one go on this thread's connection; :func:`receive` reads the replies."""
     pool = _pool(client)
     if pool is None:
@@ -159,13 +119,13 @@ def send(client: Any, commands: list[tuple[Any, ...]]) -> Pending:
         conn = kept.conn
         _drop_if_stale(kept)
     else:
-        conn = pool.get_connection()
+        conn = redispy.checkout(pool)
     try:
-        conn.send_packed_command(_packed(conn, commands), check_health=False)
+        redispy.write(conn, _packed(conn, commands))
     except BaseException:
         conn.disconnect()
         if kept is None:
-            pool.release(conn)
+            redispy.release(pool, conn)
         raise
     if kept is not None:
         kept.busy = True
@@ -190,7 +150,7 @@ def receive(pending: Pending) -> list[Any]:
     try:
         for _ in commands:
             try:
-                replies.append(conn.read_response())
+                replies.append(redispy.read(conn))
             except redis.ResponseError as e:
                 replies.append(e)
     except BaseException:
@@ -201,20 +161,20 @@ def receive(pending: Pending) -> list[Any]:
         if kept is not None:
             kept.busy = False
         else:
-            client.connection_pool.release(conn)
+            redispy.release(redispy.pool_of(client), conn)
     return replies
 
 
-def request(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+def request(client: Client, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send *commands* in one write and read every reply, retrying by the client's policy."""
     pool = _pool(client)
-    retry = None if pool is None else pool.connection_kwargs.get("retry")
+    retry = None if pool is None else redispy.retry_of(pool)
     if retry is None:
         return receive(send(client, commands))
     return retry.call_with_retry(lambda: receive(send(client, commands)), _dropped)
 
 
-def call(client: Any, *command: Any) -> Any:
+def call(client: Client, *command: Any) -> Any:
     """One command's reply; an error reply is raised."""
     if _pool(client) is None:
         return client.execute_command(*command)
@@ -224,7 +184,7 @@ def call(client: Any, *command: Any) -> Any:
     return reply
 
 
-def post(client: Any, commands: list[tuple[Any, ...]], settle: Settle) -> bool:
+def post(client: Client, commands: list[tuple[Any, ...]], settle: Settle) -> bool:
     """Write *commands* on this thread's kept connection and return without waiting for the replies.
 
     *settle* gets the replies when this thread next sends a request on that
@@ -242,7 +202,7 @@ def post(client: Any, commands: list[tuple[Any, ...]], settle: Settle) -> bool:
     conn = kept.conn
     _drop_if_stale(kept)
     try:
-        conn.send_packed_command(_packed(conn, commands), check_health=False)
+        redispy.write(conn, _packed(conn, commands))
     except BaseException:
         conn.disconnect()
         raise
@@ -285,7 +245,7 @@ def _settle_kept(kept: _Kept) -> None:
         try:
             for _ in range(count):
                 try:
-                    replies.append(conn.read_response())
+                    replies.append(redispy.read(conn))
                 except redis.ResponseError as e:
                     replies.append(e)
         except Exception as e:
@@ -324,7 +284,7 @@ def _packed(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
             return [b"".join([_pack_command(command) for command in commands])]
         except TypeError:  # an argument hiredis does not take (bytearray, memoryview)
             pass
-    return conn.pack_commands(commands)
+    return redispy.pack(conn, commands)
 
 
 def _framed(commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -366,7 +326,7 @@ def _drop_if_stale(kept: _Kept) -> None:
     again here, through ``connect()``.
     """
     conn = kept.conn
-    sock = getattr(conn, "_sock", None)
+    sock = redispy.socket_of(conn)
     if sock is None:
         # Connect through connect(), which a Sentinel connection overrides to
         # ask where the primary is now (sending would reconnect to the old one).
@@ -388,7 +348,7 @@ def _drop_if_stale(kept: _Kept) -> None:
         stale = bool(kept.poller.poll(0))
     else:
         try:
-            stale = conn.can_read()
+            stale = redispy.can_read(conn)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             stale = True
     if stale:

@@ -1,0 +1,1 @@
+"""Tests of fleche_redis.transport on its own."""

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from fleche_redis import runtime
-from fleche_redis.transport import wire
+from fleche_redis.transport import redispy, wire
 
 FORK = multiprocessing.get_context("fork")
 
@@ -34,10 +34,12 @@ def test_a_thread_keeps_one_connection_for_every_request(client, fresh_server):
 
 def test_threads_keep_their_own_connections_and_return_them(client, fresh_server):
     seen = []
+    together = threading.Barrier(3)  # all alive at once: none has handed its connection back
 
     def worker():
         wire.call(client, "PING")
         seen.append(id(runtime.thread.kept.conn))
+        together.wait(timeout=10)
 
     threads = [threading.Thread(target=worker) for _ in range(3)]
     for t in threads:
@@ -79,7 +81,7 @@ def test_blocking_pools_and_pipelines_keep_redis_pys_path(fresh_server):
     pool = redis.BlockingConnectionPool.from_url(fresh_server.url, max_connections=1, timeout=0.2)
     blocking = redis.Redis(connection_pool=pool)
     wire.call(blocking, "SET", "k", "v")
-    pool.release(pool.get_connection())  # the pool's only connection went back (or this times out)
+    pool.release(redispy.checkout(pool))  # the pool's only connection went back (or this times out)
     assert wire.call(blocking, "GET", "k") == b"v"
     pipe = blocking.pipeline(transaction=False)
     assert wire.call(pipe, "GET", "k") is pipe  # queued, as pipe.get would
@@ -206,7 +208,7 @@ def test_big_arguments_are_framed_without_copies_and_arrive_intact(client):
 
     big = bytes(range(256)) * 1024  # 256 KiB
     commands = [("SET", "big", big, "PX", 60_000), ("STRLEN", "big"), ("ECHO", 2.5)]
-    parts = wire._packed(client.connection_pool.get_connection(), commands)
+    parts = wire._packed(redispy.checkout(client.connection_pool), commands)
     assert any(part is big for part in parts)  # sent from its own buffer
     assert b"".join(bytes(p) for p in parts) == b"".join(hiredis.pack_command(c) for c in commands)
     for target in (client, fakeredis.FakeRedis(server=fakeredis.FakeServer())):
