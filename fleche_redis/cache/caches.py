@@ -122,13 +122,17 @@ class RedisCache(Cache):
         token = singleflight.new_token()
         claim_ms = int(self.claim_ttl * 1000)
         deadline = runtime.clock() + self.wait_timeout
+        counts = calls.channel.metrics  # the lookup reads past calls.get: count as it would
         while True:
             status, payload = calls.channel.run(
                 "get", singleflight.LOOKUP, keys, (token, claim_ms, 60_000)
             )
             if status == singleflight.HIT:
+                counts.hits += 1
+                counts.bytes_in += len(payload)
                 return calls.codec.decode(payload, key=key), _NOTHING
             if status == singleflight.CLAIMED:
+                counts.misses += 1
                 runtime.thread.claims[(id(calls), key)] = singleflight.Lease(
                     calls, key, token, self.lease_ttl
                 )
@@ -142,6 +146,8 @@ class RedisCache(Cache):
                 raise KeyError(key)
             message = singleflight.wait_for_record(calls, key, token, int(payload), deadline)
             if message is not None:
+                counts.hits += 1  # computed elsewhere, pushed here
+                counts.bytes_in += len(message)
                 try:
                     return self._unpack(calls, key, message)
                 except UndecodableEntry:
@@ -363,7 +369,13 @@ def configured_cache(name: str | None = None, **options: Any) -> RedisCache:
     """
     import fleche.config
 
-    cache = fleche.config.load_cache_config(name)
+    with _FallbackHeard() as heard:
+        cache = fleche.config.load_cache_config(name)
+    if heard.reason is not None:
+        raise ValueError(
+            f"fleche's configuration has no cache {name or 'default'!r} ({heard.reason}; "
+            "fleche fell back to a memory cache)"
+        )
     values, calls = getattr(cache, "values", None), getattr(cache, "calls", None)
     if (
         type(cache) is not Cache
@@ -376,3 +388,30 @@ def configured_cache(name: str | None = None, **options: Any) -> RedisCache:
             ' ValueRedis and CallRedis (type = "redis" for values and calls)'
         )
     return RedisCache(values, calls, **options)
+
+
+class _FallbackHeard(logging.Handler):
+    """Hears fleche say it fell back to a memory cache, and why (a name it did not find)."""
+
+    PREFIX = "Using default memory cache: "
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.reason: str | None = None
+        self._logger = logging.getLogger("fleche.config")
+        self._level = self._logger.level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            self.reason = message[len(self.PREFIX) :]
+
+    def __enter__(self) -> _FallbackHeard:
+        self._logger.addHandler(self)
+        if not self._logger.isEnabledFor(logging.INFO):
+            self._logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)

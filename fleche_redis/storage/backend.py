@@ -22,7 +22,7 @@ from ..metrics import StorageMetrics
 from ..transport import wire
 from ..transport.batch import Recorder, active_batch
 from ..transport.channel import Channel
-from ..transport.connection import ClientSlot, redact_url, shared_slot, url_from_client
+from ..transport.connection import ClientSlot, check_url, redact_url, shared_slot, url_from_client
 from ..transport.health import POLICIES, Breaker
 from ..transport.request import Command, call, send
 from ..transport.scripts import LuaScript
@@ -116,7 +116,9 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         check_namespace(self.namespace)
-        if self.client is not None:
+        if self.client is None:
+            check_url(self.url)
+        else:
             config.refuse_decoding_client(self.client)
             if self.url == DEFAULT_URL:
                 set_(

@@ -21,7 +21,7 @@ from fleche.digest import DIGEST_LENGTH, Digest
 from ..errors import UnavailableMiss
 from ..transport.request import call, send
 from ..transport.scripts import LuaScript
-from .keys import SHARDS, InvalidDigestError, check_digest, check_prefix
+from .keys import SHARD_CHARS, SHARDS, InvalidDigestError, check_digest, check_prefix
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -127,26 +127,51 @@ class PrefixIndexMixin:
     # -- prefixes -----------------------------------------------------------
 
     def expand(self, key: Digest | str) -> Digest:
-        # fleche returns any string of 64+ characters unchanged; a storage
-        # keyed by hex digests refuses the ones that cannot be digests.
+        # fleche returns any string of 64+ characters unchanged and measures
+        # any other with len(); a storage keyed by hex digests refuses what
+        # cannot be a digest or a prefix of one, as a miss.
         if isinstance(key, str) and len(key) >= DIGEST_LENGTH:
             check_digest(key)
+        else:
+            check_prefix(key)
         return super().expand(key)  # type: ignore[misc]  # fleche's KeyManagement, after us
 
+    def _normalize_key(self, key: Any) -> Digest:
+        if not isinstance(key, str):  # None, a number: fleche would fail on len()
+            raise InvalidDigestError(key)
+        return super()._normalize_key(key)  # type: ignore[misc]  # fleche's KeyManagement
+
     def _prefix_candidates(self, prefix: str) -> builtins.list[Digest]:
-        """The two smallest live digests starting with *prefix*: one script on one shard."""
+        """The two smallest live digests starting with *prefix*.
+
+        A prefix of a shard's width or more is one script on one shard;
+        a shorter one (fleche never asks, but the contract holds for any
+        prefix) reads the shards it spans in order, a group per request,
+        until it has two.
+        """
         try:
-            prefix = check_prefix(prefix)
+            prefix = check_prefix(prefix) if prefix != "" else ""
         except InvalidDigestError:
             return []
-        layout = self.layout
-        found = self.channel.run(
-            "expand",
-            self.EXPAND,
-            (layout.index_of(prefix),),
-            (prefix, layout.data_prefix(prefix[:2])),
+        layout, script = self.layout, self.EXPAND
+        shards = (
+            [prefix[:SHARD_CHARS]]
+            if len(prefix) >= SHARD_CHARS
+            else [s for s in SHARDS if s.startswith(prefix)]
         )
-        return [Digest(m.decode()) for m in found]
+        found: builtins.list[Digest] = []
+        for start in range(0, len(shards), self.LIST_BATCH):
+            commands = [
+                ("EVALSHA", script.sha, 1, layout.index(shard), prefix, layout.data_prefix(shard))
+                for shard in shards[start : start + self.LIST_BATCH]
+            ]
+            replies = self.channel.run(
+                "expand", lambda client, batch=commands: send(client, batch, scripts=(script,))
+            )
+            found += [Digest(m.decode()) for members in replies for m in members]
+            if len(found) >= 2:
+                break
+        return found[:2]
 
     def _shrink(self, *keys: Digest | str) -> tuple[Digest, ...]:
         """Shortest unambiguous prefixes from each key's sorted-set neighbours.

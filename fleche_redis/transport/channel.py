@@ -18,7 +18,7 @@ from ..errors import RedisStorageError, SaveRefused, StorageUnavailable, Unavail
 from ..metrics import StorageMetrics
 from . import wire
 from .connection import ClientSlot
-from .health import Breaker
+from .health import Breaker, describe
 
 __all__ = ["Channel", "WRITES"]
 
@@ -88,7 +88,7 @@ class Channel:
         cls = StorageUnavailable if unavailable else RedisStorageError
         fault = cls(
             f"Redis {operation} on {self.server} (namespace {self.namespace!r}) failed: "
-            f"{type(exc).__name__}: {exc}",
+            f"{describe(exc, self.server)}",
             operation=operation,
             server=self.server,
         )

@@ -21,6 +21,7 @@ __all__ = [
     "ClientSlot",
     "shared_slot",
     "client_from_url",
+    "check_url",
     "parse_cluster_url",
     "parse_sentinel_url",
     "url_from_client",
@@ -42,12 +43,45 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{hosts}{slash}{tail}"
 
 
+def check_url(url: str) -> str:
+    """Return *url*, or raise ``ValueError`` for a database that is not a number.
+
+    redis-py reads ``redis://host/abc`` as database 0 without a word; a
+    cache silently shared with whatever lives in database 0 is worse than an
+    error at construction.
+    """
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    if parts.scheme in _SENTINEL_SCHEMES:
+        segments = segments[1:]  # the service name comes first
+    elif parts.scheme == "unix":
+        segments = []  # the path is the socket
+    database = [q.partition("=")[2] for q in parts.query.split("&") if q.startswith("db=")]
+    for db in segments[:1] + database:
+        if not db.isdigit():
+            raise ValueError(
+                f"invalid Redis URL {redact_url(url)!r}: database {db!r} is not a number "
+                "(use .../0 for the first database)"
+            )
+    if len(segments) > 1:
+        raise ValueError(
+            f"invalid Redis URL {redact_url(url)!r}: the path names one database, "
+            f"not {'/'.join(segments)!r}"
+        )
+    if parts.scheme in _CLUSTER_SCHEMES and segments and segments[0] != "0":
+        raise ValueError(
+            f"invalid Redis URL {redact_url(url)!r}: Redis Cluster has database 0 only"
+        )
+    return url
+
+
 def client_from_url(url: str, **options: Any) -> redis.Redis | redis.RedisCluster:
     """A client for *url*; *options* go to the redis-py constructor.
 
     Responses are always bytes (``decode_responses`` is forced off): stored
     entries are binary.
     """
+    check_url(url)
     options = {**options, "decode_responses": False}
     parts = urlsplit(url)
     # redis-py lets URL query options override keyword arguments.

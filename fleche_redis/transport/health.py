@@ -11,14 +11,41 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+import redis
+
 from .. import runtime
 from ..errors import StorageUnavailable
 
-__all__ = ["Breaker", "POLICIES"]
+__all__ = ["Breaker", "POLICIES", "describe"]
 
 logger = logging.getLogger("fleche_redis.health")
 
 POLICIES = ("raise", "miss")
+
+
+def describe(exc: Exception, server: str) -> str:
+    """*exc* (from redis-py) as a sentence a person can act on; the original stays in brackets.
+
+    The command line and the storages' exceptions say the same thing.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    if (
+        isinstance(exc, redis.AuthenticationError)
+        or "NOAUTH" in str(exc)
+        or "WRONGPASS" in str(exc)
+    ):
+        if "@" not in server:
+            return (
+                f"Redis at {server} requires a password; put it in the URL: "
+                f"redis://[user]:PASSWORD@host:port/db ({text})"
+            )
+        return f"authentication failed at {server}: wrong user name or password ({text})"
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return (
+            f"the Redis user lacks a permission at {server} ({text}); an ACL must allow "
+            "the namespace's keys (~<namespace>:*) and the commands fleche-redis uses"
+        )
+    return text
 
 
 @dataclass
