@@ -24,6 +24,7 @@ from ..storage.backend import CallRedis, ValueRedis
 from ..storage.codec import UndecodableEntry
 from ..transport import wire
 from ..transport.batch import Step, write_batch
+from ..transport.health import Bursts, kind_of
 from . import singleflight
 
 __all__ = ["RedisCache", "LeasedCall", "redis_cache", "configured_cache"]
@@ -270,6 +271,9 @@ class RedisCache(Cache):
 
 _NOTHING = object()
 
+_commit_bursts = Bursts()
+"""Refused write-behind commits are logged once per burst, like every storage failure."""
+
 MAX_KEPT_FAILURES = 100
 """Write-behind failures a thread keeps for :meth:`RedisCache.flush` (the rest are only logged)."""
 
@@ -283,7 +287,11 @@ class _Behind:
     lease: singleflight.Lease | None
 
     def failed(self, error: BaseException) -> None:
-        logger.warning("write-behind commit of %s failed; not stored: %s", self.key, error)
+        level, unlogged = _commit_bursts.level(kind_of(error))
+        more = f" ({unlogged} more since the last warning)" if unlogged else ""
+        logger.log(
+            level, "write-behind commit of %s failed; not stored: %s%s", self.key, error, more
+        )
         lease = self.lease
         if lease is not None:
             # The bundle stops at a failing step, so its release may not have

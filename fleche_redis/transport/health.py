@@ -16,7 +16,7 @@ import redis
 from .. import runtime
 from ..errors import StorageUnavailable
 
-__all__ = ["Breaker", "POLICIES", "describe"]
+__all__ = ["Breaker", "Bursts", "POLICIES", "describe", "kind_of"]
 
 logger = logging.getLogger("fleche_redis.health")
 
@@ -48,6 +48,60 @@ def describe(exc: Exception, server: str) -> str:
     return text
 
 
+CONNECTION_KINDS = ("ConnectionError", "TimeoutError")
+
+
+def kind_of(fault: BaseException) -> str:
+    """What kind of failure *fault* is, for counting bursts: the redis-py error, and a refusal's code."""
+    cause = fault.__cause__ if fault.__cause__ is not None else fault
+    if isinstance(cause, (redis.ConnectionError, redis.TimeoutError)):
+        return "TimeoutError" if isinstance(cause, redis.TimeoutError) else "ConnectionError"
+    if isinstance(cause, redis.ResponseError):
+        return f"{type(cause).__name__} {str(cause).split(' ', 1)[0]}"  # e.g. WRONGTYPE, OOM
+    return type(cause).__name__
+
+
+@dataclass
+class Bursts:
+    """Which kinds of failure are in a burst now, so each burst logs one warning.
+
+    A burst of a kind starts with a failure after ``quiet`` seconds without
+    one; its first failure is a warning, the rest are debug lines, with a
+    reminder (and how many went unlogged) every ``remind`` seconds while it
+    lasts.  Successes of other operations do not end it: under ``OOM`` reads
+    keep working while every write fails.
+    """
+
+    quiet: float = 60.0
+    remind: float = 300.0
+    _seen: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    """kind -> [last warned, last failed, failures since the warning]"""
+
+    def level(self, kind: str) -> tuple[int, int]:
+        """The log level of one more failure of *kind*, and how many went unlogged since the last warning."""
+        now = runtime.clock()
+        seen = self._seen.get(kind)
+        if seen is None or now - seen[1] > self.quiet:
+            self._seen[kind] = [now, now, 0]
+            return logging.WARNING, 0
+        seen[1] = now
+        if now - seen[0] >= self.remind:
+            unlogged = int(seen[2])
+            seen[0], seen[2] = now, 0
+            return logging.WARNING, unlogged
+        seen[2] += 1
+        return logging.DEBUG, 0
+
+    def end(self, *kinds: str) -> None:
+        """The bursts of *kinds* are over: their next failure warns again."""
+        for kind in kinds:
+            self._seen.pop(kind, None)
+
+
+def _more(unlogged: int) -> str:
+    return f" ({unlogged} more like it since the last warning)" if unlogged else ""
+
+
 @dataclass
 class Breaker:
     """Consecutive-failure counter and open/closed state of one storage in one process."""
@@ -59,7 +113,13 @@ class Breaker:
     open_until: float = 0.0
     opened: int = 0
     """How many times the breaker opened (an observable for metrics and tests)."""
+    bursts: Bursts = field(default=None, repr=False)  # type: ignore[assignment]
+    """Shared by every breaker of one server in this process: a cache's storages warn once."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.bursts is None:
+            self.bursts = runtime.per_process("health.bursts", dict).setdefault(self.name, Bursts())
 
     @property
     def state(self) -> str:
@@ -80,24 +140,28 @@ class Breaker:
         return None
 
     def failed(self, fault: Exception) -> None:
-        """Count a failure; connection failures can open the breaker."""
+        """Count a failure; connection failures can open the breaker.  Logged once per burst."""
+        opening = False
         with self._lock:
-            first = self.failures == 0
             if isinstance(fault, StorageUnavailable):
                 self.failures += 1
                 if self.failures >= self.threshold:
                     self.open_until = runtime.clock() + self.cooldown
                     self.opened += 1
-                    logger.warning("%s; circuit open for %.1f s", fault, self.cooldown)
-                    return
-        if first:
-            logger.warning("%s", fault)
+                    opening = True
+            kind = "circuit" if opening else kind_of(fault)
+            level, unlogged = self.bursts.level(kind)
+        if opening:
+            logger.log(
+                level, "%s; circuit open for %.1f s%s", fault, self.cooldown, _more(unlogged)
+            )
         else:
-            logger.debug("%s", fault)
+            logger.log(level, "%s%s", fault, _more(unlogged))
 
     def succeeded(self) -> None:
         with self._lock:
             if self.failures:
                 logger.info("Redis %s reachable again after %d failures", self.name, self.failures)
+                self.bursts.end(*CONNECTION_KINDS, "circuit")  # the outage is over
             self.failures = 0
             self.open_until = 0.0
