@@ -125,8 +125,6 @@ class Lease:
     def _extend(self) -> bool:
         lease, _ = self.redis_keys()
         kept = self.calls.channel.run("lease", EXTEND, (lease,), (self.token, int(self.ttl * 1000)))
-        if not kept:
-            self.lost = True
         return bool(kept)
 
     def _renew(self) -> float | None:
@@ -135,15 +133,21 @@ class Lease:
             if self.finished:
                 return None
         try:
-            if not self._extend():
-                logger.warning(
-                    "compute lease of %s ran out while computing; waiters may compute it too",
-                    self.key,
-                )
-                return None
+            kept = self._extend()
         except Exception:  # Redis down: try again soon; the lease may still live
             return max(0.05, self.ttl / 10)
-        return self.ttl / 3
+        if kept:
+            return self.ttl / 3
+        with self._lock:
+            if self.finished:
+                # The commit (or abandon) dropped the lease while this renewal
+                # was on its way: finished, not lost.
+                return None
+            self.lost = True
+        logger.warning(
+            "compute lease of %s ran out while computing; waiters may compute it too", self.key
+        )
+        return None
 
     def finish_request(self, message: bytes = b"") -> Any:
         """A batch step: ``request(client)`` that drops the lease and wakes the waiters with *message*.
