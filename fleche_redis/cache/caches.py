@@ -66,7 +66,11 @@ class LeasedCall(PreparedCall):
             with write_batch() as batch:
                 batch.resume(self.take_pending())
                 if self.lease is not None:
-                    batch.add(self.cache.calls, self.lease.finish_request(), (singleflight.FINISH,))
+                    batch.add(
+                        self.cache.calls,
+                        self.lease.finish_request(singleflight.UNCACHEABLE),
+                        (singleflight.FINISH,),
+                    )
         except Exception:
             key = self.lease.key if self.lease is not None else self.key
             logger.warning("could not finish the abandoned call %s", key, exc_info=True)
@@ -83,7 +87,9 @@ class RedisCache(Cache):
         single_flight: ``False`` makes every worker compute its own misses.
         lease_ttl: seconds a computing worker's lease outlives its last
             renewal (renewed every third of it while the function runs): what
-            a crashed worker costs the waiters.
+            a crashed worker costs the waiters.  Short, since renewals cost
+            nothing per call: one request per ``lease_ttl / 3`` of a long
+            computation, none for a short one.
         claim_ttl: seconds a lease taken by ``load`` lives until ``prepare``
             confirms it (a ``load`` not followed by a computation).
         wait_timeout: seconds a waiter waits before computing itself.
@@ -98,7 +104,7 @@ class RedisCache(Cache):
     """
 
     single_flight: bool = field(default=True, kw_only=True)
-    lease_ttl: float = field(default=30.0, kw_only=True)
+    lease_ttl: float = field(default=4.5, kw_only=True)
     claim_ttl: float = field(default=2.0, kw_only=True)
     wait_timeout: float = field(default=600.0, kw_only=True)
     write_behind: bool = field(default=False, kw_only=True)
@@ -146,6 +152,11 @@ class RedisCache(Cache):
                 )
                 raise KeyError(key)
             message = singleflight.wait_for_record(calls, key, token, int(payload), deadline)
+            if message == singleflight.UNCACHEABLE:
+                # The result will never be stored (None, or the function
+                # raised): every waiter computes now, side by side, unleased.
+                counts.misses += 1
+                raise KeyError(key)
             if message is not None:
                 counts.hits += 1  # computed elsewhere, pushed here
                 counts.bytes_in += len(message)
@@ -338,7 +349,7 @@ def redis_cache(
     namespace: str = "fleche",
     *,
     single_flight: bool = True,
-    lease_ttl: float = 30.0,
+    lease_ttl: float = 4.5,
     claim_ttl: float = 2.0,
     wait_timeout: float = 600.0,
     write_behind: bool = False,

@@ -39,6 +39,10 @@ logger = logging.getLogger("fleche_redis.singleflight")
 
 HIT, CLAIMED, WAIT = 1, 2, 3
 
+UNCACHEABLE = b"\x00"
+"""FINISH's message when the function raised or returned ``None``: nothing will be stored, so
+the waiters compute at once, side by side (``b""`` means "look again": one takes over)."""
+
 LOOKUP = LuaScript(
     """
     -- KEYS[1] record hash, KEYS[2] its lease, KEYS[3] its waiters list
