@@ -177,6 +177,8 @@ class RedisCache(Cache):
     # -- writing --------------------------------------------------------------
 
     def prepare(self, call: Call) -> PreparedCall:
+        if call.module == "__mp_main__":
+            _warn_main_script(call)
         with write_batch() as batch:
             start = len(batch.steps)  # an enclosing batch may hold writes of its own
             digested = call.stash(self.values)
@@ -281,6 +283,21 @@ class RedisCache(Cache):
 
 
 _NOTHING = object()
+
+
+def _warn_main_script(call: Call) -> None:
+    """Say once per process and function why a worker never shares results with its parent."""
+    warned: set[str] = runtime.per_process("cache.main-script", set)
+    if call.name in warned:
+        return
+    warned.add(call.name)
+    logger.warning(
+        "memoized function %s is defined in the main script: this worker (spawned) digests it "
+        "as module __mp_main__ and the parent as __main__, so they never share results; "
+        "define memoized functions in an importable module",
+        call.name,
+    )
+
 
 _commit_bursts = Bursts()
 """Refused write-behind commits are logged once per burst, like every storage failure."""

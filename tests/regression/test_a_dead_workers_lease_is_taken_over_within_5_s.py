@@ -12,7 +12,7 @@ import time
 
 from fleche_redis import RedisCache, redis_cache
 
-from ..integration.test_singleflight import counter, race  # noqa: F401 - fixture
+from ..integration.test_singleflight import race
 
 WORK = 1.5  # past the claim's first renewal (claim_ttl / 2): the worker dies holding a lease
 
@@ -21,7 +21,7 @@ def test_the_default_lease_is_short():
     assert RedisCache.__dataclass_fields__["lease_ttl"].default <= 5.0
 
 
-def test_a_killed_worker_is_replaced_within_5_seconds(redis_server, namespace, counter):  # noqa: F811
+def test_a_killed_worker_is_replaced_within_5_seconds(redis_server, namespace, counter):
     cache = redis_cache(url=redis_server.url, namespace=namespace)  # the defaults
     started = time.monotonic()
     out, procs = race(cache, (5, "die", WORK), workers=4)

@@ -13,14 +13,14 @@ import time
 
 from fleche_redis import redis_cache
 
-from ..integration.test_singleflight import counter, race  # noqa: F401 - fixture
+from ..integration.test_singleflight import race
 
 SECONDS = 0.8
 
 
 def test_four_workers_on_an_uncacheable_result_take_two_executions(
     redis_server, namespace, counter
-):  # noqa: F811
+):
     cache = redis_cache(url=redis_server.url, namespace=namespace)
     started = time.monotonic()
     out, _ = race(cache, (7, "always-none", SECONDS), workers=4)
