@@ -40,14 +40,15 @@ SERVER_FIXTURES = frozenset(
         "fleche_redis_server",
     }
 )
-"""Fixtures that start (or are) a real server."""
+"""Fixtures that start (or are) a real server; so is any fixture named ``*_server``."""
 
 SERVER_PARAMS = frozenset({"redis-server", "cluster", "sentinel", "redis_server", "redis_cluster", "fresh_server"})
 """Parameter values with which a fixture asks for a real server at run time."""
 
 
 def _needs_server(item: pytest.Item) -> bool:
-    if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+    names = getattr(item, "fixturenames", ())
+    if SERVER_FIXTURES.intersection(names) or any(n.endswith("_server") for n in names):
         return True
     callspec = getattr(item, "callspec", None)
     if callspec is not None and any(
