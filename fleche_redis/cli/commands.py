@@ -6,13 +6,22 @@ stderr and an exit code; the commands, options and exit codes are in docs/cli.md
 
 from __future__ import annotations
 
+import os
 import sys
 
 import redis
 
 from ..errors import FlecheRedisError
 from .connect import redacted, url_of
-from .errors import EXIT_ERROR, EXIT_FOUND, EXIT_INTERRUPTED, EXIT_OK, CliError, explain
+from .errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_ERROR,
+    EXIT_FOUND,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CliError,
+    explain,
+)
 from .output import log_to_stderr
 from .parser import build_parser
 
@@ -32,8 +41,19 @@ def main(argv: list[str] | None = None) -> int:
             message, code = explain(e, redacted(url_of(args))), EXIT_ERROR
         except KeyboardInterrupt:
             message, code = "interrupted", EXIT_INTERRUPTED
+        except BrokenPipeError:
+            return _reader_gone()
     print(f"fleche-redis: {message}", file=sys.stderr)
     return code
+
+
+def _reader_gone() -> int:
+    """Stop quietly when the reader closed the pipe (``| head``), as a Unix tool does."""
+    # Python would flush stdout again at exit and complain; point it at nothing.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

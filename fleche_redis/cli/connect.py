@@ -8,8 +8,9 @@ from typing import Any
 
 import redis
 
+from ..errors import FlecheRedisError
 from ..storage.keys import check_namespace
-from .errors import CliError, explain
+from .errors import EXIT_FOUND, CliError, explain
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -61,11 +62,31 @@ def storages(url: str, namespace: str) -> tuple[Any, Any]:
     return values, calls
 
 
-def open_cache(args: argparse.Namespace) -> Any:
+def open_cache(args: argparse.Namespace, *, need_entries: bool = True) -> Any:
+    """The namespace's cache; a :class:`CliError` (exit 1) when it holds nothing.
+
+    An empty namespace is nearly always a misspelled one: the error names
+    the namespaces that do exist, where the server lets us list them.
+    """
     from ..cache.caches import RedisCache
 
     values, calls = storages(url_of(args), namespace_of(args))
+    if need_entries and calls.count() == 0 and values.count() == 0:
+        raise CliError(_holds_nothing(calls), EXIT_FOUND)
     return RedisCache(values=values, calls=calls)
+
+
+def _holds_nothing(calls: Any) -> str:
+    from ..admin.inspection import namespaces
+
+    said = f"namespace {calls.namespace!r} holds nothing at {calls.server}"
+    try:
+        others = [ns for ns in namespaces(calls) if ns != calls.namespace]
+    except FlecheRedisError:
+        return f"{said} (this user may not list the other namespaces)"
+    if not others:
+        return f"{said}, and no other namespace of fleche-redis is there"
+    return f"{said}; namespaces there: {', '.join(others)} (choose one with --namespace)"
 
 
 def redacted(url: str) -> str:

@@ -5,10 +5,21 @@ from __future__ import annotations
 import redis
 
 from ..errors import RedisStorageError
+from ..transport.health import describe
 
-__all__ = ["EXIT_OK", "EXIT_FOUND", "EXIT_ERROR", "EXIT_INTERRUPTED", "CliError", "explain"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_FOUND",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_BROKEN_PIPE",
+    "CliError",
+    "explain",
+]
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a tool whose reader went away."""
 
 
 class CliError(Exception):
@@ -24,18 +35,10 @@ def explain(error: BaseException, server: str) -> str:
     cause = error.__cause__ if isinstance(error, RedisStorageError) else error
     server = getattr(error, "server", server)
     text = f"{type(cause).__name__}: {cause}"
-    if isinstance(cause, redis.AuthenticationError) or "WRONGPASS" in str(cause):
-        if "@" not in server:
-            return (
-                f"Redis at {server} requires a password ({text}); put it in the URL: "
-                "redis://[user]:PASSWORD@host:port/db"
-            )
-        return f"authentication failed at {server}: wrong user name or password ({text})"
-    if isinstance(cause, redis.exceptions.NoPermissionError):
-        return (
-            f"the Redis user lacks a permission at {server} ({text}); an ACL must allow "
-            "the namespace's keys (~<namespace>:*) and the commands fleche-redis uses"
-        )
+    if isinstance(cause, redis.RedisError):
+        said = describe(cause, server)  # the library's own words for a password or an ACL
+        if said != text:
+            return said
     if isinstance(cause, redis.TimeoutError):
         return f"Redis at {server} did not answer in time ({text})"
     if isinstance(cause, (redis.ConnectionError, redis.exceptions.RedisClusterException)):

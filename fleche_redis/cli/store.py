@@ -24,7 +24,7 @@ def info_command(args: argparse.Namespace) -> int:
     from ..admin import inspection
     from ..storage.backend import CallRedis, ValueRedis
 
-    cache = open_cache(args)
+    cache = open_cache(args, need_entries=not args.all)
     url = url_of(args)
     spaces = inspection.namespaces(cache.calls) if args.all else [cache.calls.namespace]
     reports = []
@@ -115,29 +115,27 @@ def _resolve(cache: Any, key: str) -> tuple[str, Any]:
         raise CliError(f"{key!r} is not a digest: use lowercase hex characters") from None
     if len(key) < 4:
         raise CliError(f"prefix {key!r} is too short: give at least 4 characters")
-    stores = (("call", cache.calls), ("value", cache.values))
-    found, ambiguous = [], False
-    for kind, store in stores:
+    # A call record first: every key `ls` prints names exactly one record,
+    # even where a value's digest starts the same way.
+    for kind, store in (("call", cache.calls), ("value", cache.values)):
         try:
             # fleche's expand returns a full digest unchecked; ask the store whether it has it.
             if len(key) == DIGEST_LENGTH:
                 if store.contains(key):
-                    found.append((kind, Digest(key)))
+                    return kind, Digest(key)
             else:
-                found.append((kind, store.expand(key)))
+                return kind, store.expand(key)
         except AmbiguousDigestError:
-            ambiguous = True
+            candidates = [(kind, d) for d in prefix_matches(store, key)]
+            listing = "; ".join(f"{kind} {d}" for kind, d in candidates)
+            raise CliError(
+                f"ambiguous prefix {key}: matches {listing}; give more characters"
+            ) from None
         except KeyError:
             pass
-    if ambiguous or len(found) > 1:
-        candidates = [(kind, d) for kind, store in stores for d in prefix_matches(store, key)]
-        listing = "; ".join(f"{kind} {d}" for kind, d in candidates)
-        raise CliError(f"ambiguous prefix {key}: matches {listing}; give more characters")
-    if not found:
-        raise CliError(
-            f"no call record or value {key} in namespace {cache.calls.namespace!r}", EXIT_FOUND
-        )
-    return found[0]
+    raise CliError(
+        f"no call record or value {key} in namespace {cache.calls.namespace!r}", EXIT_FOUND
+    )
 
 
 def _shown(cache: Any, digest: Any, full: bool) -> dict[str, Any]:

@@ -176,23 +176,33 @@ def test_show_refuses_bad_keys(capsys, filled, key, message):
     assert code == 2 and message in err
 
 
-def test_ambiguous_prefix_lists_its_candidates(capsys, filled):
+def test_a_prefix_names_a_call_record_first_and_lists_ambiguous_candidates(capsys, filled):
     a, b = Digest("abcd" + "0" * 60), Digest("abcd" + "1" * 60)
     filled.values.save(1, key=a)
     filled.values.save(2, key=b)
-    record = DigestedCall(name="crafted", arguments={})
     c = Digest("abcd" + "2" * 60)
-    filled.calls.put(record, c)
+    filled.calls.put(DigestedCall(name="crafted", arguments={}), c)
+    # One record starts so: it is the one meant (values that share the prefix don't matter).
+    code, out, _ = run(capsys, filled, "show", "abcd")
+    assert code == 0 and f"call record {c}" in out
+    code, out, _ = run(capsys, filled, "evict", "abcd", "--dry-run")
+    assert code == 0 and f"would evict {c}" in out
+    # No record starts so: the values are looked at.
+    code, out, _ = run(capsys, filled, "show", "abcd0")
+    assert code == 0 and f"value {a}" in out
+    # Two records: ambiguous, and the error lists them.
+    d = Digest("abcd" + "3" * 60)
+    filled.calls.put(DigestedCall(name="crafted", arguments={"x": 1}), d)
     code, out, err = run(capsys, filled, "show", "abcd")
     assert code == 2 and out == ""
     assert err.startswith("fleche-redis: ambiguous prefix abcd: matches ")
-    assert f"call {c}" in err and f"value {a}" in err and f"value {b}" in err
-    # A call record and a value sharing a prefix is ambiguous too.
-    filled.values.evict(b)
-    code, _, err = run(capsys, filled, "show", "abcd2")
-    assert code == 0
-    code, _, err = run(capsys, filled, "evict", "abcd")
-    assert code == 2 and "ambiguous prefix abcd" in err
+    assert f"call {c}" in err and f"call {d}" in err
+    # Two values and no record: ambiguous among the values.
+    e, f = Digest("eeee" + "0" * 60), Digest("eeee" + "1" * 60)
+    filled.values.save(3, key=e)
+    filled.values.save(4, key=f)
+    code, _, err = run(capsys, filled, "show", "eeee")
+    assert code == 2 and f"value {e}" in err and f"value {f}" in err
 
 
 # -- evict --------------------------------------------------------------------------------
@@ -334,6 +344,7 @@ def test_missing_password(capsys, password_server):
 
 def test_right_password_works(capsys, password_server):
     url = f"redis://:s3cret@127.0.0.1:{password_server.port}/0"
+    CallRedis(url=url, namespace="fleche").save(DigestedCall(name="f", arguments={}))
     code, out, _ = run(capsys, url, "verify")
     assert code == 0 and "s3cret" not in out and "redis://:***@" in out
 
