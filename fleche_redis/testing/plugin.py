@@ -10,11 +10,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
+from ..errors import RedisStorageError
 
 __all__ = [
     "fleche_redis_client",
@@ -84,7 +87,9 @@ def fleche_redis_server(pytestconfig: pytest.Config) -> Iterator[Any]:
     """A real Redis for the session (given, or a private ``redis-server``), else the test skips."""
     url = pytestconfig.getoption("--fleche-redis-url") or os.environ.get("FLECHE_REDIS_TEST_URL")
     if url:
-        yield ExternalServer(url)
+        server = ExternalServer(url)
+        _skip_unless_reachable(server)
+        yield server
         return
     from .server import RedisServer, redis_server_binary
 
@@ -94,6 +99,23 @@ def fleche_redis_server(pytestconfig: pytest.Config) -> Iterator[Any]:
         )
     with RedisServer.start() as server:
         yield server
+
+
+def _skip_unless_reachable(server: ExternalServer) -> None:
+    """Skip (once for the session: the fixture is cached) when the given Redis does not answer."""
+    from ..transport.connection import redact_url
+
+    try:
+        client = server.client(socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as e:  # unreachable, refused, a bad URL, a wrong password
+        pytest.skip(
+            f"the Redis given for fleche_redis_server ({redact_url(server.url)}) does not "
+            f"answer: {type(e).__name__}: {e}"
+        )
 
 
 @pytest.fixture
@@ -110,7 +132,12 @@ def fleche_redis_real_cache(
     try:
         yield RedisCache(values=values, calls=calls)
     finally:
-        for storage in (calls, values):
-            for key in list(storage.list()):
-                storage.evict(key)
-            storage.close()
+        try:
+            for storage in (calls, values):
+                for key in list(storage.list()):
+                    storage.evict(key)
+        except RedisStorageError as e:  # the server went away: the test already says so
+            warnings.warn(f"could not empty namespace {namespace!r}: {e}", stacklevel=1)
+        finally:
+            calls.close()
+            values.close()
