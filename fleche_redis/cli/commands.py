@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             message, code = explain(e, getattr(e, "server", "?")), EXIT_ERROR
         except redis.exceptions.RedisClusterException as e:
             message, code = explain(e, redacted(url_of(args))), EXIT_ERROR
+        except redis.RedisError as e:  # maintenance talks to Redis directly: no traceback either
+            message, code = explain(e, redacted(url_of(args))), EXIT_ERROR
         except KeyboardInterrupt:
             message, code = "interrupted", EXIT_INTERRUPTED
         except BrokenPipeError:

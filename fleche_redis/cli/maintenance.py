@@ -47,6 +47,7 @@ def _check(args: argparse.Namespace, fix: bool) -> int:
         "missing_terms",
         "stale_references",
         "orphan_chunks",
+        "wrong_type",
     ]
     ok = all(r.ok for r in reports)
     data = {"ok": ok, "repaired": fix, "reports": [r.to_dict() for r in reports]}
@@ -60,7 +61,10 @@ def _check(args: argparse.Namespace, fix: bool) -> int:
             verb = "fixed" if fix else "found"
             yield f"{r.storage}: {verb} " + ", ".join(f"{n:,} {p}" for p, n in found)
             for p, _ in found:
-                yield f"  {p}, e.g. " + ", ".join(r.examples.get(p, []))
+                if p == "wrong_type":  # each by name: repair removes them
+                    yield from (f"  {p}: {name}" for name in r.examples.get(p, []))
+                else:
+                    yield f"  {p}, e.g. " + ", ".join(r.examples.get(p, []))
             if r.undecodable:
                 yield f"  {r.undecodable:,} undecodable entries left in place"
         if not ok and not fix:

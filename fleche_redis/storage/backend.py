@@ -235,8 +235,15 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         elif len(data) >= self.DIRECT_WRITE_MIN:
             if getattr(client, "transactional", False):
                 # A recorder whose commands reach one server in one MULTI/EXEC.
-                client.set(keys[0], data, px=self._ttl_ms() or None)
-                self.INDEX(client, keys, (b"", key, 0, self._references(value), bytes.fromhex(key)))
+                # Beside the data key; INDEX renames it into place once every
+                # key of the entry is known to be of the right type.
+                staged = keys[0] + ":w"
+                client.set(staged, data, px=self._ttl_ms() or None)
+                self.INDEX(
+                    client,
+                    (*keys, staged),
+                    (b"", key, 0, self._references(value), bytes.fromhex(key)),
+                )
                 return
             if wire.single_server(client):
                 recorder = Recorder(transactional=True)

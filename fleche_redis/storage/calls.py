@@ -28,6 +28,7 @@ from ..transport.request import send
 from ..transport.scripts import LuaScript
 from .codec import UndecodableEntry
 from .keys import SHARDS
+from .lua import GUARD
 from .query import TERM_BYTES, record_terms, template_terms
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class IndexedCallsMixin(_Host):
         -- Replaces the record and its index entries together; returns 1.  Term
         -- members go in and out a thousand per command (one command for any
         -- real record): a command per term cost more than all the rest.
+        """
+        + GUARD
+        + """
         local function by_thousands(command, ids)
           local args, n = {}, 0
           for i = 1, #ids, 12 do
@@ -75,6 +79,8 @@ class IndexedCallsMixin(_Host):
           end
           if n > 0 then redis.call(command, KEYS[3], unpack(args)) end
         end
+        local bad = wrong(KEYS[1], 'hash') or wrong(KEYS[2], 'zset') or wrong(KEYS[3], 'zset')
+        if bad then return refuse(bad) end
         local old = redis.call('HGET', KEYS[1], 't')
         if old and old ~= ARGV[5] then by_thousands('ZREM', old) end
         -- HSET counts the fields it added: 2 means a new hash, with no ttl to drop.
@@ -95,6 +101,11 @@ class IndexedCallsMixin(_Host):
         -- KEYS[1] record hash, KEYS[2] index shard, KEYS[3] the shard's term set
         -- ARGV[1] digest (hex), ARGV[2] digest (32 raw bytes)
         -- Removes the record and every index entry of it; returns 1 if it existed.
+        """
+        + GUARD
+        + """
+        local bad = wrong(KEYS[1], 'hash') or wrong(KEYS[2], 'zset') or wrong(KEYS[3], 'zset')
+        if bad then return refuse(bad) end
         local old = redis.call('HGET', KEYS[1], 't')
         if old then
           local members = {}
@@ -188,19 +199,37 @@ class IndexedCallsMixin(_Host):
         ranges = [(b"[" + t, b"(" + t + b"\xff" * 33) for t in terms]
         rarest = 0
         if len(terms) > 1:
-            counts = send(
-                client,
-                [("ZLEXCOUNT", layout.terms(s), lo, hi) for s in SHARDS for lo, hi in ranges],
+            counts = self._readable(
+                send(
+                    client,
+                    [("ZLEXCOUNT", layout.terms(s), lo, hi) for s in SHARDS for lo, hi in ranges],
+                    raise_errors=False,
+                ),
+                0,
             )
             totals = [sum(counts[i :: len(terms)]) for i in range(len(terms))]
             rarest = min(range(len(terms)), key=totals.__getitem__)
         lo, hi = ranges[rarest]
-        listed = send(client, [("ZRANGEBYLEX", layout.terms(s), lo, hi) for s in SHARDS])
+        listed = self._readable(
+            send(
+                client,
+                [("ZRANGEBYLEX", layout.terms(s), lo, hi) for s in SHARDS],
+                raise_errors=False,
+            ),
+            [],
+        )
         records = [[m[TERM_BYTES:] for m in members] for members in listed]
         others = [t for i, t in enumerate(terms) if i != rarest]
         if others:
             records = self._probe(client, records, others)
         return [Digest(raw.hex()) for shard_records in records for raw in sorted(shard_records)]
+
+    def _readable(self, replies: list[Any], instead: Any) -> list[Any]:
+        """*replies* with *instead* for the error replies of keys a foreign type took over."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                self._skip_shard("of the query index", reply)
+        return [instead if isinstance(r, Exception) else r for r in replies]
 
     def _probe(
         self, client: Any, records: list[list[bytes]], terms: list[bytes]
@@ -239,7 +268,10 @@ class IndexedCallsMixin(_Host):
         layout = self.layout
 
         def load_and_forget_dead(client: Any) -> list[bytes | None]:
-            found = send(client, [("HGET", layout.data(k), "v") for k in keys])
+            found = self._readable(
+                send(client, [("HGET", layout.data(k), "v") for k in keys], raise_errors=False),
+                None,
+            )
             # Records that expired or were evicted: rare, and cluster
             # pipelines refuse scripts, so one request each.
             for key, data in zip(keys, found, strict=True):

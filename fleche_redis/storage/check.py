@@ -18,6 +18,7 @@ from ..transport.request import send
 from . import chunks, scan
 from .calls import IndexedCallsMixin
 from .keys import SHARDS
+from .keytypes import wrong_types
 from .query import TERM_BYTES, record_terms
 from .scan import Progress, Store, batches, shard_members
 
@@ -29,7 +30,7 @@ class Report:
     """What :func:`verify` found (or :func:`repair` fixed) in one storage.
 
     Every count is a number of problems; ``examples`` keeps up to five digests
-    per kind so a person can look at them.
+    per kind (key names, for ``wrong_type``) so a person can look at them.
     """
 
     storage: str
@@ -48,6 +49,8 @@ class Report:
     """Chunks of big entries whose manifest is gone (a writer died mid-write): wasted memory."""
     undecodable: int = 0
     """Entries that fail signature verification or decoding (left in place)."""
+    wrong_type: int = 0
+    """Keys of the layout holding another Redis type (a foreign key): every command on them fails."""
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -59,12 +62,13 @@ class Report:
             or self.missing_terms
             or self.stale_references
             or self.orphan_chunks
+            or self.wrong_type
         )
 
     def note(self, kind: str, digest: str, n: int = 1) -> None:
         setattr(self, kind, getattr(self, kind) + n)
         samples = self.examples.setdefault(kind, [])
-        if len(samples) < 5:
+        if len(samples) < (1000 if kind == "wrong_type" else 5):  # foreign keys: every one
             samples.append(digest)
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,6 +83,7 @@ class Report:
             "stale_references": self.stale_references,
             "orphan_chunks": self.orphan_chunks,
             "undecodable": self.undecodable,
+            "wrong_type": self.wrong_type,
             "examples": self.examples,
         }
 
@@ -91,8 +96,10 @@ def verify(storage: Store, *, progress: Progress = scan.quiet) -> Report:
 def repair(storage: Store, *, progress: Progress = scan.quiet) -> Report:
     """Restore the invariants :func:`verify` checks; the report says what was fixed.
 
-    Dangling index members and stale index terms are removed, unindexed data
-    is indexed again, and call records get their query terms back.
+    Keys holding a foreign type are removed first (only keys of the
+    storage's own layout, in its namespace), then dangling index members and
+    stale index terms are removed, unindexed data is indexed again, and call
+    records get their query terms back.
     Undecodable entries are counted, not deleted: they may be another
     deployment's (different secret key).
     """
@@ -103,16 +110,35 @@ def _check(storage: Store, *, fix: bool, progress: Progress) -> Report:
     report = Report(
         storage=f"{type(storage).__name__}({storage.server}, namespace={storage.namespace!r})"
     )
+    bad = _check_types(storage, report, fix=fix)
     _check_index(storage, report, fix=fix, progress=progress)
-    _check_data(storage, report, fix=fix, progress=progress)
+    _check_data(storage, report, bad, fix=fix, progress=progress)
     _check_chunks(storage, report, fix=fix)
+    layout = storage.layout
     if isinstance(storage, IndexedCallsMixin):
         for i, shard in enumerate(SHARDS):
-            _check_terms(storage, shard, report, fix=fix)
+            if not {layout.index(shard), layout.terms(shard)} & bad:
+                _check_terms(storage, shard, report, fix=fix)
             progress("terms", i + 1, len(SHARDS))
     if isinstance(storage, DestructuringMixin):
-        _check_references(storage, report, fix=fix, progress=progress)
+        _check_references(storage, report, bad, fix=fix, progress=progress)
     return report
+
+
+def _check_types(storage: Store, report: Report, *, fix: bool) -> set[str]:
+    """Keys of the layout that hold another type; removed when fixing, else returned to be skipped."""
+    client = storage.redis()
+    records = isinstance(storage, IndexedCallsMixin)
+    bad = set()
+    for key, held, wanted in wrong_types(client, storage.layout, records=records):
+        report.note("wrong_type", f"{key} ({held}, not {wanted})")
+        bad.add(key)
+    if fix and bad:
+        # Only names the layout gives this storage, in its own namespace.
+        for chunk in batches(sorted(bad)):
+            send(client, [("DEL", key) for key in chunk])
+        return set()
+    return bad
 
 
 def _check_index(storage: Store, report: Report, *, fix: bool, progress: Progress) -> None:
@@ -132,11 +158,14 @@ def _check_index(storage: Store, report: Report, *, fix: bool, progress: Progres
         progress("index", done, total)
 
 
-def _check_data(storage: Store, report: Report, *, fix: bool, progress: Progress) -> None:
+def _check_data(
+    storage: Store, report: Report, bad: set[str], *, fix: bool, progress: Progress
+) -> None:
     """Data keys no index shard lists."""
     client, layout = storage.redis(), storage.layout
     seen = 0
     for batch in batches(scan.data_keys(storage)):
+        batch = [k for k in batch if layout.index_of(k) not in bad]
         scores = send(client, [("ZSCORE", layout.index_of(k), k) for k in batch])
         lost = [k for k, score in zip(batch, scores, strict=True) if score is None]
         for k in lost:
@@ -153,7 +182,10 @@ def _check_chunks(storage: Store, report: Report, *, fix: bool) -> None:
     pattern = layout.data_prefix("??") + "?" * DIGEST_LENGTH + ":*"
     for batch in batches(client.scan_iter(match=pattern, count=1000)):
         owners = [raw.decode().rsplit(":", 1) for raw in batch]
-        heads = send(client, [("GETRANGE", owner, 0, 200) for owner, _ in owners])
+        heads = send(
+            client, [("GETRANGE", owner, 0, 200) for owner, _ in owners], raise_errors=False
+        )
+        heads = [b"" if isinstance(head, Exception) else head for head in heads]
         orphans = []
         for raw, (owner, index), head in zip(batch, owners, heads, strict=True):
             fields = head[len(chunks.MAGIC) :].split() if chunks.is_manifest(head) else []
@@ -200,9 +232,14 @@ def _record_terms(
 ) -> list[tuple[Digest, list[bytes], bool]]:
     """``(key, index members it should have, whether its stored terms are right)`` per record."""
     layout = storage.layout
-    fetched = send(storage.redis(), [("HMGET", layout.data(k), "v", "t") for k in keys])
+    fetched = send(
+        storage.redis(), [("HMGET", layout.data(k), "v", "t") for k in keys], raise_errors=False
+    )
     records: list[tuple[Digest, list[bytes], bool]] = []
-    for key, (data, stored) in zip(keys, fetched, strict=True):
+    for key, reply in zip(keys, fetched, strict=True):
+        if isinstance(reply, Exception):
+            continue  # a foreign type at the record's key: reported by the type check
+        data, stored = reply
         if data is None:
             continue
         try:
@@ -222,11 +259,15 @@ def _scored(members: list[bytes]) -> list[Any]:
     return [part for m in members for part in (0, m)]
 
 
-def _check_references(storage: Store, report: Report, *, fix: bool, progress: Progress) -> None:
+def _check_references(
+    storage: Store, report: Report, bad: set[str], *, fix: bool, progress: Progress
+) -> None:
     """Reference lists (kept for gc) of values whose data is gone."""
     client, layout = storage.redis(), storage.layout
     for i, shard in enumerate(SHARDS):
         refs_key = layout.references(shard)
+        if refs_key in bad:
+            continue
         for batch in batches(client.hscan_iter(refs_key, count=scan.BATCH)):
             owners = [owner.decode() for owner, _ in batch]
             exists = send(client, [("EXISTS", layout.data(o)) for o in owners])

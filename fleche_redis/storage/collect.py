@@ -7,20 +7,24 @@ snapshot of the index.  See ``docs/maintenance.md``.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 from fleche.call import DigestedCall
 from fleche.digest import Digest
+from redis.exceptions import ResponseError
 
-from ..errors import UndecodableEntry
+from ..errors import RedisStorageError, UndecodableEntry
 from ..transport.request import send
 from . import scan
 from .backend import CallRedis, ValueRedis
 from .keys import SHARDS, KeyLayout
 from .scan import Progress, batches, shard_members
 from .snapshot import snapshot_members
+
+logger = logging.getLogger("fleche_redis.maintenance")
 
 __all__ = ["GcAlreadyRunning", "gc", "redigest"]
 
@@ -90,7 +94,7 @@ def _sweep(values: ValueRedis, run: str, progress: Progress) -> int:
     evicted = seen = 0
     total = values.count()
     for shard in SHARDS:
-        for batch in batches(shard_members(client, layout.index(shard))):
+        for batch in batches(_members_or_none(client, layout.index(shard))):
             members = [bytes.fromhex(k) for k in batch]
             (marked,) = send(client, [("SMISMEMBER", _mark_key(layout, run, shard), *members)])
             doomed = [k for k, is_marked in zip(batch, marked, strict=True) if not is_marked]
@@ -100,6 +104,16 @@ def _sweep(values: ValueRedis, run: str, progress: Progress) -> int:
             seen += len(batch)
             progress("sweep", seen, total)
     return evicted
+
+
+def _members_or_none(client: Any, key: str) -> Iterator[Digest]:
+    """The shard's members; none when a foreign key took it over (logged: repair removes it)."""
+    try:
+        yield from shard_members(client, key)
+    except ResponseError as e:
+        if not str(e).startswith("WRONGTYPE"):
+            raise
+        logger.warning("gc skips %s: %s; run repair", key, e)
 
 
 def _release_flags(client: Any, layout: KeyLayout, run: str) -> None:
@@ -113,9 +127,9 @@ def _release_flags(client: Any, layout: KeyLayout, run: str) -> None:
 
 def _load_records(calls: CallRedis, keys: list[Digest]) -> Iterator[DigestedCall]:
     layout = calls.layout
-    found = send(calls.redis(), [("HGET", layout.data(k), "v") for k in keys])
+    found = send(calls.redis(), [("HGET", layout.data(k), "v") for k in keys], raise_errors=False)
     for key, data in zip(keys, found, strict=True):
-        if data is None:
+        if data is None or isinstance(data, Exception):  # gone, or a foreign key
             continue
         try:
             yield calls.codec.decode(data, key=key)
@@ -134,7 +148,21 @@ def _mark(values: ValueRedis, run: str, roots: set[str]) -> None:
         fresh = [d for d, new in zip(frontier, added, strict=True) if new]
         if not fresh:
             return
-        children = send(client, [("HGET", layout.references_of(d), d) for d in fresh])
+        refs = [layout.references_of(d) for d in fresh]
+        children = send(
+            client,
+            [("HGET", key, d) for key, d in zip(refs, fresh, strict=True)],
+            raise_errors=False,
+        )
+        for key, reply in zip(refs, children, strict=True):
+            if isinstance(reply, Exception):
+                # Without this list, values it reaches would look unreachable.
+                raise RedisStorageError(
+                    f"gc stopped before sweeping: {key} is unreadable ({reply}); run repair "
+                    "first (collecting without it could evict values still in use)",
+                    operation="gc",
+                    server=values.server,
+                ) from reply
         frontier = sorted(
             {raw[i : i + 32].hex() for raw in children if raw for i in range(0, len(raw), 32)}
         )

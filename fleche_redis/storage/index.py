@@ -12,6 +12,7 @@ lists the store, except :meth:`PrefixIndexMixin.list`, which streams it.
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from .keys import KeyLayout
 
 __all__ = ["PrefixIndexMixin"]
+
+logger = logging.getLogger("fleche_redis.index")
 
 
 class PrefixIndexMixin:
@@ -86,10 +89,11 @@ class PrefixIndexMixin:
         """
         layout, page_size = self.layout, self.LIST_PAGE
 
-        def first_pages(client: Any, shards: tuple[str, ...]) -> list[list[bytes]]:
+        def first_pages(client: Any, shards: tuple[str, ...]) -> list[Any]:
             return send(
                 client,
                 [("ZRANGEBYLEX", layout.index(s), "-", "+", "LIMIT", 0, page_size) for s in shards],
+                raise_errors=False,
             )
 
         def next_page(client: Any, shard: str, after: bytes) -> list[bytes]:
@@ -104,6 +108,9 @@ class PrefixIndexMixin:
                 for shard, page in zip(
                     batch, self.channel.run("list", first_pages, batch), strict=True
                 ):
+                    if isinstance(page, Exception):
+                        self._skip_shard(layout.index(shard), page)
+                        continue
                     while True:
                         for member in page:
                             yield Digest(member.decode())
@@ -117,12 +124,33 @@ class PrefixIndexMixin:
         """Number of indexed entries, from one pipelined ``ZCARD`` per shard."""
 
         def cards(client: Any) -> int:
-            return sum(send(client, [("ZCARD", self.layout.index(shard)) for shard in SHARDS]))
+            keys = [self.layout.index(shard) for shard in SHARDS]
+            replies = send(client, [("ZCARD", key) for key in keys], raise_errors=False)
+            for key, reply in zip(keys, replies, strict=True):
+                if isinstance(reply, Exception):
+                    self._skip_shard(key, reply)
+            return sum(r for r in replies if not isinstance(r, Exception))
 
         try:
             return self.channel.run("count", cards)
         except UnavailableMiss:
             return 0
+
+    def _skip_shard(self, key: str, error: Exception) -> None:
+        """Go on without a shard a foreign key took over; say so once per burst.
+
+        Any other error reply (``NOPERM``, ``OOM``) is raised: only a foreign
+        type is the shard's own trouble.
+        """
+        if not str(error).startswith("WRONGTYPE"):
+            raise self.channel.failed("list", error)  # type: ignore[arg-type]
+        level, _ = self.channel.breaker.bursts.level(f"shard {type(error).__name__}")
+        logger.log(
+            level,
+            "index shard %s is unreadable (%s); listing and counting go on without it: run repair",
+            key,
+            error,
+        )
 
     # -- prefixes -----------------------------------------------------------
 

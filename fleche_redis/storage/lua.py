@@ -12,7 +12,33 @@ from __future__ import annotations
 
 from ..transport.scripts import LuaScript
 
-__all__ = ["PUT", "INDEX", "EVICT"]
+__all__ = ["PUT", "INDEX", "EVICT", "GUARD"]
+
+# Checks every key an entry's write touches before anything is written: a
+# key of the wrong type (a foreign key in the namespace) refuses the whole
+# write, so data and index go in together or not at all.  Sets ``bad`` (why,
+# or nil) and ``run`` (the garbage collection running now, or false).
+GUARD = """
+    local function wrong(key, want)
+      local kind = redis.call('TYPE', key)['ok']
+      if kind ~= want and kind ~= 'none' then
+        return key .. ' holds a ' .. kind .. ', not a ' .. want
+      end
+    end
+    local function refuse(why)
+      return redis.error_reply('WRONGTYPE ' .. why .. ' (fleche-redis: run repair)')
+    end
+    """
+
+_ENTRY_GUARD = (
+    GUARD
+    + """
+    local bad = wrong(KEYS[1], 'string') or wrong(KEYS[2], 'zset')
+      or wrong(KEYS[3], 'hash') or wrong(KEYS[4], 'string')
+    local run = not bad and redis.call('GET', KEYS[4])
+    if run then bad = wrong(KEYS[4] .. ':' .. run, 'set') end
+    """
+)
 
 # The part of an entry's write that indexes it, ending PUT and INDEX: index
 # member, references (for gc), and the gc write barrier's mark.
@@ -21,7 +47,6 @@ _INDEX_ENTRY = """
     if ARGV[4] ~= '' then
       redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
     end
-    local run = redis.call('GET', KEYS[4])
     if run then
       redis.call('SADD', KEYS[4] .. ':' .. run, ARGV[5])
     end
@@ -35,11 +60,16 @@ PUT = LuaScript(
     -- ARGV[1] encoded entry, ARGV[2] digest, ARGV[3] time to live in ms
     --   (0: none), ARGV[4] digests the entry refers to, 32 bytes each
     --   (usually empty), ARGV[5] digest (32 raw bytes)
-    -- Writes entry, index member and references together; returns 1.  The
-    -- SET comes first: under maxmemory only a script's first write can be
-    -- refused, so an OOM leaves nothing half written.  While a garbage
-    -- collection runs, what is written is marked reachable, so the sweep
-    -- never removes a value stored after the mark phase read the records.
+    -- Writes entry, index member and references together; returns 1, or a
+    -- WRONGTYPE error (nothing written) when a key holds a foreign type.
+    -- The SET is the first write: under maxmemory only a script's first
+    -- write can be refused, so an OOM leaves nothing half written.  While a
+    -- garbage collection runs, what is written is marked reachable, so the
+    -- sweep never removes a value stored after the mark phase read the records.
+    """
+    + _ENTRY_GUARD
+    + """
+    if bad then return refuse(bad) end
     if tonumber(ARGV[3]) > 0 then
       redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
     else
@@ -51,9 +81,18 @@ PUT = LuaScript(
 
 INDEX = LuaScript(
     """
-    -- PUT without its SET, for an entry whose bytes a plain SET just wrote
-    -- in the same MULTI/EXEC (see _write): KEYS and ARGV as PUT's, ARGV[1]
-    -- and ARGV[3] unused.
+    -- PUT for an entry whose bytes a plain SET just wrote to KEYS[5] (the
+    -- data key + ':w') in the same MULTI/EXEC (see _write): KEYS and ARGV as
+    -- PUT's, ARGV[1] and ARGV[3] unused.  Renames the bytes into place and
+    -- indexes them, or deletes them if a key holds a foreign type.
+    """
+    + _ENTRY_GUARD
+    + """
+    if bad then
+      redis.call('DEL', KEYS[5])
+      return refuse(bad)
+    end
+    redis.call('RENAME', KEYS[5], KEYS[1])
     """
     + _INDEX_ENTRY
 )
@@ -64,6 +103,11 @@ EVICT = LuaScript(
     -- ARGV[1] digest, ARGV[2] the chunk manifest prefix (see chunks.py)
     -- Removes entry, index member, references and any chunks together;
     -- returns how many data keys were deleted (0 when it was absent).
+    """
+    + GUARD
+    + """
+    local bad = wrong(KEYS[1], 'string') or wrong(KEYS[2], 'zset') or wrong(KEYS[3], 'hash')
+    if bad then return refuse(bad) end
     redis.call('ZREM', KEYS[2], ARGV[1])
     redis.call('HDEL', KEYS[3], ARGV[1])
     if redis.call('GETRANGE', KEYS[1], 0, #ARGV[2] - 1) == ARGV[2] then

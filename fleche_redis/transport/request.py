@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from . import scripts as _scripts
 from . import wire
@@ -34,8 +34,12 @@ def send(
     ordered: bool = False,
     bundled: bool = False,
     reload: Reload = "load",
+    raise_errors: bool = True,
 ) -> list[Any]:
     """Send *commands* as one request; their replies in order, the first error reply raised.
+
+    With ``raise_errors=False`` an error reply stays in its place, as an exception
+    object (a shard holding a foreign key must not hide the others).
 
     *atomic* wraps them in ``MULTI``/``EXEC`` on a single server (a command
     refused while queued, such as ``OOM``, stores none of them).  *bundled*
@@ -52,7 +56,7 @@ def send(
         return []
     if not wire.single_server(client):
         if not bundled:
-            return _cluster(client, commands, scripts, ordered)
+            return _cluster(client, commands, scripts, ordered, raise_errors)
         # A batch's writes: one by one, in order, each routed to its node.
         bundled = atomic = False
     sent, load, atomic = _shape(commands, scripts, atomic, bundled)
@@ -65,9 +69,10 @@ def send(
             for script in load:
                 client.script_load(script.source)
         replies = _outcome(wire.request(client, sent), atomic)
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
+    if raise_errors:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
     return replies
 
 
@@ -154,20 +159,26 @@ def _cluster(
     commands: Sequence[Command],
     scripts: Sequence[_scripts.LuaScript],
     ordered: bool,
+    raise_errors: bool = True,
 ) -> list[Any]:
     if ordered or len(commands) == 1 or any(command[0] == "EVALSHA" for command in commands):
         by_sha = {script.sha: script for script in scripts}
         replies = []
         for command in commands:
             try:
-                replies.append(client.execute_command(*command))
-            except NoScriptError:
-                script = by_sha.get(command[1])
-                if script is None:
+                try:
+                    replies.append(client.execute_command(*command))
+                except NoScriptError:
+                    script = by_sha.get(command[1])
+                    if script is None:
+                        raise
+                    replies.append(client.execute_command("EVAL", script.source, *command[2:]))
+            except ResponseError as e:
+                if raise_errors:
                     raise
-                replies.append(client.execute_command("EVAL", script.source, *command[2:]))
+                replies.append(e)
         return replies
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)
-    return pipe.execute()
+    return pipe.execute(raise_on_error=raise_errors)

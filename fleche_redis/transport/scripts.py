@@ -73,6 +73,8 @@ def _bundled(scripts: tuple[LuaScript, ...]) -> LuaScript:
           k, a = k + nkeys, a + nargs
           local reply = bodies[which](keys, args)
           if reply == nil then reply = false end
+          -- A call that refused (an error reply) stops the ones after it, as one that failed does.
+          if type(reply) == 'table' and reply['err'] then return reply end
           out[c] = reply
         end
         return out
