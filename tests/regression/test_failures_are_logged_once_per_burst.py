@@ -79,3 +79,26 @@ def test_a_long_outage_warns_once_however_often_the_circuit_opens(
     warned = warnings_of_fleche_redis(caplog)
     assert len(warned) == 2, warned  # the first failure, the circuit's first opening
     assert "circuit open" in warned[1]
+
+
+def test_timeouts_warn_once(fresh_server, namespace, caplog, monkeypatch):
+    from fleche_redis import runtime
+
+    now = [1000.0]
+    monkeypatch.setattr(runtime, "clock", lambda: now[0])
+    cache = redis_cache(
+        url=fresh_server.url, namespace=namespace, on_error="miss", retries=0, socket_timeout=0.1
+    )
+    with fleche.cache(cache):
+        assert tenfold(0) == [0] * 10  # connected before the server hangs
+    fresh_server.pause()
+    try:
+        with caplog.at_level(logging.DEBUG), fleche.cache(cache):
+            for i in range(1, 30):
+                now[0] += 1.0  # past every cool-down: the circuit opens again and again
+                assert tenfold(i) == [i] * 10
+    finally:
+        fresh_server.resume()
+    warned = warnings_of_fleche_redis(caplog)
+    assert len(warned) == 2, warned  # the first timeout, the circuit's first opening
+    assert "Timeout" in warned[0] and "circuit open" in warned[1]
