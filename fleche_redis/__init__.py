@@ -9,7 +9,8 @@ fleche storage or cache (see :mod:`fleche_redis.locks`).
 
 from . import metrics
 from .admin import maintenance
-from .cache.caches import RedisCache, configured_cache, redis_cache
+from .cache.caches import RedisCache, redis_cache
+from .cache.configured import configured_cache
 from .errors import (
     FlecheRedisError,
     InvalidDigestError,

@@ -1,3 +1,3 @@
 """Fixtures the regression tests share with the suites they came from."""
 
-from ..integration.test_singleflight import counter  # noqa: F401 - a fixture, used by name
+from ..cache.test_singleflight import counter  # noqa: F401 - a fixture, used by name

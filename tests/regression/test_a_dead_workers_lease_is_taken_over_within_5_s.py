@@ -12,7 +12,7 @@ import time
 
 from fleche_redis import RedisCache, redis_cache
 
-from ..integration.test_singleflight import race
+from ..cache.test_singleflight import race
 
 WORK = 1.5  # past the claim's first renewal (claim_ttl / 2): the worker dies holding a lease
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fleche_redis.testing import free_port
 
-from ..integration.test_pytest_plugin import USER_TESTS
+from ..testing.test_pytest_plugin import USER_TESTS
 
 pytest_plugins = ["pytester"]
 

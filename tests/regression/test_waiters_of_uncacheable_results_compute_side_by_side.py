@@ -13,7 +13,7 @@ import time
 
 from fleche_redis import redis_cache
 
-from ..integration.test_singleflight import race
+from ..cache.test_singleflight import race
 
 SECONDS = 0.8
 
