@@ -1,17 +1,9 @@
 """Call records with a query index kept beside them, and the queries it serves.
 
-A call record is a Redis hash ``{v: encoded DigestedCall, t: its term ids}``
-next to its digest in the shard's prefix index; its query terms (see
-:mod:`fleche_redis.query`) are members ``term id + record digest`` of the
-shard's ``terms`` sorted set.  All three live in the record's hash slot, so
-one script writes or removes a record together with every index entry, and
-an overwrite first removes the terms of the record it replaces.
-
-:meth:`IndexedCallsMixin.query` intersects the template's terms per shard on
-the server (one pipelined request for all 256 shards), fetches only those
-candidates and checks each with :meth:`fleche.call.QueryCall.matches`, so its
-results are exactly fleche's.  A template that constrains nothing indexed
-streams every record, as fleche does.
+A record, its prefix-index member and its query terms share a hash slot, so
+one script writes or removes them together; queries intersect terms on the
+server and check candidates with fleche's own ``matches``.  See
+``docs/storage.md`` (Call records and queries).
 """
 
 from __future__ import annotations

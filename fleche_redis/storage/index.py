@@ -1,12 +1,7 @@
 """Reading the sorted-set prefix index: listing, counting, expanding and shrinking digests.
 
-Each keyspace of a namespace has 256 index shards (see
-:mod:`fleche_redis.keys`), sorted sets of equal-score members, so Redis
-orders them lexicographically.  A prefix of four or more characters names
-one shard, and ``ZRANGEBYLEX ... LIMIT`` finds its two smallest matches in
-one request however large the store; a digest's shortest unambiguous
-prefix depends only on its two neighbours in that shard.  Nothing here
-lists the store, except :meth:`PrefixIndexMixin.list`, which streams it.
+One shard answers a prefix of four or more characters in one request,
+however large the store; see ``docs/storage.md`` (Prefix index).
 """
 
 from __future__ import annotations
