@@ -19,6 +19,7 @@ from fleche.digest import Digest
 from ..errors import RedisStorageError
 from ..storage.backend import CallRedis, RedisBackend, ValueRedis
 from ..storage.keys import SHARDS, check_prefix
+from ..transport.redispy import Client
 from ..transport.request import send
 
 __all__ = [
@@ -42,13 +43,13 @@ def store_info(storage: RedisBackend, *, sample: int = SAMPLE) -> dict[str, Any]
     side = layout.terms if isinstance(storage, CallRedis) else layout.references
     keys = [layout.index(s) for s in SHARDS] + [side(s) for s in SHARDS]
 
-    def index_memory(client: Any) -> list[int | None]:
+    def index_memory(client: Client) -> list[int | None]:
         return send(client, [("MEMORY", "USAGE", k, "SAMPLES", 0) for k in keys])
 
     index_bytes = sum(size or 0 for size in storage.channel.run("info", index_memory))
     sampled = list(itertools.islice(storage.list(), sample))
 
-    def data_memory(client: Any) -> list[int | None]:
+    def data_memory(client: Client) -> list[int | None]:
         return send(client, [("MEMORY", "USAGE", layout.data(k), "SAMPLES", 0) for k in sampled])
 
     sizes = storage.channel.run("info", data_memory) if sampled else []
@@ -87,7 +88,7 @@ def namespace_info(values: ValueRedis, calls: CallRedis, *, sample: int = SAMPLE
 def server_info(storage: RedisBackend) -> dict[str, Any]:
     """Version and memory figures of the server, or ``None`` where an ACL forbids ``INFO``."""
 
-    def info(client: Any) -> dict[str, Any]:
+    def info(client: Client) -> dict[str, Any]:
         if isinstance(client, redis.RedisCluster):
             # One answer per primary: sum what adds up, keep the first of the rest.
             nodes = list(client.info(target_nodes=redis.RedisCluster.PRIMARIES).values())
@@ -116,7 +117,7 @@ def namespaces(storage: RedisBackend) -> list[str]:
     """Every namespace with fleche-redis entries on the server (``SCAN``: maintenance only)."""
     found: set[str] = set()
 
-    def scan(client: Any) -> None:
+    def scan(client: Client) -> None:
         for raw in client.scan_iter(match="*:{[cv].??}:index", count=1000):
             found.add(raw.decode().rsplit(":{", 1)[0])
 
@@ -130,7 +131,7 @@ def prefix_matches(storage: RedisBackend, prefix: str, limit: int = 10) -> list[
     shards = [prefix[:2]] if len(prefix) >= 2 else [s for s in SHARDS if s.startswith(prefix)]
     layout = storage.layout
 
-    def matches(client: Any) -> list[list[bytes]]:
+    def matches(client: Client) -> list[list[bytes]]:
         low, high = b"[" + prefix.encode(), b"[" + prefix.encode() + b"\xff"
         return send(
             client, [("ZRANGEBYLEX", layout.index(s), low, high, "LIMIT", 0, limit) for s in shards]

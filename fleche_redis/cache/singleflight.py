@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import runtime
 from ..locks import watchdog as _watchdog
 from ..locks.lua import EXTEND  # a lease is renewed like a lock: one script for both
+from ..transport.redispy import Client
 from ..transport.request import send
 from ..transport.scripts import LuaScript
 
@@ -163,7 +164,7 @@ class Lease:
         lease, waiters = self.redis_keys()
         prefix = self.calls.layout.key(self.key, "wake")[: -len(self.key)]
 
-        def request(client: Any) -> Any:
+        def request(client: Client) -> Any:
             return FINISH(client, (lease, waiters), (self.token, message, prefix, 60_000))
 
         return request

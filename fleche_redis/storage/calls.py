@@ -16,6 +16,7 @@ from fleche.digest import Digest
 
 from ..errors import UnavailableMiss
 from ..transport import request
+from ..transport.redispy import Client
 from ..transport.request import send
 from ..transport.scripts import LuaScript
 from .codec import UndecodableEntry
@@ -133,7 +134,7 @@ class IndexedCallsMixin(_Host):
 
     # -- layout hooks ---------------------------------------------------------
 
-    def _write(self, client: Any, key: Digest, data: bytes, value: Any) -> None:
+    def _write(self, client: Client, key: Digest, data: bytes, value: Any) -> None:
         layout = self.layout
         self.PUT_RECORD(
             client,
@@ -141,10 +142,10 @@ class IndexedCallsMixin(_Host):
             (data, key, self._ttl_ms(), bytes.fromhex(key), _terms_of(value)),
         )
 
-    def _read(self, client: Any, key: Digest) -> bytes | None:
+    def _read(self, client: Client, key: Digest) -> bytes | None:
         return request.call(client, "HGET", self.layout.data(key), "v")
 
-    def _delete(self, client: Any, key: Digest) -> None:
+    def _delete(self, client: Client, key: Digest) -> None:
         layout = self.layout
         self.EVICT_RECORD(
             client,
@@ -177,7 +178,7 @@ class IndexedCallsMixin(_Host):
         except UnavailableMiss:
             return  # failing open (on_error="miss"): nothing could be read
 
-    def _candidates(self, client: Any, terms: list[bytes]) -> list[Digest]:
+    def _candidates(self, client: Client, terms: list[bytes]) -> list[Digest]:
         """Digests of the records that carry every term, shard by shard, in order.
 
         Plain commands in at most three pipelined requests (Redis Cluster
@@ -224,7 +225,7 @@ class IndexedCallsMixin(_Host):
         return [instead if isinstance(r, Exception) else r for r in replies]
 
     def _probe(
-        self, client: Any, records: list[list[bytes]], terms: list[bytes]
+        self, client: Client, records: list[list[bytes]], terms: list[bytes]
     ) -> list[list[bytes]]:
         """Keep the records (per shard) that also carry every one of *terms*: one ZMSCORE per shard."""
         layout, width = self.layout, len(terms)
@@ -259,7 +260,7 @@ class IndexedCallsMixin(_Host):
     def _fetch_batch(self, keys: list[Digest], terms: list[bytes]) -> Iterator[DigestedCall]:
         layout = self.layout
 
-        def load_and_forget_dead(client: Any) -> list[bytes | None]:
+        def load_and_forget_dead(client: Client) -> list[bytes | None]:
             found = self._readable(
                 send(client, [("HGET", layout.data(k), "v") for k in keys], raise_errors=False),
                 None,

@@ -17,6 +17,7 @@ from fleche.digest import Digest
 from redis.exceptions import ResponseError
 
 from ..errors import RedisStorageError, UndecodableEntry
+from ..transport.redispy import Client
 from ..transport.request import send
 from . import scan
 from .backend import CallRedis, ValueRedis
@@ -106,7 +107,7 @@ def _sweep(values: ValueRedis, run: str, progress: Progress) -> int:
     return evicted
 
 
-def _members_or_none(client: Any, key: str) -> Iterator[Digest]:
+def _members_or_none(client: Client, key: str) -> Iterator[Digest]:
     """The shard's members; none when a foreign key took it over (logged: repair removes it)."""
     try:
         yield from shard_members(client, key)
@@ -116,7 +117,7 @@ def _members_or_none(client: Any, key: str) -> Iterator[Digest]:
         logger.warning("gc skips %s: %s; run repair", key, e)
 
 
-def _release_flags(client: Any, layout: KeyLayout, run: str) -> None:
+def _release_flags(client: Client, layout: KeyLayout, run: str) -> None:
     for chunk in batches(SHARDS, 64):
         owned = send(client, [("GET", layout.gc_flag(s)) for s in chunk])
         mine = [s for s, value in zip(chunk, owned, strict=True) if value == run.encode()]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from fleche.digest import DIGEST_LENGTH, Digest
 
 from ..errors import UnavailableMiss
+from ..transport.redispy import Client
 from ..transport.request import call, send
 from ..transport.scripts import LuaScript
 from .keys import SHARD_CHARS, SHARDS, InvalidDigestError, check_digest, check_prefix
@@ -84,14 +85,14 @@ class PrefixIndexMixin:
         """
         layout, page_size = self.layout, self.LIST_PAGE
 
-        def first_pages(client: Any, shards: tuple[str, ...]) -> list[Any]:
+        def first_pages(client: Client, shards: tuple[str, ...]) -> list[Any]:
             return send(
                 client,
                 [("ZRANGEBYLEX", layout.index(s), "-", "+", "LIMIT", 0, page_size) for s in shards],
                 raise_errors=False,
             )
 
-        def next_page(client: Any, shard: str, after: bytes) -> list[bytes]:
+        def next_page(client: Client, shard: str, after: bytes) -> list[bytes]:
             # A lexicographic cursor stays correct while members come and go.
             return call(
                 client, "ZRANGEBYLEX", layout.index(shard), b"(" + after, "+", "LIMIT", 0, page_size
@@ -118,7 +119,7 @@ class PrefixIndexMixin:
     def count(self) -> int:
         """Number of indexed entries, from one pipelined ``ZCARD`` per shard."""
 
-        def cards(client: Any) -> int:
+        def cards(client: Client) -> int:
             keys = [self.layout.index(shard) for shard in SHARDS]
             replies = send(client, [("ZCARD", key) for key in keys], raise_errors=False)
             for key, reply in zip(keys, replies, strict=True):
@@ -209,7 +210,7 @@ class PrefixIndexMixin:
                 stack.enter_context(self._operation_context(k))
             digests = [check_digest(k) for k in keys]
 
-            def neighbours(client: Any) -> list[Any]:
+            def neighbours(client: Client) -> list[Any]:
                 commands: builtins.list[tuple[Any, ...]] = []
                 for d in digests:
                     index, member = self.layout.index_of(d), d.encode()

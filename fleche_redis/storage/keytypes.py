@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 
+from ..transport.redispy import Client
 from ..transport.request import send
 from .keys import KeyLayout
 from .scan import batches
@@ -55,7 +55,9 @@ def expected_type(layout: KeyLayout, key: str, *, records: bool) -> str | None:
     return None
 
 
-def wrong_types(client: Any, layout: KeyLayout, *, records: bool) -> Iterator[tuple[str, str, str]]:
+def wrong_types(
+    client: Client, layout: KeyLayout, *, records: bool
+) -> Iterator[tuple[str, str, str]]:
     """``(key, type it holds, type it must hold)`` for every key of the keyspace that breaks the layout.
 
     ``SCAN``s the keyspace's shards (maintenance only) and asks ``TYPE`` in batches.

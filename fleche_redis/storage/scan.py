@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from fleche.digest import DIGEST_LENGTH, Digest
 
+from ..transport.redispy import Client
 from ..transport.request import send
 from .codec import Codec
 from .keys import KeyLayout
@@ -55,7 +56,7 @@ def batches(items: Iterable[Any], size: int | None = None) -> Iterator[list[Any]
         yield batch
 
 
-def shard_members(client: Any, key: str, *, raw: bool = False) -> Iterator[Any]:
+def shard_members(client: Client, key: str, *, raw: bool = False) -> Iterator[Any]:
     """Stream one sorted set's members in lexicographic pages (digests, or bytes if *raw*)."""
     low = b"-"
     while True:

@@ -36,14 +36,21 @@ __all__ = [
 
 
 class Client(Protocol):
-    """What the transport uses of a client: redis-py's ``Redis``, ``RedisCluster``, a
-    pipeline, or fakeredis.  Its pool, when it has one, is reached by :func:`pool_of`."""
+    """What the package uses of a client: redis-py's ``Redis``, ``RedisCluster``, a
+    pipeline, or fakeredis (commands, and the cursors maintenance walks).  Its pool,
+    when it has one, is reached by :func:`pool_of`."""
 
     def execute_command(self, *args: Any, **options: Any) -> Any: ...
 
     def pipeline(self, transaction: Any = ..., shard_hint: Any = ...) -> Any: ...
 
     def script_load(self, script: Any) -> Any: ...
+
+    def scan_iter(self, match: Any = ..., count: Any = ..., _type: Any = ...) -> Any: ...
+
+    def hscan_iter(self, name: Any, match: Any = ..., count: Any = ...) -> Any: ...
+
+    def info(self, section: Any = ..., *args: Any, **kwargs: Any) -> Any: ...
 
 
 def _needs_command(pool_class: Any) -> bool:
