@@ -29,10 +29,10 @@ def describe(exc: Exception, server: str) -> str:
     The command line and the storages' exceptions say the same thing.
     """
     text = f"{type(exc).__name__}: {exc}"
-    if (
-        isinstance(exc, redis.AuthenticationError)
-        or "NOAUTH" in str(exc)
-        or "WRONGPASS" in str(exc)
+    # redis-py 6+ meets the password in HELLO (AuthenticationError); older ones
+    # in the first command: NOAUTH, or "unauthenticated" for a long request.
+    if isinstance(exc, redis.AuthenticationError) or any(
+        word in str(exc) for word in ("NOAUTH", "WRONGPASS", "unauthenticated")
     ):
         if "@" not in server:
             return (
