@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from redis.exceptions import NoScriptError, RedisError
 
 from . import request, wire
+from .gather import Gather
 from .redispy import Client
 from .scripts import LuaScript
 
@@ -48,7 +49,7 @@ class WriteBatch:
     """Queued steps, each ``(storage, request(client), scripts the request may run)``."""
 
     steps: list[Step] = field(default_factory=list)
-    encoded: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    encoded: dict[tuple[int, str], bytes | Gather] = field(default_factory=dict)
     """``(id(storage), key) -> bytes`` of every entry queued: a commit passes some on to waiters."""
     behind: Behind | None = None
     """Post the request and return without its reply (see :func:`write_batch`)."""

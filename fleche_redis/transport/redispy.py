@@ -16,6 +16,8 @@ import redis
 from redis.client import Pipeline
 from redis.connection import parse_url as _parse_url
 
+from .gather import Gather
+
 __all__ = [
     "Client",
     "checkout",
@@ -98,11 +100,12 @@ def read(conn: Any) -> Any:
 def pack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
     """*commands* packed by the connection's own packer (redis-py's ``pack_commands``).
 
-    ``bytearray`` and ``memoryview`` arguments go as ``bytes``: the hiredis
-    packer of redis-py 5 and 6.0 refuses them (later ones make this copy).
+    ``bytearray``, ``memoryview`` and :class:`~.gather.Gather` arguments go as
+    ``bytes``: the hiredis packer of redis-py 5 and 6.0 refuses them (later
+    ones make this copy).
     """
     commands = [
-        tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in command)
+        tuple(bytes(a) if isinstance(a, (bytearray, memoryview, Gather)) else a for a in command)
         for command in commands
     ]
     return conn.pack_commands(commands)
