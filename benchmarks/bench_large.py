@@ -198,8 +198,8 @@ def _cpus() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--floats", type=int, default=2 * 2**20, help="float64 in the big value")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--reps", type=int, default=15, help="timed operations per loop and round")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=6, help="timed operations per loop and round")
     parser.add_argument("--miss-floats", type=int, default=200_000)
     parser.add_argument("--calls", type=int, default=200, help="misses per cache")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; only checks that it runs")
