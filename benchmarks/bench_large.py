@@ -7,7 +7,9 @@ One run, one machine, one private redis-server.  Two questions:
   (one ``GET``, then verify and decode) against the floor, raw redis-py
   ``SET``/``GET`` of the very bytes the storage stores, already encoded: the
   floor pickles nothing and unpickles nothing.  A second floor row adds
-  ``pickle.dumps``/``pickle.loads`` (protocol 5, in-band) for reference.
+  ``pickle.dumps``/``pickle.loads`` (protocol 5, in-band) for reference, and
+  a storage with a secret key shows what signing (HMAC-SHA256 of every byte)
+  adds.
   Each is timed in a loop of its own, the loops alternating round by round.
   Throughput is bytes stored / median seconds.
 * **1.6 MB results** (200 000 float64): a miss of a memoized call through
@@ -69,12 +71,14 @@ def big_values(url: str, floats: int, rounds: int, reps: int) -> dict[str, list[
     """Medians (seconds) per round of each loop; rounds alternate the loops' order."""
     array = np.random.default_rng(1).random(floats)
     storage = ValueRedis(url=url, namespace=f"large-{secrets.token_hex(3)}")
+    signed = ValueRedis(url=url, namespace=f"large-{secrets.token_hex(3)}", secret_key=b"bench")
     key = fleche.digest.digest(array)
     stored = bytes(storage.codec.encode(array))  # what the storage writes, as one bytes object
     client = redis.Redis.from_url(url)
     name = f"raw:{secrets.token_hex(4)}"
     client.set(name, stored)
     storage.put(array, key)
+    signed.put(array, key)
     loops: dict[str, Callable[[], object]] = {
         "raw SET": lambda: client.set(name, stored),
         "raw GET": lambda: client.get(name),
@@ -82,6 +86,8 @@ def big_values(url: str, floats: int, rounds: int, reps: int) -> dict[str, list[
         "raw GET + pickle.loads": lambda: pickle.loads(client.get(name)),
         "ValueRedis.put": lambda: storage.put(array, key),
         "ValueRedis.get": lambda: storage.get(key),
+        "ValueRedis.put, signed": lambda: signed.put(array, key),
+        "ValueRedis.get, signed": lambda: signed.get(key),
     }
     assert np.array_equal(storage.get(key), array)
     found: dict[str, list[float]] = {label: [] for label in loops}
@@ -92,6 +98,7 @@ def big_values(url: str, floats: int, rounds: int, reps: int) -> dict[str, list[
             found[label].append(statistics.median(_loop(loops[label], reps)))
     client.delete(name)
     storage.evict(key)
+    signed.evict(key)
     client.close()
     return found
 
