@@ -128,6 +128,10 @@ class Request:
 
     def post(self, client: Client, behind: Behind) -> bool:
         """Write the request without waiting; ``False`` where it cannot be posted (then send it)."""
+        # _settle may send it again after the call returned (NOSCRIPT, a lost
+        # reply), when the caller may have changed an array in place: the
+        # buffers of an entry (a Gather, a chunk's view) are copied now.
+        self.commands = [_owned(command) for command in self.commands]
         return request.post(
             client,
             self.commands,
@@ -156,6 +160,15 @@ class Request:
                     owner.channel.failed("put", reply) if isinstance(reply, RedisError) else reply
                 )
                 return
+
+
+def _owned(command: tuple[Any, ...]) -> tuple[Any, ...]:
+    """*command* with arguments that are views of other objects' memory turned into ``bytes``."""
+    for arg in command:
+        kind = type(arg)
+        if kind is Gather or kind is memoryview:
+            return tuple(bytes(a) if isinstance(a, (Gather, memoryview)) else a for a in command)
+    return command
 
 
 class Recorder:

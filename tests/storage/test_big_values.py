@@ -126,3 +126,25 @@ def test_600_mb_array_round_trips(redis_server, namespace):
     del loaded
     storage.evict(key)
     assert not storage.contains(key) and storage.redis().exists(*chunk_keys) == 0
+
+
+def test_a_posted_commit_sent_again_stores_the_result_as_it_was_returned(redis_server, namespace):
+    """Write-behind: a commit refused with NOSCRIPT is sent again at the next request, after the
+    call returned its array to the caller; changing that array in place must not change the entry."""
+    cache = RedisCache(
+        values=ValueRedis(url=redis_server.url, namespace=namespace),
+        calls=CallRedis(url=redis_server.url, namespace=namespace),
+        write_behind=True,
+    )
+    x = _array(0.5)
+    with fleche.cache(cache):
+        _doubled(_array(0.01))  # scripts loaded, connections kept
+    cache.flush()
+    redis_server.client().script_flush()  # the commit's script is gone when it is posted
+    with fleche.cache(cache):
+        result = _doubled(x)
+    result[:] = -1.0  # the caller's array, changed in place
+    cache.flush()  # the commit's NOSCRIPT is read; it is sent again
+    with fleche.cache(cache):
+        again = _doubled(x)
+    assert np.array_equal(again, x * 2.0)
