@@ -7,9 +7,10 @@ One run, one machine, one private redis-server.  Two questions:
   (one ``GET``, then verify and decode) against the floor, raw redis-py
   ``SET``/``GET`` of the very bytes the storage stores, already encoded: the
   floor pickles nothing and unpickles nothing.  A second floor row adds
-  ``pickle.dumps``/``pickle.loads`` (protocol 5, in-band) for reference, and
-  a storage with a secret key shows what signing (HMAC-SHA256 of every byte)
-  adds.
+  ``pickle.dumps``/``pickle.loads`` (protocol 5, in-band) for reference, one
+  adds the copy a writable array needs (the reply's ``bytes`` into a
+  ``bytearray``: what ``get`` pays beyond the raw ``GET``), and a storage
+  with a secret key shows what signing (HMAC-SHA256 of every byte) adds.
   Each is timed in a loop of its own, the loops alternating round by round.
   Throughput is bytes stored / median seconds.
 * **1.6 MB results** (200 000 float64): a miss of a memoized call through
@@ -77,13 +78,16 @@ def big_values(url: str, floats: int, rounds: int, reps: int) -> dict[str, list[
     client = redis.Redis.from_url(url)
     name = f"raw:{secrets.token_hex(4)}"
     client.set(name, stored)
+    inband = f"{name}:in-band"
+    client.set(inband, pickle.dumps(array, protocol=5))
     storage.put(array, key)
     signed.put(array, key)
     loops: dict[str, Callable[[], object]] = {
         "raw SET": lambda: client.set(name, stored),
         "raw GET": lambda: client.get(name),
-        "raw pickle.dumps + SET": lambda: client.set(name, pickle.dumps(array, protocol=5)),
-        "raw GET + pickle.loads": lambda: pickle.loads(client.get(name)),
+        "raw pickle.dumps + SET": lambda: client.set(inband, pickle.dumps(array, protocol=5)),
+        "raw GET + pickle.loads": lambda: pickle.loads(client.get(inband)),
+        "raw GET + one copy (bytearray)": lambda: bytearray(client.get(name)),
         "ValueRedis.put": lambda: storage.put(array, key),
         "ValueRedis.get": lambda: storage.get(key),
         "ValueRedis.put, signed": lambda: signed.put(array, key),
@@ -96,7 +100,7 @@ def big_values(url: str, floats: int, rounds: int, reps: int) -> dict[str, list[
     for i in range(rounds):
         for label in order if i % 2 == 0 else reversed(order):
             found[label].append(statistics.median(_loop(loops[label], reps)))
-    client.delete(name)
+    client.delete(name, inband)
     storage.evict(key)
     signed.evict(key)
     client.close()
