@@ -93,9 +93,9 @@ def _available() -> list[Compressor]:
     return found
 
 
-Dumps = Callable[[Any, "int | None"], tuple[bytes, list[memoryview]]]
+Dumps = Callable[[Any, int | None], tuple[bytes, list[memoryview]]]
 """``dumps(value, min_size)``: the stream, and the buffers of *min_size* bytes or more it left out."""
-Loads = Callable[[Any, "list[Any]"], Any]
+Loads = Callable[[Any, list[Any]], Any]
 """``loads(stream, buffers)``: the value, its out-of-band buffers taken from *buffers*."""
 
 

@@ -298,3 +298,14 @@ def test_every_serializer_frames_protocol_5_buffers(serializer):
     data = codec.encode(value)
     assert isinstance(data, Gather) and bytes(data)[:2] == FRAMED
     assert codec.decode(bytes(data)) == bytearray(b"z" * 200_000)
+
+
+def test_a_value_cloudpickle_must_write_keeps_its_buffers_out_of_band():
+    """The C pickler's attempt fails on the lambda: only cloudpickle's buffers make the entry."""
+    codec = Codec("cloudpickle")
+    value = {"f": lambda v: v + 1, "a": _array()}
+    data = codec.encode(value)
+    assert isinstance(data, Gather) and bytes(data)[:2] == FRAMED
+    assert sum(p.nbytes for p in data.parts) < value["a"].nbytes + 10_000  # one copy of the array
+    back = codec.decode(bytes(data))
+    assert back["f"](1) == 2 and np.array_equal(back["a"], value["a"])
