@@ -288,7 +288,11 @@ class Codec:
         return stream, buffers
 
     def decode(self, data: bytes | bytearray, *, key: str = "?") -> Any:
-        """Verify and deserialize; a refusal is :class:`UndecodableEntry`."""
+        """Verify and deserialize; a refusal is :class:`UndecodableEntry`.
+
+        A ``bytearray`` is given away: arrays in the value may be built on its
+        memory (no copy), so a caller that keeps the bytes passes ``bytes``.
+        """
         try:
             if data[:1] == FRAMED[:1]:
                 stream, buffers = self._unframed(data)
