@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Gather", "joined"]
+__all__ = ["Gather"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,8 +53,3 @@ class Gather:
 def _flat(part: bytes | bytearray | memoryview) -> memoryview:
     view = memoryview(part)
     return view if view.ndim == 1 and view.format == "B" else view.cast("B")
-
-
-def joined(value: object) -> object:
-    """*value*, with a :class:`Gather` turned into ``bytes`` (for redis-py's packers)."""
-    return bytes(value) if isinstance(value, Gather) else value
