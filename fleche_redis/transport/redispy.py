@@ -117,8 +117,10 @@ def read(conn: Any) -> Any:
         or conn.encoder.decode_responses
     ):
         return conn.read_response()
-    reader, buffer = parser._reader, parser._buffer
-    if reader is None or reader.has_data():
+    reader = parser._reader
+    buffer = getattr(parser, "_buffer", None)
+    has_data = getattr(reader, "has_data", None)  # hiredis 1.x has none
+    if type(buffer) is not bytearray or has_data is None or has_data():
         return conn.read_response()
     try:
         got = sock.recv_into(buffer)
