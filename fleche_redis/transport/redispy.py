@@ -117,7 +117,7 @@ def read(conn: Any) -> Any:
         or conn.encoder.decode_responses
     ):
         return conn.read_response()
-    reader = parser._reader
+    reader: Any = getattr(parser, "_reader", None)
     buffer = getattr(parser, "_buffer", None)
     has_data = getattr(reader, "has_data", None)  # hiredis 1.x has none
     if type(buffer) is not bytearray or has_data is None or has_data():
