@@ -50,7 +50,7 @@ class WriteBatch:
 
     steps: list[Step] = field(default_factory=list)
     encoded: dict[tuple[int, str], bytes | Gather] = field(default_factory=dict)
-    """``(id(storage), key) -> bytes`` of every entry queued: a commit passes some on to waiters."""
+    """``(id(storage), key) -> encoded entry`` of every entry queued: a commit passes some on to waiters."""
     behind: Behind | None = None
     """Post the request and return without its reply (see :func:`write_batch`)."""
 
