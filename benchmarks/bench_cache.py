@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pickle
 import platform
 import random
 import secrets
@@ -199,9 +198,9 @@ def floor(url: str, cache: Any, floats: int, reps: int, seed: int) -> dict[str, 
     ).to_lookup_key()
     record = calls.load(key)
     items = [
-        values.codec.encode(x),
-        values.codec.encode(values.load(record.result)),
-        calls.codec.encode(record),
+        bytes(values.codec.encode(x)),
+        bytes(values.codec.encode(values.load(record.result))),
+        bytes(calls.codec.encode(record)),
     ]
     client = redis.Redis.from_url(url)
     names = [f"raw:{secrets.token_hex(4)}:{i}" for i in range(len(items))]
@@ -216,7 +215,9 @@ def floor(url: str, cache: Any, floats: int, reps: int, seed: int) -> dict[str, 
             client.get(name)
         gets.append(time.perf_counter() - start)
         start = time.perf_counter()
-        pickle.loads(client.get(names[1]))  # the result's bytes, as one GET brings them
+        # The result's bytes, as one GET brings them, decoded by the codec
+        # (pickle.loads cannot read a framed entry's out-of-band buffers).
+        values.codec.decode(client.get(names[1]))
         get_loaded.append(time.perf_counter() - start)
     client.delete(*names)
     client.close()
@@ -260,7 +261,7 @@ def memory_per_call(url: str, calls_n: int, floats: int, run: str) -> dict[str, 
     for storage in (cache.values, cache.calls):
         for k in storage.list():
             name = f"rawmem:{run}:{k}:{storage.keyspace}"
-            pipe.set(name, storage.codec.encode(storage.load(k)))
+            pipe.set(name, bytes(storage.codec.encode(storage.load(k))))
             raw_names.append(name)
     pipe.execute()
     raw = usage(raw_names)

@@ -259,10 +259,11 @@ class RedisCache(Cache):
             with self.calls._operation_context(key):
                 self.calls.put(digested, key)  # CallRedis.save, with the key known
             encoded = batch.encoded
-            message = singleflight.pack(
-                encoded.get((id(self.calls), key)) or self.calls.codec.encode(digested),
-                encoded.get((id(self.values), digested.result)),
-            )
+            record = encoded.get((id(self.calls), key)) or self.calls.codec.encode(digested)
+            result = encoded.get((id(self.values), digested.result))
+            # A result in buffers (a framed array) is far above what travels
+            # with the record: the waiters fetch it, and it is never joined.
+            message = singleflight.pack(bytes(record), result if type(result) is bytes else None)
             batch.add(self.calls, lease.finish_request(message), (singleflight.FINISH,))
         return key
 

@@ -29,7 +29,7 @@ from ..transport.scripts import LuaScript
 from . import check, chunks, config, snapshot
 from . import lua as entry_lua
 from .calls import IndexedCallsMixin
-from .codec import Codec
+from .codec import Codec, Encoded
 from .index import PrefixIndexMixin
 from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
 
@@ -222,7 +222,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     def _ttl_ms(self) -> int:
         return 0 if self.ttl is None else max(1, round(self.ttl * 1000))
 
-    def _write(self, client: Any, key: Digest, data: bytes, value: Any) -> None:
+    def _write(self, client: Any, key: Digest, data: Encoded, value: Any) -> None:
         layout = self.layout
         keys = (
             layout.data(key),
@@ -253,10 +253,10 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         self.PUT(
             client,
             keys,
-            (data, key, self._ttl_ms(), self._references(value), bytes.fromhex(key)),
+            (bytes(data), key, self._ttl_ms(), self._references(value), bytes.fromhex(key)),
         )
 
-    def _read(self, client: Any, key: Digest) -> bytes | None:
+    def _read(self, client: Any, key: Digest) -> bytes | bytearray | None:
         data = call(client, "GET", self.layout.data(key))
         if data is not None and chunks.is_manifest(data):
             return chunks.read(client, self.layout.data(key), data, key)
@@ -374,7 +374,9 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
         return {**self._config(), "remaining_depth": self.remaining_depth}
 
 
-def _pipelined_reads(client: Any, storage: RedisBackend, keys: list[str]) -> list[bytes | None]:
+def _pipelined_reads(
+    client: Any, storage: RedisBackend, keys: list[str]
+) -> list[bytes | bytearray | None]:
     # One by one on Cluster, as before: each routed to its node.
     found = send(client, [("GET", storage.layout.data(key)) for key in keys], ordered=True)
     # Chunked entries hold a manifest here; they are read in full separately.

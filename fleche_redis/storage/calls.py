@@ -19,7 +19,7 @@ from ..transport import request
 from ..transport.redispy import Client
 from ..transport.request import send
 from ..transport.scripts import LuaScript
-from .codec import UndecodableEntry
+from .codec import Encoded, UndecodableEntry
 from .keys import SHARDS
 from .lua import GUARD
 from .query import TERM_BYTES, record_terms, template_terms
@@ -134,12 +134,12 @@ class IndexedCallsMixin(_Host):
 
     # -- layout hooks ---------------------------------------------------------
 
-    def _write(self, client: Client, key: Digest, data: bytes, value: Any) -> None:
+    def _write(self, client: Client, key: Digest, data: Encoded, value: Any) -> None:
         layout = self.layout
         self.PUT_RECORD(
             client,
             (layout.data(key), layout.index_of(key), layout.terms_of(key)),
-            (data, key, self._ttl_ms(), bytes.fromhex(key), _terms_of(value)),
+            (bytes(data), key, self._ttl_ms(), bytes.fromhex(key), _terms_of(value)),
         )
 
     def _read(self, client: Client, key: Digest) -> bytes | None:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 from typing import Any
 
+from ..transport.gather import Gather
 from ..transport.request import call
 from .codec import UndecodableEntry
 
@@ -26,22 +27,30 @@ def is_manifest(data: bytes) -> bool:
     return data[: len(MAGIC)] == MAGIC
 
 
-def _checksum(data: bytes | bytearray | memoryview) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def write(client: Any, data_key: str, data: bytes | Gather, chunk_size: int, ttl_ms: int) -> bytes:
+    """Write the chunks of *data* (one request each); return the manifest to store at *data_key*.
 
-
-def write(client: Any, data_key: str, data: bytes, chunk_size: int, ttl_ms: int) -> bytes:
-    """Write the chunks of *data* (one request each); return the manifest to store at *data_key*."""
-    view = memoryview(data)
+    A chunk lying within one buffer is sent from it as it is; only one that
+    straddles two (a framed entry's head and its array) is copied.
+    """
+    whole = data if isinstance(data, Gather) else Gather((data,))
+    checksum = hashlib.blake2b(digest_size=16)
     count = 0
-    for offset in range(0, len(data), chunk_size):
-        client.set(f"{data_key}:{count}", view[offset : offset + chunk_size], px=ttl_ms or None)
+    for piece in whole.slices(chunk_size):
+        for part in piece.parts:
+            checksum.update(part)
+        value = piece.parts[0] if len(piece.parts) == 1 else bytes(piece)
+        client.set(f"{data_key}:{count}", value, px=ttl_ms or None)
         count += 1
-    return MAGIC + f"{count} {len(data)} {_checksum(view)}".encode()
+    return MAGIC + f"{count} {len(whole)} {checksum.hexdigest()}".encode()
 
 
-def read(client: Any, data_key: str, manifest: bytes, key: str) -> bytes:
-    """Reassemble the entry a manifest describes, or raise :class:`UndecodableEntry`."""
+def read(client: Any, data_key: str, manifest: bytes, key: str) -> bytearray:
+    """Reassemble the entry a manifest describes, or raise :class:`UndecodableEntry`.
+
+    The entry comes back as the ``bytearray`` it was assembled in (not
+    copied once more), so a framed entry's writable buffers need no copy.
+    """
     count, total, checksum = manifest[len(MAGIC) :].decode().split()
     out = bytearray()
     for i in range(int(count)):
@@ -50,7 +59,7 @@ def read(client: Any, data_key: str, manifest: bytes, key: str) -> bytes:
             logger.warning("entry %s lost chunk %d of %s; treating it as a miss", key, i, count)
             raise UndecodableEntry(key, "chunk missing")
         out += chunk
-    if len(out) != int(total) or _checksum(out) != checksum:
+    if len(out) != int(total) or hashlib.blake2b(out, digest_size=16).hexdigest() != checksum:
         logger.warning("entry %s changed while it was read; treating it as a miss", key)
         raise UndecodableEntry(key, "chunks inconsistent")
-    return bytes(out)
+    return out

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import pickle
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 from fleche.call import DigestedCall
 from fleche.digest import Digest
 
-__all__ = ["dumps", "is_plain"]
+__all__ = ["dumps", "dumps_buffers", "with_buffers", "is_plain"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -67,17 +68,47 @@ def is_plain(value: Any) -> bool:
 
 def dumps(value: Any) -> bytes:
     """``cloudpickle.dumps(value)`` in meaning, plain ``pickle.dumps`` in speed where they agree."""
+    return dumps_buffers(value, None)[0]
+
+
+def dumps_buffers(value: Any, min_size: int | None) -> tuple[bytes, list[memoryview]]:
+    """:func:`dumps`, with buffers of *min_size* bytes or more out of band (see :func:`with_buffers`)."""
     if is_plain(value):
-        return pickle.dumps(value, protocol=PROTOCOL)
+        return with_buffers(pickle.dumps, value, min_size)
     if not _by_value_modules():
         try:
-            data = pickle.dumps(value, protocol=PROTOCOL)
+            data, buffers = with_buffers(pickle.dumps, value, min_size)
         except Exception:
             pass  # a local function, a lambda, a dynamic class: cloudpickle's job
         else:
+            # Out-of-band buffers are raw memory: only the stream names modules.
             if b"__main__" not in data:
-                return data
-    return cloudpickle.dumps(value, protocol=PROTOCOL)
+                return data, buffers
+    return with_buffers(cloudpickle.dumps, value, min_size)
+
+
+def with_buffers(
+    dump: Callable[..., bytes], value: Any, min_size: int | None
+) -> tuple[bytes, list[memoryview]]:
+    """``dump(value)`` at protocol 5, and the buffers of at least *min_size* bytes it left out of the stream.
+
+    Objects that support protocol 5 (numpy arrays, ``PickleBuffer``) hand
+    their memory to the pickler as a buffer; a big one stays where it is, to
+    be written to the socket from there, and the stream only refers to it.
+    ``None`` keeps every buffer in the stream.
+    """
+    if min_size is None:
+        return dump(value, protocol=PROTOCOL), []
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        view = buffer.raw()
+        if view.nbytes < min_size:
+            return True  # in the stream
+        buffers.append(view)
+        return False
+
+    return dump(value, protocol=PROTOCOL, buffer_callback=out_of_band), buffers
 
 
 def _by_value_modules() -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from redis.exceptions import NoScriptError, RedisError
 
 from . import request, wire
+from .gather import Gather
 from .redispy import Client
 from .scripts import LuaScript
 
@@ -48,8 +49,8 @@ class WriteBatch:
     """Queued steps, each ``(storage, request(client), scripts the request may run)``."""
 
     steps: list[Step] = field(default_factory=list)
-    encoded: dict[tuple[int, str], bytes] = field(default_factory=dict)
-    """``(id(storage), key) -> bytes`` of every entry queued: a commit passes some on to waiters."""
+    encoded: dict[tuple[int, str], bytes | Gather] = field(default_factory=dict)
+    """``(id(storage), key) -> encoded entry`` of every entry queued: a commit passes some on to waiters."""
     behind: Behind | None = None
     """Post the request and return without its reply (see :func:`write_batch`)."""
 
@@ -127,6 +128,10 @@ class Request:
 
     def post(self, client: Client, behind: Behind) -> bool:
         """Write the request without waiting; ``False`` where it cannot be posted (then send it)."""
+        # _settle may send it again after the call returned (NOSCRIPT, a lost
+        # reply), when the caller may have changed an array in place: the
+        # buffers of an entry (a Gather, a chunk's view) are copied now.
+        self.commands = [_owned(command) for command in self.commands]
         return request.post(
             client,
             self.commands,
@@ -155,6 +160,15 @@ class Request:
                     owner.channel.failed("put", reply) if isinstance(reply, RedisError) else reply
                 )
                 return
+
+
+def _owned(command: tuple[Any, ...]) -> tuple[Any, ...]:
+    """*command* with arguments that are views of other objects' memory turned into ``bytes``."""
+    for arg in command:
+        kind = type(arg)
+        if kind is Gather or kind is memoryview:
+            return tuple(bytes(a) if isinstance(a, (Gather, memoryview)) else a for a in command)
+    return command
 
 
 class Recorder:

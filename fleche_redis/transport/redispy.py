@@ -10,11 +10,15 @@ naming the member, when a redis-py release changes one of them.
 from __future__ import annotations
 
 import inspect
+import socket
 from typing import Any, Protocol
 
 import redis
+from redis._parsers import _HiredisParser
 from redis.client import Pipeline
 from redis.connection import parse_url as _parse_url
+
+from .gather import Gather
 
 __all__ = [
     "Client",
@@ -23,6 +27,7 @@ __all__ = [
     "socket_of",
     "write",
     "read",
+    "BIG_REPLY",
     "pack",
     "can_read",
     "is_pipeline",
@@ -90,19 +95,84 @@ def write(conn: Any, packed: Any) -> None:
     conn.send_packed_command(packed, check_health=False)
 
 
+BIG_REPLY = 64 * 1024
+"""Bulk replies at least this big are received straight into a ``bytearray`` (see :func:`read`)."""
+
+
 def read(conn: Any) -> Any:
-    """The next reply on *conn*; an error reply is raised as redis-py's exception."""
+    """The next reply on *conn*; an error reply is raised as redis-py's exception.
+
+    A bulk string of :data:`BIG_REPLY` bytes or more (an entry's bytes) comes
+    back as a ``bytearray`` the socket received it into: hiredis would copy
+    it into its buffer and then into a ``bytes``, and an array unpickled from
+    immutable bytes needs one more copy to be writable.  Anything else, and
+    any connection but a plain socket with redis-py's hiredis parser and
+    nothing buffered, takes ``read_response``.
+    """
+    parser = getattr(conn, "_parser", None)
+    sock = getattr(conn, "_sock", None)
+    if (
+        type(parser) is not _HiredisParser
+        or type(sock) is not socket.socket
+        or conn.encoder.decode_responses
+    ):
+        return conn.read_response()
+    reader: Any = getattr(parser, "_reader", None)
+    buffer = getattr(parser, "_buffer", None)
+    has_data = getattr(reader, "has_data", None)  # hiredis 1.x has none
+    if type(buffer) is not bytearray or has_data is None or has_data():
+        return conn.read_response()
+    try:
+        got = sock.recv_into(buffer)
+        if not got:
+            raise redis.ConnectionError("Connection closed by server.")
+        if buffer[0] == 0x24:  # "$": a bulk string
+            end = buffer.find(b"\r\n", 1, min(got, 24))
+            if end > 0:
+                size = int(buffer[1:end])
+                if size >= BIG_REPLY:
+                    return _bulk(sock, reader, buffer, got, end + 2, size)
+    except TimeoutError:
+        raise redis.TimeoutError("Timeout reading from socket") from None
+    except OSError as e:
+        raise redis.ConnectionError(f"Error while reading from socket: {e.args}") from None
+    reader.feed(buffer, 0, got)
     return conn.read_response()
+
+
+def _bulk(sock: Any, reader: Any, buffer: bytearray, got: int, start: int, size: int) -> bytearray:
+    """The rest of a bulk string whose first *got* bytes are in *buffer*, received in place."""
+    out = bytearray(size)
+    view = memoryview(out)
+    have = min(got - start, size)
+    view[:have] = memoryview(buffer)[start : start + have]
+    while have < size:
+        n = sock.recv_into(view[have:])
+        if not n:
+            raise redis.ConnectionError("Connection closed by server.")
+        have += n
+    beyond = got - start - size  # bytes read past the string: its CRLF, then other replies
+    if beyond > 2:
+        reader.feed(buffer, start + size + 2, beyond - 2)
+    crlf = bytearray(2)
+    owed = 2 - max(beyond, 0)
+    while owed > 0:  # never more than the CRLF: what follows is the next reply's
+        n = sock.recv_into(crlf, owed)
+        if not n:
+            raise redis.ConnectionError("Connection closed by server.")
+        owed -= n
+    return out
 
 
 def pack(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
     """*commands* packed by the connection's own packer (redis-py's ``pack_commands``).
 
-    ``bytearray`` and ``memoryview`` arguments go as ``bytes``: the hiredis
-    packer of redis-py 5 and 6.0 refuses them (later ones make this copy).
+    ``bytearray``, ``memoryview`` and :class:`~.gather.Gather` arguments go as
+    ``bytes``: the hiredis packer of redis-py 5 and 6.0 refuses them (later
+    ones make this copy).
     """
     commands = [
-        tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in command)
+        tuple(bytes(a) if isinstance(a, (bytearray, memoryview, Gather)) else a for a in command)
         for command in commands
     ]
     return conn.pack_commands(commands)

@@ -19,6 +19,7 @@ import redis
 from .. import runtime
 from ..runtime import fork_generation
 from . import redispy
+from .gather import Gather
 from .redispy import Client
 
 _POLL = getattr(select, "poll", None)  # not on Windows
@@ -276,7 +277,10 @@ def _packed(conn: Any, commands: list[tuple[Any, ...]]) -> Any:
     if _pack_command is not None:
         for command in commands:
             for arg in command:
-                if type(arg) is bytes and len(arg) >= BIG_ARGUMENT:
+                kind = type(arg)
+                if kind is Gather or (
+                    (kind is bytes or kind is memoryview) and len(arg) >= BIG_ARGUMENT
+                ):
                     return _framed(commands)
         try:
             if len(commands) == 1:
@@ -300,6 +304,17 @@ def _framed(commands: list[tuple[Any, ...]]) -> list[Any]:
                 arg = b"%d" % arg
             elif isinstance(arg, float):
                 arg = repr(arg).encode()
+            elif type(arg) is Gather:  # one bulk string; its big parts written as they are
+                small += b"$%d\r\n" % arg.nbytes
+                for part in arg.parts:
+                    if part.nbytes >= BIG_ARGUMENT:
+                        parts.append(bytes(small))
+                        parts.append(part)
+                        small = bytearray()
+                    else:
+                        small += part
+                small += b"\r\n"
+                continue
             elif not isinstance(arg, (bytes, bytearray, memoryview)):
                 raise TypeError(f"cannot send {type(arg).__name__} to Redis")
             size = arg.nbytes if isinstance(arg, memoryview) else len(arg)

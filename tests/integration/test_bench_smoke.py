@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 def test_every_benchmark_runs_in_smoke_mode():
     names = sorted(p.stem.removeprefix("bench_") for p in BENCHMARKS.glob("bench_*.py"))
-    assert {"cache", "locks", "scale", "singleflight"} <= set(names)
+    assert {"cache", "large", "locks", "scale", "singleflight"} <= set(names)
     done = subprocess.run(
         [sys.executable, "-m", "fleche_redis", "bench", "--dir", str(BENCHMARKS)],
         capture_output=True,
@@ -31,3 +31,4 @@ def test_every_benchmark_runs_in_smoke_mode():
     assert "| records |" in done.stdout
     assert "SMOKE sizes" in done.stdout
     assert "| fleche-redis RedisCache (single flight) |" in done.stdout
+    assert "| ValueRedis.get |" in done.stdout and "RedisCache miss / Cache miss" in done.stdout

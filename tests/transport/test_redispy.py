@@ -154,3 +154,67 @@ def test_parse_url_reads_credentials_and_options():
     assert options["socket_timeout"] == 2.0 and options["db"] == 3, changed(
         "redis.connection.parse_url", f"options: {options}"
     )
+
+
+def test_big_bulk_replies_are_received_into_a_bytearray(redis_server):
+    """read() takes a big bulk string off the socket itself: hiredis's members it relies on."""
+    c = redis.Redis.from_url(redis_server.url)
+    conn = redispy.checkout(c.connection_pool)
+    try:
+        parser = getattr(conn, "_parser", None)
+        assert type(parser).__name__ == "_HiredisParser", changed(
+            "Connection._parser", f"it is a {type(parser).__name__}"
+        )
+        assert isinstance(getattr(parser, "_buffer", None), bytearray), changed(
+            "_HiredisParser._buffer", "no bytearray read buffer"
+        )
+        assert callable(getattr(parser._reader, "has_data", None)), changed(
+            "_HiredisParser._reader", "its hiredis.Reader has no has_data()"
+        )
+        big = bytes(range(256)) * 1024  # 256 KiB
+        c.set("big", big)
+        c.set("small", b"s")
+        commands = [("GET", "big"), ("GET", "small"), ("GET", "big"), ("GET", "none")]
+        for _ in range(3):  # the connection stays in step
+            redispy.write(conn, redispy.pack(conn, commands))
+            replies = [redispy.read(conn) for _ in commands]
+            assert replies == [big, b"s", big, None]
+            assert type(replies[0]) is bytearray  # nothing buffered before it: received in place
+    finally:
+        redispy.release(c.connection_pool, conn)
+        c.close()
+
+
+@pytest.mark.parametrize("extra", [0, 1, 2, 3, 500])
+def test_a_read_buffer_holding_the_whole_reply_and_more_stays_in_step(redis_server, extra):
+    """With a read size above the reply, the first read takes its CRLF (or part) and the next reply."""
+    c = redis.Redis.from_url(redis_server.url, socket_read_size=2**20)
+    conn = redispy.checkout(c.connection_pool)
+    try:
+        big = b"b" * 100_000
+        c.set("big", big)
+        c.set("next", b"n" * extra)
+        commands = [("GET", "big"), ("GET", "next"), ("PING",)]
+        redispy.write(conn, redispy.pack(conn, commands))
+        assert [redispy.read(conn) for _ in commands] == [big, b"n" * extra, b"PONG"]
+    finally:
+        redispy.release(c.connection_pool, conn)
+        c.close()
+
+
+def test_a_big_reply_cut_off_is_a_connection_error(redis_server):
+    c = redis.Redis.from_url(redis_server.url, socket_timeout=0.5)
+    conn = redispy.checkout(c.connection_pool)
+    try:
+        c.set("big", b"x" * 300_000)
+        redispy.write(conn, redispy.pack(conn, [("GET", "big")]))
+        sock = redispy.socket_of(conn)
+        sock.recv(1000, socket.MSG_WAITALL)  # someone else took the head: the rest is no reply
+        with pytest.raises(
+            (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)
+        ):
+            redispy.read(conn)
+    finally:
+        conn.disconnect()
+        redispy.release(c.connection_pool, conn)
+        c.close()
