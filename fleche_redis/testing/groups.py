@@ -107,13 +107,18 @@ def _start_sentinel(primary: RedisServer, service: str) -> RedisServer:
 
 @dataclass
 class RedisClusterProcesses(ClosedOnExit):
-    """A local Redis Cluster of *masters* primaries and no replicas.
+    """A local Redis Cluster of *masters* primaries, each with *replicas* replicas.
 
     Each node is a :class:`RedisServer` started with ``--cluster-enabled yes``;
-    ``redis-cli --cluster create`` assigns the 16384 slots among them.
+    ``redis-cli --cluster create`` assigns the 16384 slots among them.  The
+    faults a managed cluster goes through are methods: :meth:`move_slots`
+    (online resharding, with the ``ASK``/``TRYAGAIN`` window held open as long
+    as a test wants), :meth:`kill` (``kill -9`` of a primary, its replica
+    promoted) and :meth:`failover` (``CLUSTER FAILOVER`` on a replica).
     """
 
     nodes: list[RedisServer]
+    """Every node started, primaries first; a killed one stays listed (not running)."""
 
     @property
     def url(self) -> str:
@@ -123,14 +128,19 @@ class RedisClusterProcesses(ClosedOnExit):
 
     @classmethod
     def start(
-        cls, masters: int = 3, args: Sequence[str] = (), timeout: float = 30.0
+        cls,
+        masters: int = 3,
+        args: Sequence[str] = (),
+        timeout: float = 30.0,
+        *,
+        replicas: int = 0,
     ) -> RedisClusterProcesses:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise ServerStartError("redis-cli is not on PATH; it is needed to create a cluster")
         nodes: list[RedisServer] = []
         try:
-            for _ in range(masters):
+            for _ in range(masters * (1 + replicas)):
                 port = free_port(cluster_bus=True)
                 nodes.append(
                     RedisServer.start(
@@ -141,6 +151,9 @@ class RedisClusterProcesses(ClosedOnExit):
                             f"nodes-{port}.conf",
                             "--cluster-node-timeout",
                             "2000",
+                            # Diskless sync without its default 5 s wait for more replicas.
+                            "--repl-diskless-sync-delay",
+                            "0",
                             *args,
                         ],
                         port=port,
@@ -153,7 +166,7 @@ class RedisClusterProcesses(ClosedOnExit):
                     "create",
                     *(f"127.0.0.1:{n.port}" for n in nodes),
                     "--cluster-replicas",
-                    "0",
+                    str(replicas),
                     "--cluster-yes",
                 ],
                 capture_output=True,
@@ -164,8 +177,9 @@ class RedisClusterProcesses(ClosedOnExit):
                 raise ServerStartError(
                     f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}"
                 )
-            _cluster_ok(nodes, timeout)
-            return cls(nodes)
+            group = cls(nodes)
+            group.wait_ok(timeout)
+            return group
         except BaseException:
             for n in nodes:
                 n.close()
@@ -175,8 +189,166 @@ class RedisClusterProcesses(ClosedOnExit):
         from redis.cluster import ClusterNode
 
         return redis.RedisCluster(
-            startup_nodes=[ClusterNode(n.host, n.port) for n in self.nodes], **kwargs
+            startup_nodes=[ClusterNode(n.host, n.port) for n in self.running()], **kwargs
         )
+
+    # -- topology ---------------------------------------------------------------
+
+    def running(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.running]
+
+    def node_id(self, node: RedisServer) -> str:
+        return str(self._myself(node)["node_id"])
+
+    def role(self, node: RedisServer) -> str:
+        """``"master"`` or ``"slave"``, as the node itself says."""
+        with node.client() as c:
+            return c.execute_command("ROLE")[0].decode()
+
+    def primaries(self) -> list[RedisServer]:
+        """The running nodes that serve slots now, in the order of :attr:`nodes`."""
+        return [n for n in self.running() if self.role(n) == "master" and self.slots_of(n)]
+
+    def replicas_of(self, primary: RedisServer) -> list[RedisServer]:
+        mine = self.node_id(primary)
+        return [n for n in self.running() if self._master_id(n) == mine]
+
+    def _myself(self, node: RedisServer) -> dict:
+        """*node*'s own line of ``CLUSTER NODES``, as redis-py parses it."""
+        with node.client() as c:
+            view = c.execute_command("CLUSTER NODES")
+        return next(n for n in view.values() if "myself" in n["flags"])
+
+    def _master_id(self, node: RedisServer) -> str | None:
+        master = self._myself(node)["master_id"]
+        return None if master == "-" else str(master)
+
+    def slots_of(self, node: RedisServer) -> list[int]:
+        """The slots *node* serves, as it says itself."""
+        return [
+            slot
+            for low, *high in self._myself(node)["slots"]
+            for slot in range(int(low), int((high or [low])[0]) + 1)
+        ]
+
+    def owner(self, slot: int) -> RedisServer:
+        """The primary serving *slot* now."""
+        for n in self.primaries():
+            if slot in self.slots_of(n):
+                return n
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every running node says ``cluster_state:ok``, every replica is in sync,
+        and all agree on who serves each slot."""
+        _cluster_ok(self.running(), timeout)
+        _wait_until(self._replicas_synced, timeout, "cluster replicas did not sync")
+        _wait_until(self._agreed, timeout, "cluster nodes disagree on the slot map")
+
+    def _replicas_synced(self) -> bool:
+        return all(_in_sync(n) for n in self.running() if self.role(n) == "slave")
+
+    def _agreed(self) -> bool:
+        views = set()
+        for n in self.running():
+            with n.client() as c:
+                views.add(
+                    tuple(
+                        sorted(
+                            (int(lo), int(hi), int(node[1]))
+                            for lo, hi, node, *_ in c.execute_command("CLUSTER SLOTS")
+                        )
+                    )
+                )
+        return len(views) == 1
+
+    # -- faults -----------------------------------------------------------------
+
+    def move_slots(
+        self,
+        slots: Sequence[int],
+        target: RedisServer,
+        *,
+        batch: int = 10,
+        pause: float = 0.0,
+        between: Callable[[int], None] | None = None,
+    ) -> None:
+        """Move *slots* to primary *target* online, the way ``redis-cli --cluster reshard`` does.
+
+        Per slot: ``SETSLOT IMPORTING`` on the target, ``MIGRATING`` on its
+        owner, ``MIGRATE`` of its keys *batch* at a time (sleeping *pause*
+        between batches, so clients meet ``ASK`` and ``TRYAGAIN`` while the
+        slot is split), then ``SETSLOT NODE`` on every primary (``MOVED`` from
+        then on).  *between* is called with each slot while it is split.
+        """
+        primaries = self.primaries()
+        ids = {n.port: self.node_id(n) for n in primaries}
+        owners = {slot: n for n in primaries for slot in self.slots_of(n)}
+        clients = {n.port: n.client() for n in primaries}
+        try:
+            for slot in slots:
+                source = owners[slot]
+                if source.port != target.port:
+                    self._move(slot, source, target, clients, ids, batch, pause, between)
+        finally:
+            for client in clients.values():
+                client.close()
+
+    @staticmethod
+    def _move(
+        slot: int,
+        source: RedisServer,
+        target: RedisServer,
+        clients: dict[int, redis.Redis],
+        ids: dict[int, str],
+        batch: int,
+        pause: float,
+        between: Callable[[int], None] | None,
+    ) -> None:
+        s, t = clients[source.port], clients[target.port]
+        t.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source.port])
+        s.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target.port])
+        split = False
+        while keys := s.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+            s.execute_command(
+                "MIGRATE", target.host, target.port, "", 0, 5000, "REPLACE", "KEYS", *keys
+            )
+            if not split and between is not None:
+                between(slot)
+            split = True
+            if pause:
+                time.sleep(pause)
+        # The target first, so a MOVED from the source never points back.
+        t.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target.port])
+        s.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target.port])
+        for port, other in clients.items():
+            if port not in (target.port, source.port):
+                other.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target.port])
+
+    def kill(self, primary: RedisServer, timeout: float = 30.0) -> RedisServer:
+        """``kill -9`` *primary*; return the replica promoted in its place once the cluster is ok."""
+        replicas = self.replicas_of(primary)
+        if not replicas:
+            raise ValueError(f"node {primary.port} has no replica to take over")
+        primary.kill()
+        _wait_until(
+            lambda: any(self.role(r) == "master" for r in replicas if r.running),
+            timeout,
+            f"no replica of {primary.port} was promoted",
+        )
+        self.wait_ok(timeout)
+        return next(r for r in replicas if self.role(r) == "master")
+
+    def failover(self, replica: RedisServer, timeout: float = 30.0, *, mode: str = "") -> None:
+        """``CLUSTER FAILOVER [FORCE|TAKEOVER]`` on *replica*; return once it serves its slots."""
+        with replica.client() as c:
+            c.execute_command("CLUSTER FAILOVER", *([mode] if mode else []))
+        _wait_until(
+            lambda: self.role(replica) == "master" and bool(self.slots_of(replica)),
+            timeout,
+            f"replica {replica.port} did not take over",
+        )
+        self.wait_ok(timeout)
 
     def close(self) -> None:
         for n in self.nodes:
@@ -188,7 +360,8 @@ class RedisSentinelProcesses(ClosedOnExit):
     """A primary, one replica and *sentinels* sentinels watching them as *service*.
 
     ``failover()`` kills the primary and waits until the sentinels promoted the
-    replica, so tests can watch clients follow it.
+    replica, so tests can watch clients follow it; ``switch()`` is a planned
+    failover (``SENTINEL FAILOVER``) after which the two have changed places.
     """
 
     primary: RedisServer
@@ -233,6 +406,17 @@ class RedisSentinelProcesses(ClosedOnExit):
         """Kill the primary; return once the sentinels name the replica as primary."""
         self.primary.kill()
         _wait_until(lambda: self.primary_address()[1] == self.replica.port, timeout, "no failover")
+
+    def switch(self, timeout: float = 30.0) -> None:
+        """``SENTINEL FAILOVER``: the sentinels promote the replica and demote the primary
+        (a planned failover); return once they name the new primary and it is in sync."""
+        before = self.primary_address()
+        with self.sentinels[0].client() as s:
+            s.execute_command("SENTINEL FAILOVER", self.service)
+        _wait_until(lambda: self.primary_address() != before, timeout, "no failover")
+        if self.primary_address()[1] == self.replica.port:
+            self.primary, self.replica = self.replica, self.primary
+        _wait_until(lambda: _in_sync(self.replica), timeout, "the old primary did not follow")
 
     def close(self) -> None:
         for server in (*self.sentinels, self.replica, self.primary):
