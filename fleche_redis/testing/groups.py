@@ -6,14 +6,18 @@ Built from :class:`~fleche_redis.testing.process.RedisServer`; closing a group s
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+import contextlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
 from .process import (
     ClosedOnExit,
@@ -114,7 +118,8 @@ class RedisClusterProcesses(ClosedOnExit):
     faults a managed cluster goes through are methods: :meth:`move_slots`
     (online resharding, with the ``ASK``/``TRYAGAIN`` window held open as long
     as a test wants), :meth:`kill` (``kill -9`` of a primary, its replica
-    promoted) and :meth:`failover` (``CLUSTER FAILOVER`` on a replica).
+    promoted), :meth:`failover` (``CLUSTER FAILOVER`` on a replica) and
+    :meth:`losing_writes` (a failover that loses acknowledged writes).
     """
 
     nodes: list[RedisServer]
@@ -325,6 +330,49 @@ class RedisClusterProcesses(ClosedOnExit):
             if port not in (target.port, source.port):
                 other.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target.port])
 
+    @contextmanager
+    def losing_writes(self, replica: RedisServer, fault: str = "kill") -> Iterator[None]:
+        """Writes to *replica*'s primary inside the block are acknowledged and then lost: on
+        leaving it, *replica* takes over without them, as asynchronous replication allows.
+
+        The replica is stopped and its primary drops it once its output buffer
+        overflows (the limit lowered to 1 MB, 8 MB written to a junk key).  On
+        leaving, *fault* happens before the replica can ask for the writes again:
+        ``"kill"`` kills the primary with SIGKILL, ``"takeover"`` queues
+        ``CLUSTER FAILOVER TAKEOVER`` on the replica (it reads that command before
+        its reconnect timer fires); then the replica runs and is promoted.
+        """
+        primary = next(n for n in self.running() if self.node_id(n) == self._master_id(replica))
+        served = set(self.slots_of(primary))
+        junk = next(f"junk-{i}" for i in range(100_000) if key_slot(f"junk-{i}".encode()) in served)
+        replica.pause()
+        try:
+            with primary.client() as p:
+                p.config_set("client-output-buffer-limit", "replica 1mb 1mb 0")
+                p.set(junk, b"x" * 8_000_000)
+                _wait_until(
+                    lambda: not any("S" in c["flags"] for c in p.client_list()),
+                    10,
+                    "the primary kept its replica",
+                )
+                p.delete(junk)
+                p.config_set("client-output-buffer-limit", "replica 256mb 64mb 60")
+            yield
+        except BaseException:
+            replica.resume()
+            raise
+        with contextlib.ExitStack() as queued:
+            if fault == "kill":
+                primary.kill()
+            else:
+                raw = queued.enter_context(socket.create_connection((replica.host, replica.port)))
+                raw.sendall(b"CLUSTER FAILOVER TAKEOVER\r\n")
+            replica.resume()
+            if fault != "kill":
+                assert raw.recv(64).startswith(b"+OK")
+        _wait_until(lambda: self.role(replica) == "master", 30, "the replica was not promoted")
+        self.wait_ok()
+
     def kill(self, primary: RedisServer, timeout: float = 30.0) -> RedisServer:
         """``kill -9`` *primary*; return the replica promoted in its place once the cluster is ok."""
         replicas = self.replicas_of(primary)
@@ -340,14 +388,25 @@ class RedisClusterProcesses(ClosedOnExit):
         return next(r for r in replicas if self.role(r) == "master")
 
     def failover(self, replica: RedisServer, timeout: float = 30.0, *, mode: str = "") -> None:
-        """``CLUSTER FAILOVER [FORCE|TAKEOVER]`` on *replica*; return once it serves its slots."""
-        with replica.client() as c:
-            c.execute_command("CLUSTER FAILOVER", *([mode] if mode else []))
-        _wait_until(
-            lambda: self.role(replica) == "master" and bool(self.slots_of(replica)),
-            timeout,
-            f"replica {replica.port} did not take over",
-        )
+        """``CLUSTER FAILOVER [FORCE|TAKEOVER]`` on *replica*; return once it serves its slots.
+
+        A planned failover that its primary did not complete in time (Redis
+        gives it 5 s; a busy machine can miss that) is asked for again.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with replica.client() as c:
+                c.execute_command("CLUSTER FAILOVER", *([mode] if mode else []))
+            try:
+                _wait_until(
+                    lambda: self.role(replica) == "master" and bool(self.slots_of(replica)),
+                    min(8.0, max(0.1, deadline - time.monotonic())),
+                    f"replica {replica.port} did not take over",
+                )
+                break
+            except ServerStartError:
+                if time.monotonic() >= deadline:
+                    raise
         self.wait_ok(timeout)
 
     def close(self) -> None:
