@@ -5,13 +5,13 @@ Built from :class:`~fleche_redis.testing.process.RedisServer`; closing a group s
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
