@@ -1,0 +1,64 @@
+"""Memoized workloads through Sentinel while the primary is killed or failed over.
+
+Two worker processes memoize through a ``redis+sentinel://`` URL while the
+primary is killed with ``kill -9`` (the sentinels promote the replica) and
+while the sentinels fail it over on request (``SENTINEL FAILOVER``).  They
+must see no exception and no wrong result, and ``verify()`` must be clean
+afterwards (issue #15, item 2).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fleche_redis import StorageUnavailable, ValueRedis
+
+from .faults import check, workload
+
+RIDE = {"failover_wait": 15.0}
+"""Sentinels here call a primary down after 1 s; electing and promoting takes seconds more."""
+
+
+def test_workload_rides_through_a_primary_killed(fresh_sentinel, namespace, tmp_path, capsys):
+    with workload(fresh_sentinel.url, namespace, tmp_path, **RIDE) as runs:
+        time.sleep(0.5)
+        started = time.monotonic()
+        fresh_sentinel.failover()
+        took = time.monotonic() - started
+    totals = check(runs, fresh_sentinel.url, namespace)
+    with capsys.disabled():
+        print(f"\nsentinel kill -9: promoted after {took:.1f} s: {totals}")
+    assert totals["retries"] > 0  # the failover was met, and ridden through
+
+
+def test_workload_rides_through_sentinel_failover(fresh_sentinel, namespace, tmp_path, capsys):
+    with workload(fresh_sentinel.url, namespace, tmp_path, **RIDE) as runs:
+        time.sleep(0.5)
+        old = fresh_sentinel.primary
+        fresh_sentinel.switch()
+        assert fresh_sentinel.primary is not old
+    totals = check(runs, fresh_sentinel.url, namespace)
+    with capsys.disabled():
+        print(f"\nSENTINEL FAILOVER: {totals}")
+
+
+def test_past_failover_wait_the_error_policy_applies(fresh_sentinel, namespace):
+    values = ValueRedis(url=fresh_sentinel.url, namespace=namespace, failover_wait=0.5)
+    missing = ValueRedis(
+        url=fresh_sentinel.url, namespace=namespace, failover_wait=0.5, on_error="miss"
+    )
+    key = values.save("stored before the fault")
+    fresh_sentinel.replica.pause()  # nobody to promote: the outage outlasts the wait
+    try:
+        fresh_sentinel.primary.kill()
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            values.load(key)
+        assert time.monotonic() - started < 0.5 + 2 * values.socket_timeout + 1.0
+        assert values.channel.breaker.state == "open"
+        with pytest.raises(KeyError):
+            missing.load(key)
+    finally:
+        fresh_sentinel.replica.resume()
