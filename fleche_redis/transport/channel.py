@@ -86,36 +86,41 @@ class Channel:
         counts.requests += 1
         if counts.requests >= counts.next_check:
             counts.check()
+        client = self.slot.get()
         try:
-            result = request(self.slot.get(), *args)
+            result = request(client, *args)
         except _FAILURES as e:
-            result = self.ride(operation, e, request, *args)
+            result = self.ride(operation, e, client, request, *args)
         if breaker.failures:
             breaker.succeeded()
         return result
 
-    def ride(self, operation: str, exc: Exception, request: Callable[..., Any], *args: Any) -> Any:
+    def ride(
+        self, operation: str, exc: Exception, client: Any, request: Callable[..., Any], *args: Any
+    ) -> Any:
         """Retry *request* with backoff while *exc* and its successors say a failover or a slot
         migration is under way, for up to ``failover_wait`` seconds; then the error policy.
 
         Only :data:`REPEATABLE` operations: the failed attempt may have run.
         The breaker counts one failure for the whole ride, and opens at once
-        after a ride that lasted the whole wait.
+        after a ride that lasted the whole wait.  The client stays the same:
+        redis-py's cluster client learns the new slot map, and a connection of
+        Sentinel's asks the sentinels for the primary when it reconnects.
         """
-        backoff = None
-        if self.failover_wait > 0 and operation in REPEATABLE:
-            backoff = Backoff(self.failover_wait)
-        while backoff is not None and passing(exc, fails_over=fails_over(self.slot.get())):
+        if self.failover_wait <= 0 or operation not in REPEATABLE:
+            raise self.failed(operation, exc)
+        backoff, topology = Backoff(self.failover_wait), fails_over(client)
+        while passing(exc, fails_over=topology):
             pause = backoff.next()
             if pause is None:
-                raise self.failed(operation, exc, lasting=True) from None
+                raise self.failed(operation, exc, lasting=True)
             self.metrics.retries += 1
             runtime.sleep(pause)
             try:
-                return request(self.slot.get(), *args)
+                return request(client, *args)
             except _FAILURES as e:
                 exc = e
-        raise self.failed(operation, exc) from None
+        raise self.failed(operation, exc)
 
     def failed(self, operation: str, exc: Exception, *, lasting: bool = False) -> Exception:
         """Count *exc* against the breaker; the exception the error policy raises for it."""
