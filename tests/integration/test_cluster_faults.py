@@ -222,3 +222,38 @@ def test_a_lock_that_survived_the_failover_releases_cleanly(cluster, namespace):
     other = Redlock(f"{namespace}:{{job}}", cluster.url, ttl=30.0, auto_renew=False)
     assert other.acquire(blocking=False)
     other.release()
+
+
+def test_locks_are_taken_and_released_while_their_slot_moves(cluster, namespace):
+    """Acquire, queue and release scripts (lock, fence counter, queue, waiters) during a split."""
+    name = f"{namespace}:{{job}}"
+    slot = key_slot(b"job")
+    stop = threading.Event()
+    errors: list[str] = []
+    held = [0]
+
+    def take_turns() -> None:
+        while not stop.is_set():
+            lock = Redlock(name, cluster.url, ttl=5.0, timeout=20.0)
+            try:
+                assert lock.acquire()
+                held[0] += 1
+                lock.release()
+            except Exception as e:  # the test wants none
+                errors.append(repr(e))
+
+    workers = [threading.Thread(target=take_turns) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(0.3)
+        for _ in range(2):  # there and back again
+            source = cluster.owner(slot)
+            target = next(p for p in cluster.primaries() if p.port != source.port)
+            cluster.move_slots([slot], target, batch=1, pause=0.3)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    assert errors == [] and held[0] > 0
