@@ -33,6 +33,7 @@ def test_workload_rides_through_a_primary_killed(fresh_sentinel, namespace, tmp_
     assert totals["retries"] > 0  # the failover was met, and ridden through
 
 
+@pytest.mark.slow  # the old primary resyncing as a replica takes a while
 def test_workload_rides_through_sentinel_failover(fresh_sentinel, namespace, tmp_path, capsys):
     with workload(fresh_sentinel.url, namespace, tmp_path, **RIDE) as runs:
         time.sleep(0.5)
