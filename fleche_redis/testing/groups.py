@@ -1,6 +1,8 @@
 """Groups of private servers: a local Redis Cluster, and a primary with a replica and sentinels.
 
 Built from :class:`~fleche_redis.testing.process.RedisServer`; closing a group stops every process.
+Both can be put through what managed deployments go through (resharding, a primary killed or
+failed over), so tests can watch clients ride it out (see docs/testing.md).
 """
 
 from __future__ import annotations
