@@ -65,6 +65,33 @@ def _in_sync(replica: RedisServer) -> bool:
         return c.info("replication").get("master_link_status") == "up"
 
 
+@contextmanager
+def _cut_off(primary: RedisServer, replica: RedisServer, junk: str) -> Iterator[None]:
+    """Stop *replica* and make *primary* drop it, so writes in the block never reach it.
+
+    The primary drops a replica whose output buffer overflows: the limit is
+    lowered to 1 MB and 8 MB written to *junk* (a key the primary serves),
+    which a stopped replica cannot read.  On an exception the replica is
+    resumed; otherwise resuming it is the caller's, after the failover.
+    """
+    replica.pause()
+    try:
+        with primary.client() as p:
+            p.config_set("client-output-buffer-limit", "replica 1mb 1mb 0")
+            p.set(junk, b"x" * 8_000_000)
+            _wait_until(
+                lambda: not any("S" in c["flags"] for c in p.client_list()),
+                10,
+                "the primary kept its replica",
+            )
+            p.delete(junk)
+            p.config_set("client-output-buffer-limit", "replica 256mb 64mb 60")
+        yield
+    except BaseException:
+        replica.resume()
+        raise
+
+
 def _launch_sentinel(watcher: RedisServer, conf: Path, timeout: float = 10.0) -> None:
     # Sentinel rewrites its config file, so it gets one of its own and no
     # persistence options.
@@ -337,8 +364,7 @@ class RedisClusterProcesses(ClosedOnExit):
         """Writes to *replica*'s primary inside the block are acknowledged and then lost: on
         leaving it, *replica* takes over without them, as asynchronous replication allows.
 
-        The replica is stopped and its primary drops it once its output buffer
-        overflows (the limit lowered to 1 MB, 8 MB written to a junk key).  On
+        The replica is stopped and its primary drops it (see :func:`_cut_off`).  On
         leaving, *fault* happens before the replica can ask for the writes again:
         ``"kill"`` kills the primary with SIGKILL, ``"takeover"`` queues
         ``CLUSTER FAILOVER TAKEOVER`` on the replica (it reads that command before
@@ -347,22 +373,8 @@ class RedisClusterProcesses(ClosedOnExit):
         primary = next(n for n in self.running() if self.node_id(n) == self._master_id(replica))
         served = set(self.slots_of(primary))
         junk = next(f"junk-{i}" for i in range(100_000) if key_slot(f"junk-{i}".encode()) in served)
-        replica.pause()
-        try:
-            with primary.client() as p:
-                p.config_set("client-output-buffer-limit", "replica 1mb 1mb 0")
-                p.set(junk, b"x" * 8_000_000)
-                _wait_until(
-                    lambda: not any("S" in c["flags"] for c in p.client_list()),
-                    10,
-                    "the primary kept its replica",
-                )
-                p.delete(junk)
-                p.config_set("client-output-buffer-limit", "replica 256mb 64mb 60")
+        with _cut_off(primary, replica, junk):
             yield
-        except BaseException:
-            replica.resume()
-            raise
         with contextlib.ExitStack() as queued:
             if fault == "kill":
                 primary.kill()
@@ -467,6 +479,16 @@ class RedisSentinelProcesses(ClosedOnExit):
         """Kill the primary; return once the sentinels name the replica as primary."""
         self.primary.kill()
         _wait_until(lambda: self.primary_address()[1] == self.replica.port, timeout, "no failover")
+
+    @contextmanager
+    def losing_writes(self) -> Iterator[None]:
+        """Writes to the primary inside the block are acknowledged and then lost: on leaving
+        it the primary is killed and the sentinels promote the replica, which never got them."""
+        with _cut_off(self.primary, self.replica, "junk"):
+            yield
+        self.primary.kill()
+        self.replica.resume()
+        _wait_until(lambda: self.primary_address()[1] == self.replica.port, 30, "no failover")
 
     def switch(self, timeout: float = 30.0) -> None:
         """``SENTINEL FAILOVER``: the sentinels promote the replica and demote the primary

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from fleche_redis import StorageUnavailable, ValueRedis
+from fleche_redis import LockLost, LockUnavailable, Redlock, StorageUnavailable, ValueRedis
 
 from .faults import check, workload
 
@@ -63,3 +63,16 @@ def test_past_failover_wait_the_error_policy_applies(fresh_sentinel, namespace):
             missing.load(key)
     finally:
         fresh_sentinel.replica.resume()
+
+
+def test_a_lock_lost_with_its_primary_is_never_released_silently(fresh_sentinel, namespace):
+    """The first release after the failover says the lock was lost (``LockLost``), or that it
+    could not confirm the release (``LockUnavailable``: its connection to the dead primary
+    failed after the request was written, so it cannot tell); it never returns as if the
+    lock had been held to the end."""
+    lock = Redlock(f"{namespace}:{{job}}", fresh_sentinel.url, ttl=30.0, auto_renew=False)
+    with fresh_sentinel.losing_writes():
+        assert lock.acquire(blocking=False)  # acknowledged by the primary alone
+    with pytest.raises((LockLost, LockUnavailable)):
+        lock.release()
+    assert not lock.held
