@@ -47,5 +47,9 @@ def memoize(url: str, namespace: str, stop_file: str, seed: int, options: dict) 
             made += 1
             if got != expected(x):
                 wrong.append(f"tripled({x}) = {got!r}")
+        try:
+            cache.flush()  # a write-behind commit that failed is reported here
+        except Exception as e:
+            errors.append(f"flush: {type(e).__name__}: {e}")
     retries = cache.values.channel.metrics.retries + cache.calls.channel.metrics.retries
     return {"calls": made, "wrong": wrong, "errors": errors[:20], "retries": retries}
