@@ -32,6 +32,7 @@ COUNTERS: tuple[str, ...] = (
     "requests",
     "errors",
     "short_circuited",
+    "retries",
     "hits",
     "misses",
     "saves",
@@ -48,6 +49,7 @@ _HELP = {
     "requests": "Requests sent to Redis (one per command, pipeline or script)",
     "errors": "Requests that failed in Redis (connection, timeout, refusal)",
     "short_circuited": "Operations refused at once because the circuit breaker was open",
+    "retries": "Requests sent again while a failover or slot migration was ridden through",
     "hits": "Reads that found their entry",
     "misses": "Reads that found no entry",
     "saves": "Entries written",
@@ -89,7 +91,7 @@ class StorageMetrics:
         self.server = server
         self.namespace = namespace
         self._breaker = breaker
-        self.requests = self.errors = self.short_circuited = 0
+        self.requests = self.errors = self.short_circuited = self.retries = 0
         self.hits = self.misses = self.saves = self.bytes_in = self.bytes_out = 0
         self.lock_acquires = self.lock_waits = self.lock_failures = 0
         self.lock_wait_seconds = 0.0

@@ -72,6 +72,10 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         ttl: seconds an entry lives after it was written (``None``: until
             evicted).  Index entries of expired data are dropped when a lookup
             meets them and by :func:`fleche_redis.maintenance.repair`.
+        failover_wait: seconds a failover or slot migration of Redis Cluster
+            or Sentinel is ridden through by retrying with backoff, so
+            callers see no exception; past it, *on_error* applies (see
+            ``docs/transport.md``).  ``0`` turns retrying off.
     """
 
     keyspace: ClassVar[str] = "kv"
@@ -101,6 +105,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     retries: int = 1
     breaker_threshold: int = 3
     breaker_cooldown: float = 5.0
+    failover_wait: float = 5.0
     chunk_size: int = 32 * 2**20
 
     server: str = field(init=False, compare=False)
@@ -139,6 +144,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         set_(self, "server", redact_url(self.url))
         if self.ttl is not None and not self.ttl > 0:
             raise ValueError(f"ttl must be a positive number of seconds or None, not {self.ttl!r}")
+        if not self.failover_wait >= 0:
+            raise ValueError(f"failover_wait must be >= 0 seconds, not {self.failover_wait!r}")
         if self.on_error not in POLICIES:
             raise ValueError(f"on_error must be one of {POLICIES}, not {self.on_error!r}")
         url, options = self.url, self._client_options()
@@ -153,7 +160,15 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         set_(
             self,
             "channel",
-            Channel(slot, breaker, metrics, self.on_error, self.server, self.namespace),
+            Channel(
+                slot,
+                breaker,
+                metrics,
+                self.on_error,
+                self.server,
+                self.namespace,
+                failover_wait=self.failover_wait,
+            ),
         )
 
     def _client_options(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ TUNING = (
     "retries",
     "breaker_threshold",
     "breaker_cooldown",
+    "failover_wait",
 )
 """Fields written by ``to_config`` only when they differ from their default."""
 

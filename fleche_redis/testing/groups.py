@@ -1,15 +1,17 @@
-"""Groups of private servers: a local Redis Cluster, and a primary with a replica and sentinels.
+"""Groups of private servers: a primary with a replica and sentinels, and what replicated groups share.
 
 Built from :class:`~fleche_redis.testing.process.RedisServer`; closing a group stops every process.
+The group can be failed over (a crash, a planned failover, one that loses writes), so tests can
+watch clients ride it out; the Redis Cluster group is in :mod:`.cluster` (see docs/testing.md).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +26,10 @@ from .process import (
     redis_server_binary,
 )
 
-__all__ = ["RedisClusterProcesses", "RedisSentinelProcesses"]
+__all__ = ["RedisSentinelProcesses", "cut_off", "in_sync", "wait_until"]
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -39,24 +41,36 @@ def _wait_until(condition: Callable[[], bool], timeout: float, message: str) -> 
     raise ServerStartError(message)
 
 
-def _cluster_ok(nodes: Sequence[RedisServer], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = []
-        for n in nodes:
-            with n.client() as c:
-                # redis-py parses CLUSTER INFO into a dict of str
-                info = c.execute_command("CLUSTER INFO")
-                states.append(info.get("cluster_state") == "ok")
-        if all(states):
-            return
-        time.sleep(0.05)
-    raise ServerStartError("cluster did not reach cluster_state:ok")
-
-
-def _in_sync(replica: RedisServer) -> bool:
+def in_sync(replica: RedisServer) -> bool:
     with replica.client() as c:
         return c.info("replication").get("master_link_status") == "up"
+
+
+@contextmanager
+def cut_off(primary: RedisServer, replica: RedisServer, junk: str) -> Iterator[None]:
+    """Stop *replica* and make *primary* drop it, so writes in the block never reach it.
+
+    The primary drops a replica whose output buffer overflows: the limit is
+    lowered to 1 MB and 8 MB written to *junk* (a key the primary serves),
+    which a stopped replica cannot read.  On an exception the replica is
+    resumed; otherwise resuming it is the caller's, after the failover.
+    """
+    replica.pause()
+    try:
+        with primary.client() as p:
+            p.config_set("client-output-buffer-limit", "replica 1mb 1mb 0")
+            p.set(junk, b"x" * 8_000_000)
+            wait_until(
+                lambda: not any("S" in c["flags"] for c in p.client_list()),
+                10,
+                "the primary kept its replica",
+            )
+            p.delete(junk)
+            p.config_set("client-output-buffer-limit", "replica 256mb 64mb 60")
+        yield
+    except BaseException:
+        replica.resume()
+        raise
 
 
 def _launch_sentinel(watcher: RedisServer, conf: Path, timeout: float = 10.0) -> None:
@@ -106,89 +120,12 @@ def _start_sentinel(primary: RedisServer, service: str) -> RedisServer:
 
 
 @dataclass
-class RedisClusterProcesses(ClosedOnExit):
-    """A local Redis Cluster of *masters* primaries and no replicas.
-
-    Each node is a :class:`RedisServer` started with ``--cluster-enabled yes``;
-    ``redis-cli --cluster create`` assigns the 16384 slots among them.
-    """
-
-    nodes: list[RedisServer]
-
-    @property
-    def url(self) -> str:
-        """A ``redis+cluster://`` URL naming every node (see :mod:`fleche_redis.connection`)."""
-        hosts = ",".join(f"{n.host}:{n.port}" for n in self.nodes)
-        return f"redis+cluster://{hosts}"
-
-    @classmethod
-    def start(
-        cls, masters: int = 3, args: Sequence[str] = (), timeout: float = 30.0
-    ) -> RedisClusterProcesses:
-        cli = shutil.which("redis-cli")
-        if cli is None:
-            raise ServerStartError("redis-cli is not on PATH; it is needed to create a cluster")
-        nodes: list[RedisServer] = []
-        try:
-            for _ in range(masters):
-                port = free_port(cluster_bus=True)
-                nodes.append(
-                    RedisServer.start(
-                        [
-                            "--cluster-enabled",
-                            "yes",
-                            "--cluster-config-file",
-                            f"nodes-{port}.conf",
-                            "--cluster-node-timeout",
-                            "2000",
-                            *args,
-                        ],
-                        port=port,
-                    )
-                )
-            created = subprocess.run(
-                [
-                    cli,
-                    "--cluster",
-                    "create",
-                    *(f"127.0.0.1:{n.port}" for n in nodes),
-                    "--cluster-replicas",
-                    "0",
-                    "--cluster-yes",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-            if created.returncode != 0:
-                raise ServerStartError(
-                    f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}"
-                )
-            _cluster_ok(nodes, timeout)
-            return cls(nodes)
-        except BaseException:
-            for n in nodes:
-                n.close()
-            raise
-
-    def client(self, **kwargs) -> redis.RedisCluster:
-        from redis.cluster import ClusterNode
-
-        return redis.RedisCluster(
-            startup_nodes=[ClusterNode(n.host, n.port) for n in self.nodes], **kwargs
-        )
-
-    def close(self) -> None:
-        for n in self.nodes:
-            n.close()
-
-
-@dataclass
 class RedisSentinelProcesses(ClosedOnExit):
     """A primary, one replica and *sentinels* sentinels watching them as *service*.
 
     ``failover()`` kills the primary and waits until the sentinels promoted the
-    replica, so tests can watch clients follow it.
+    replica, so tests can watch clients follow it; ``switch()`` is a planned
+    failover (``SENTINEL FAILOVER``) after which the two have changed places.
     """
 
     primary: RedisServer
@@ -217,7 +154,7 @@ class RedisSentinelProcesses(ClosedOnExit):
                 watcher = _start_sentinel(primary, service)
                 watchers.append(watcher)
                 started.append(watcher)
-            _wait_until(lambda: _in_sync(replica), timeout, "replica did not sync")
+            wait_until(lambda: in_sync(replica), timeout, "replica did not sync")
             return cls(primary, replica, watchers, service)
         except BaseException:
             for server in started:
@@ -232,7 +169,28 @@ class RedisSentinelProcesses(ClosedOnExit):
     def failover(self, timeout: float = 30.0) -> None:
         """Kill the primary; return once the sentinels name the replica as primary."""
         self.primary.kill()
-        _wait_until(lambda: self.primary_address()[1] == self.replica.port, timeout, "no failover")
+        wait_until(lambda: self.primary_address()[1] == self.replica.port, timeout, "no failover")
+
+    @contextmanager
+    def losing_writes(self) -> Iterator[None]:
+        """Writes to the primary inside the block are acknowledged and then lost: on leaving
+        it the primary is killed and the sentinels promote the replica, which never got them."""
+        with cut_off(self.primary, self.replica, "junk"):
+            yield
+        self.primary.kill()
+        self.replica.resume()
+        wait_until(lambda: self.primary_address()[1] == self.replica.port, 30, "no failover")
+
+    def switch(self, timeout: float = 30.0) -> None:
+        """``SENTINEL FAILOVER``: the sentinels promote the replica and demote the primary
+        (a planned failover); return once they name the new primary and it is in sync."""
+        before = self.primary_address()
+        with self.sentinels[0].client() as s:
+            s.execute_command("SENTINEL FAILOVER", self.service)
+        wait_until(lambda: self.primary_address() != before, timeout, "no failover")
+        if self.primary_address()[1] == self.replica.port:
+            self.primary, self.replica = self.replica, self.primary
+        wait_until(lambda: in_sync(self.replica), timeout, "the old primary did not follow")
 
     def close(self) -> None:
         for server in (*self.sentinels, self.replica, self.primary):

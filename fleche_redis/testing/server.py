@@ -1,12 +1,13 @@
 """Private ``redis-server`` processes for tests, benchmarks and the demo (the public names).
 
-A single server lives in :mod:`.process`, cluster and sentinel groups in
-:mod:`.groups`, certificates in :mod:`.tls`; usage is in docs/testing.md.
+A single server lives in :mod:`.process`, the cluster in :mod:`.cluster`, the
+sentinel group in :mod:`.groups`, certificates in :mod:`.tls`; usage is in docs/testing.md.
 """
 
 from __future__ import annotations
 
-from .groups import RedisClusterProcesses, RedisSentinelProcesses
+from .cluster import RedisClusterProcesses
+from .groups import RedisSentinelProcesses
 from .process import RedisServer, ServerStartError, free_port, redis_server_binary
 from .tls import TlsFiles
 

@@ -26,6 +26,7 @@ __all__ = [
     "parse_sentinel_url",
     "url_from_client",
     "redact_url",
+    "fails_over",
 ]
 
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -168,6 +169,15 @@ def _sentinel_from_url(url: str, **options: Any) -> redis.Redis:
     }
     sentinel = Sentinel(nodes, sentinel_kwargs={**sentinel_options, **timeout})
     return sentinel.master_for(service, **{**parsed, **options})
+
+
+def fails_over(client: Any) -> bool:
+    """Whether another server takes over when *client*'s server fails: Redis Cluster, Sentinel."""
+    if isinstance(client, redis.RedisCluster):
+        return True
+    from redis.sentinel import SentinelConnectionPool
+
+    return isinstance(getattr(client, "connection_pool", None), SentinelConnectionPool)
 
 
 def url_from_client(client: Any, *, with_password: bool = True) -> str | None:

@@ -2,21 +2,25 @@
 
 ``on_error="raise"`` raises a :class:`~fleche_redis.errors.RedisStorageError`;
 ``"miss"`` fails open.  A :class:`Breaker` opened by consecutive connection
-failures fails operations at once for a cool-down (see ``docs/transport.md``).
+failures fails operations at once for a cool-down; :func:`passing` names the
+failures a failover or a slot migration produces, which a storage rides
+through for ``failover_wait`` seconds first (see ``docs/transport.md``).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from dataclasses import dataclass, field
 
 import redis
+from redis import exceptions as rx
 
 from .. import runtime
 from ..errors import StorageUnavailable
 
-__all__ = ["Breaker", "Bursts", "POLICIES", "describe", "kind_of"]
+__all__ = ["Backoff", "Breaker", "Bursts", "POLICIES", "describe", "kind_of", "passing"]
 
 logger = logging.getLogger("fleche_redis.health")
 
@@ -49,6 +53,63 @@ def describe(exc: Exception, server: str) -> str:
 
 
 CONNECTION_KINDS = ("ConnectionError", "TimeoutError")
+
+RECONFIGURING = ("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "MASTERDOWN", "LOADING", "READONLY")
+"""Error replies of a server whose cluster or replication is changing under it."""
+
+_RECONFIGURING = (
+    rx.ClusterError,
+    rx.AskError,
+    rx.TryAgainError,
+    rx.ReadOnlyError,
+    rx.BusyLoadingError,
+    rx.SlotNotCoveredError,
+)
+"""redis-py's classes for them (``ClusterError`` also covers its "TTL exhausted" after a
+storm of redirections, ``AskError`` covers ``MovedError``; its cluster client raises
+``SlotNotCoveredError`` while no node serves a slot)."""
+
+_NOT_PASSING = (rx.AuthenticationError, rx.AuthorizationError, rx.MaxConnectionsError)
+"""Connection errors that a failover does not cause and does not end."""
+
+
+def passing(exc: BaseException, *, fails_over: bool) -> bool:
+    """Whether *exc* is what a failover or a slot migration produces while it lasts.
+
+    Replies such as ``TRYAGAIN`` or ``CLUSTERDOWN`` say so on any server.
+    A refused or dropped connection says so only where another server takes
+    over (*fails_over*: Redis Cluster, Sentinel); on a single server it is an
+    outage, left to the breaker at once.
+    """
+    if isinstance(exc, _RECONFIGURING):
+        return True
+    if isinstance(exc, redis.ResponseError):
+        return str(exc).split(" ", 1)[0] in RECONFIGURING
+    if isinstance(exc, _NOT_PASSING):
+        return False
+    return fails_over and isinstance(
+        exc, (redis.ConnectionError, redis.TimeoutError, rx.RedisClusterException)
+    )
+
+
+@dataclass
+class Backoff:
+    """Pauses between retries through a failover: doubling from *first* up to *cap*, with
+    jitter so the workers of a fleet do not retry in step; ``None`` once *wait* seconds
+    (counted from construction) would be over."""
+
+    wait: float
+    first: float = 0.02
+    cap: float = 0.5
+    start: float = field(default_factory=lambda: runtime.clock())
+    attempts: int = 0
+
+    def next(self) -> float | None:
+        pause = min(self.cap, self.first * 2**self.attempts) * (0.5 + random.random() / 2)
+        if runtime.clock() + pause - self.start > self.wait:
+            return None
+        self.attempts += 1
+        return pause
 
 
 def kind_of(fault: BaseException) -> str:
@@ -139,12 +200,17 @@ class Breaker:
             )
         return None
 
-    def failed(self, fault: Exception) -> None:
-        """Count a failure; connection failures can open the breaker.  Logged once per burst."""
+    def failed(self, fault: Exception, *, lasting: bool = False) -> None:
+        """Count a failure; connection failures can open the breaker.  Logged once per burst.
+
+        A *lasting* one went on through a whole ``failover_wait`` of retries:
+        it opens the breaker at once, or an outage would cost ``threshold``
+        callers that wait each.
+        """
         opening = False
         with self._lock:
             if isinstance(fault, StorageUnavailable):
-                self.failures += 1
+                self.failures = max(self.failures + 1, self.threshold if lasting else 0)
                 if self.failures >= self.threshold:
                     self.open_until = runtime.clock() + self.cooldown
                     self.opened += 1

@@ -1,0 +1,55 @@
+"""The fault tests' worker: memoized calls until told to stop, checking every result.
+
+Spawned worker processes import this module; the test injects a fault
+(slots moving, a primary killed or failed over) while they run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import fleche
+
+from fleche_redis import redis_cache
+
+
+def expected(x: int) -> dict:
+    return {"x": x, "tripled": 3 * x, "payload": "p" * (x % 300)}
+
+
+@fleche.fleche
+def tripled(x: int) -> dict:
+    return expected(x)
+
+
+def memoize(url: str, namespace: str, stop_file: str, seed: int, options: dict) -> dict:
+    """Memoized calls over 400 inputs until *stop_file* exists (at most a minute).
+
+    Returns the calls made, the wrong results and the exceptions met, and the
+    retries the storages counted: the test wants calls, no wrong result, no
+    exception.
+    """
+    cache = redis_cache(url, namespace, **options)
+    rng = random.Random(seed)
+    made, wrong, errors = 0, [], []
+    give_up = time.monotonic() + 60
+    with fleche.cache(cache):
+        while not os.path.exists(stop_file) and time.monotonic() < give_up:
+            x = rng.randrange(400)
+            try:
+                got = tripled(x)
+            except Exception as e:  # reported to the test, which wants none
+                errors.append(f"{type(e).__name__}: {e}")
+                time.sleep(0.05)
+                continue
+            made += 1
+            if got != expected(x):
+                wrong.append(f"tripled({x}) = {got!r}")
+        try:
+            cache.flush()  # a write-behind commit that failed is reported here
+        except Exception as e:
+            errors.append(f"flush: {type(e).__name__}: {e}")
+    retries = cache.values.channel.metrics.retries + cache.calls.channel.metrics.retries
+    return {"calls": made, "wrong": wrong, "errors": errors[:20], "retries": retries}
