@@ -20,6 +20,7 @@ from fleche.storage.destructuring import Digested
 
 from .. import runtime
 from ..admin import maintenance
+from ..storage import chunks
 from ..storage.backend import CallRedis, ValueRedis
 from ..storage.codec import UndecodableEntry
 from ..transport import wire
@@ -118,26 +119,26 @@ class RedisCache(Cache):
         # Deliberately outside the per-key operation context: a waiter must not
         # hold the in-process lock the computing thread needs to save.
         record, result = self._lookup(calls, Digest(key))
-        if result is _NOTHING:
+        if result is None:
             return record.fetch(self)
-        return record.fetch(_Pushed(self, record.result, result))
+        return record.fetch(result)
 
-    def _lookup(self, calls: CallRedis, key: Digest) -> tuple[DigestedCall, Any]:
-        """The record (and a result pushed along with it, else ``_NOTHING``); ``KeyError`` to compute."""
+    def _lookup(self, calls: CallRedis, key: Digest) -> tuple[DigestedCall, _Pushed | None]:
+        """The record, and its result when it came along (else ``None``); ``KeyError`` to compute."""
         layout = calls.layout
         keys = (layout.data(key), layout.key(key, "lease"), layout.key(key, "waiters"))
         token = singleflight.new_token()
         claim_ms = int(self.claim_ttl * 1000)
+        args = (token, claim_ms, 60_000, *self._result_keys(calls), singleflight.MAX_PUSHED_RESULT)
         deadline = runtime.clock() + self.wait_timeout
         counts = calls.channel.metrics  # the lookup reads past calls.get: count as it would
         while True:
-            status, payload = calls.channel.run(
-                "get", singleflight.LOOKUP, keys, (token, claim_ms, 60_000)
-            )
+            status, payload, *result = calls.channel.run("get", singleflight.LOOKUP, keys, args)
             if status == singleflight.HIT:
                 counts.hits += 1
                 counts.bytes_in += len(payload)
-                return calls.codec.decode(payload, key=key), _NOTHING
+                record = calls.codec.decode(payload, key=key)
+                return record, self._pushed(record, *result)
             if status == singleflight.CLAIMED:
                 counts.misses += 1
                 runtime.thread.claims[(id(calls), key)] = singleflight.Lease(
@@ -165,14 +166,49 @@ class RedisCache(Cache):
                 except UndecodableEntry:
                     pass  # logged; look again
 
-    def _unpack(self, calls: CallRedis, key: Digest, message: bytes) -> tuple[DigestedCall, Any]:
+    def _result_keys(self, calls: CallRedis) -> tuple[str, str]:
+        """How ``LOOKUP`` names a record's result (see :data:`~.singleflight.LOOKUP`); ``("", "")``: it may not.
+
+        Only where the values are a ``ValueRedis`` on the call storage's own
+        client, and that client talks to one server: on Cluster a script may
+        touch only the keys it was given, and the result's key is known only
+        once the record is read.
+        """
+        values = self.values
+        if isinstance(values, ValueRedis):
+            client = calls.channel.client()
+            if values.channel.client() is client and wire.single_server(client):
+                return values.layout.data_template()
+        return "", ""
+
+    def _pushed(
+        self, record: DigestedCall, digest: bytes = b"", data: Any = None
+    ) -> _Pushed | None:
+        """The record's result as ``LOOKUP`` sent it, if it sent the whole entry of that very digest.
+
+        A size (a result too big to send), a chunk manifest, or a digest that
+        is not the record's (a record rewritten by an older version, which
+        leaves the field as it was) leave the result to the value storage.
+        """
+        values = self.values
+        if (
+            not isinstance(data, bytes)
+            or not isinstance(values, ValueRedis)
+            or record.result is None
+            or digest != record.result.encode()
+            or chunks.is_manifest(data)
+        ):
+            return None
+        return _Pushed(self, values, record.result, data)
+
+    def _unpack(
+        self, calls: CallRedis, key: Digest, message: bytes
+    ) -> tuple[DigestedCall, _Pushed | None]:
         encoded_record, encoded_result = singleflight.unpack(message)
         record = calls.codec.decode(encoded_record, key=key)
-        if encoded_result is None or not isinstance(self.values, ValueRedis):
-            return record, _NOTHING
-        result = self.values.codec.decode(encoded_result, key=str(record.result))
-        # A destructured result arrives as its wrapper: load it in full instead.
-        return record, (_NOTHING if isinstance(result, Digested) else result)
+        if encoded_result is None or record.result is None:
+            return record, None
+        return record, self._pushed(record, record.result.encode(), encoded_result)
 
     # -- writing --------------------------------------------------------------
 
@@ -282,9 +318,6 @@ class RedisCache(Cache):
         return maintenance.redigest(self, **_progress(progress))
 
 
-_NOTHING = object()
-
-
 def _warn_main_script(call: Call) -> None:
     """Say once per process and function why a worker never shares results with its parent."""
     warned: set[str] = runtime.per_process("cache.main-script", set)
@@ -345,16 +378,29 @@ atexit.register(_settle_at_exit)
 
 @dataclass(frozen=True)
 class _Pushed:
-    """The cache a waiter's ``LazyCall`` reads through: the pushed result first, then the cache."""
+    """The cache a ``LazyCall`` reads through when its result came with its record.
+
+    The result is decoded (signature checked, as ``ValueRedis.get`` does) only
+    when it is read, and counted in the value storage's metrics as that read
+    would be; everything else goes to the cache.
+    """
 
     cache: RedisCache
-    digest: Any
-    value: Any
+    values: ValueRedis
+    digest: str
+    data: bytes
 
     def load_value(self, key: Any) -> Any:
-        if key == self.digest:
-            return self.value
-        return self.cache.load_value(key)
+        if key != self.digest:
+            return self.cache.load_value(key)
+        counts = self.values.channel.metrics
+        counts.hits += 1
+        counts.bytes_in += len(self.data)
+        value = self.values.codec.decode(self.data, key=key)
+        if isinstance(value, Digested):
+            # A destructured container: the value storage loads its parts.
+            return self.cache.load_value(key)
+        return value
 
 
 def _progress(progress: Any) -> dict[str, Any]:
