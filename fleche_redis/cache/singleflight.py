@@ -66,10 +66,11 @@ LOOKUP = LuaScript(
     if record then
       if not digest or ARGV[4] == '' then return {1, record} end
       local key = ARGV[4] .. string.sub(digest, 1, SHARD_CHARS) .. ARGV[5] .. digest
-      local size = redis.pcall('STRLEN', key)
-      if type(size) ~= 'number' or size == 0 then return {1, record} end
-      if size > tonumber(ARGV[6]) then return {1, record, digest, size} end
-      return {1, record, digest, redis.call('GET', key)}
+      -- At most one byte more than the limit: the whole of a small entry in one call.
+      local data = redis.pcall('GETRANGE', key, 0, ARGV[6])
+      if type(data) ~= 'string' or data == '' then return {1, record} end
+      if #data <= tonumber(ARGV[6]) then return {1, record, digest, data} end
+      return {1, record, digest, redis.call('STRLEN', key)}
     end
     local holder = redis.call('GET', KEYS[2])
     if not holder or holder == ARGV[1] then
