@@ -124,12 +124,17 @@ class RedisCache(Cache):
         return record.fetch(result)
 
     def _lookup(self, calls: CallRedis, key: Digest) -> tuple[DigestedCall, _Pushed | None]:
-        """The record, and its result when it came along (else ``None``); ``KeyError`` to compute."""
+        """The record, and its result when it came along; ``KeyError`` to compute.
+
+        Without the result (``None``), ``load`` leaves it to ``load_value``:
+        the value storage reads it by digest, and only if it is read.
+        """
         layout = calls.layout
         keys = (layout.data(key), layout.key(key, "lease"), layout.key(key, "waiters"))
         token = singleflight.new_token()
         claim_ms = int(self.claim_ttl * 1000)
-        args = (token, claim_ms, 60_000, *self._result_keys(calls), singleflight.MAX_PUSHED_RESULT)
+        largest = singleflight.MAX_PUSHED_RESULT  # bigger results come as their size
+        args = (token, claim_ms, 60_000, *self._result_keys(calls), largest)
         deadline = runtime.clock() + self.wait_timeout
         counts = calls.channel.metrics  # the lookup reads past calls.get: count as it would
         while True:
@@ -382,7 +387,8 @@ class _Pushed:
 
     The result is decoded (signature checked, as ``ValueRedis.get`` does) only
     when it is read, and counted in the value storage's metrics as that read
-    would be; everything else goes to the cache.
+    would be; everything else goes to the cache (fleche's query helpers
+    evict and shrink through a ``LazyCall``'s cache).
     """
 
     cache: RedisCache
@@ -401,6 +407,11 @@ class _Pushed:
             # A destructured container: the value storage loads its parts.
             return self.cache.load_value(key)
         return value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy and pickle probe these before the fields exist
+            raise AttributeError(name)
+        return getattr(self.cache, name)
 
 
 def _progress(progress: Any) -> dict[str, Any]:

@@ -104,6 +104,18 @@ def test_records_carry_their_results_digest(redis_server, namespace):
     assert cache.calls.verify().ok
 
 
+def test_a_loaded_call_reaches_its_cache(redis_server, namespace):
+    # fleche's query helpers evict and shrink through a LazyCall's cache.
+    cache = redis_cache(url=redis_server.url, namespace=namespace)
+    computed_elsewhere(cache, square, 15)
+    key = square.fleche.call(15).to_lookup_key()
+    loaded = cache.load(key)
+    assert loaded.result == {"x": 15, "square": 225}
+    assert loaded._cache.shrink(key) == cache.shrink(key)
+    loaded._cache.evict(key)
+    assert not cache.calls.contains(key)
+
+
 def test_values_in_another_namespace_come_along_too(redis_server, namespace):
     cache = RedisCache(
         ValueRedis(url=redis_server.url, namespace=namespace + "-values"),
