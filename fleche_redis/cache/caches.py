@@ -385,10 +385,10 @@ atexit.register(_settle_at_exit)
 class _Pushed:
     """The cache a ``LazyCall`` reads through when its result came with its record.
 
-    The result is decoded (signature checked, as ``ValueRedis.get`` does) only
-    when it is read, and counted in the value storage's metrics as that read
-    would be; everything else goes to the cache (fleche's query helpers
-    evict and shrink through a ``LazyCall``'s cache).
+    The result is decoded and counted as the value storage's ``get`` does
+    (``RedisBackend.received``), when it is read; everything else goes to
+    the cache (fleche's query helpers evict and shrink through a
+    ``LazyCall``'s cache).
     """
 
     cache: RedisCache
@@ -399,10 +399,7 @@ class _Pushed:
     def load_value(self, key: Any) -> Any:
         if key != self.digest:
             return self.cache.load_value(key)
-        counts = self.values.channel.metrics
-        counts.hits += 1
-        counts.bytes_in += len(self.data)
-        value = self.values.codec.decode(self.data, key=key)
+        value = self.values.received(key, self.data)
         if isinstance(value, Digested):
             # A destructured container: the value storage loads its parts.
             return self.cache.load_value(key)
