@@ -16,17 +16,15 @@ from fleche.caches import Cache, Rejected
 from fleche.call import Call, DigestedCall, LazyCall, PreparedCall
 from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.storage import SaveError
-from fleche.storage.destructuring import Digested
 
 from .. import runtime
 from ..admin import maintenance
-from ..storage import chunks
 from ..storage.backend import CallRedis, ValueRedis
 from ..storage.codec import UndecodableEntry
 from ..transport import wire
 from ..transport.batch import Step, write_batch
 from ..transport.health import Bursts, kind_of
-from . import singleflight
+from . import results, singleflight
 
 __all__ = ["RedisCache", "LeasedCall", "redis_cache"]
 
@@ -123,7 +121,7 @@ class RedisCache(Cache):
             return record.fetch(self)
         return record.fetch(result)
 
-    def _lookup(self, calls: CallRedis, key: Digest) -> tuple[DigestedCall, _Pushed | None]:
+    def _lookup(self, calls: CallRedis, key: Digest) -> tuple[DigestedCall, results.Pushed | None]:
         """The record, and its result when it came along; ``KeyError`` to compute.
 
         Without the result (``None``), ``load`` leaves it to ``load_value``:
@@ -134,7 +132,7 @@ class RedisCache(Cache):
         token = singleflight.new_token()
         claim_ms = int(self.claim_ttl * 1000)
         largest = singleflight.MAX_PUSHED_RESULT  # bigger results come as their size
-        args = (token, claim_ms, 60_000, *self._result_keys(calls), largest)
+        args = (token, claim_ms, 60_000, *results.result_keys(self.values, calls), largest)
         deadline = runtime.clock() + self.wait_timeout
         counts = calls.channel.metrics  # the lookup reads past calls.get: count as it would
         while True:
@@ -143,7 +141,7 @@ class RedisCache(Cache):
                 counts.hits += 1
                 counts.bytes_in += len(payload)
                 record = calls.codec.decode(payload, key=key)
-                return record, self._pushed(record, *result)
+                return record, results.pushed(self, record, *result)
             if status == singleflight.CLAIMED:
                 counts.misses += 1
                 runtime.thread.claims[(id(calls), key)] = singleflight.Lease(
@@ -171,49 +169,14 @@ class RedisCache(Cache):
                 except UndecodableEntry:
                     pass  # logged; look again
 
-    def _result_keys(self, calls: CallRedis) -> tuple[str, str]:
-        """How ``LOOKUP`` names a record's result (see :data:`~.singleflight.LOOKUP`); ``("", "")``: it may not.
-
-        Only where the values are a ``ValueRedis`` on the call storage's own
-        client, and that client talks to one server: on Cluster a script may
-        touch only the keys it was given, and the result's key is known only
-        once the record is read.
-        """
-        values = self.values
-        if isinstance(values, ValueRedis):
-            client = calls.channel.client()
-            if values.channel.client() is client and wire.single_server(client):
-                return values.layout.data_template()
-        return "", ""
-
-    def _pushed(
-        self, record: DigestedCall, digest: bytes = b"", data: Any = None
-    ) -> _Pushed | None:
-        """The record's result as ``LOOKUP`` sent it, if it sent the whole entry of that very digest.
-
-        A size (a result too big to send), a chunk manifest, or a digest that
-        is not the record's (a record rewritten by an older version, which
-        leaves the field as it was) leave the result to the value storage.
-        """
-        values = self.values
-        if (
-            not isinstance(data, bytes)
-            or not isinstance(values, ValueRedis)
-            or record.result is None
-            or digest != record.result.encode()
-            or chunks.is_manifest(data)
-        ):
-            return None
-        return _Pushed(self, values, record.result, data)
-
     def _unpack(
         self, calls: CallRedis, key: Digest, message: bytes
-    ) -> tuple[DigestedCall, _Pushed | None]:
+    ) -> tuple[DigestedCall, results.Pushed | None]:
         encoded_record, encoded_result = singleflight.unpack(message)
         record = calls.codec.decode(encoded_record, key=key)
         if encoded_result is None or record.result is None:
             return record, None
-        return record, self._pushed(record, record.result.encode(), encoded_result)
+        return record, results.pushed(self, record, record.result.encode(), encoded_result)
 
     # -- writing --------------------------------------------------------------
 
@@ -379,36 +342,6 @@ def _settle_at_exit() -> None:
 
 
 atexit.register(_settle_at_exit)
-
-
-@dataclass(frozen=True)
-class _Pushed:
-    """The cache a ``LazyCall`` reads through when its result came with its record.
-
-    The result is decoded and counted as the value storage's ``get`` does
-    (``RedisBackend.received``), when it is read; everything else goes to
-    the cache (fleche's query helpers evict and shrink through a
-    ``LazyCall``'s cache).
-    """
-
-    cache: RedisCache
-    values: ValueRedis
-    digest: str
-    data: bytes
-
-    def load_value(self, key: Any) -> Any:
-        if key != self.digest:
-            return self.cache.load_value(key)
-        value = self.values.received(key, self.data)
-        if isinstance(value, Digested):
-            # A destructured container: the value storage loads its parts.
-            return self.cache.load_value(key)
-        return value
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # copy and pickle probe these before the fields exist
-            raise AttributeError(name)
-        return getattr(self.cache, name)
 
 
 def _progress(progress: Any) -> dict[str, Any]:
