@@ -16,7 +16,6 @@ from fleche.caches import Cache, Rejected
 from fleche.call import Call, DigestedCall, LazyCall, PreparedCall
 from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.storage import SaveError
-from fleche.storage.destructuring import Digested
 
 from .. import runtime
 from ..admin import maintenance
@@ -25,7 +24,7 @@ from ..storage.codec import UndecodableEntry
 from ..transport import wire
 from ..transport.batch import Step, write_batch
 from ..transport.health import Bursts, kind_of
-from . import singleflight
+from . import results, singleflight
 
 __all__ = ["RedisCache", "LeasedCall", "redis_cache"]
 
@@ -118,26 +117,31 @@ class RedisCache(Cache):
         # Deliberately outside the per-key operation context: a waiter must not
         # hold the in-process lock the computing thread needs to save.
         record, result = self._lookup(calls, Digest(key))
-        if result is _NOTHING:
+        if result is None:
             return record.fetch(self)
-        return record.fetch(_Pushed(self, record.result, result))
+        return record.fetch(result)
 
-    def _lookup(self, calls: CallRedis, key: Digest) -> tuple[DigestedCall, Any]:
-        """The record (and a result pushed along with it, else ``_NOTHING``); ``KeyError`` to compute."""
+    def _lookup(self, calls: CallRedis, key: Digest) -> tuple[DigestedCall, results.Pushed | None]:
+        """The record, and its result when it came along; ``KeyError`` to compute.
+
+        Without the result (``None``), ``load`` leaves it to ``load_value``:
+        the value storage reads it by digest, and only if it is read.
+        """
         layout = calls.layout
         keys = (layout.data(key), layout.key(key, "lease"), layout.key(key, "waiters"))
         token = singleflight.new_token()
         claim_ms = int(self.claim_ttl * 1000)
+        largest = singleflight.MAX_PUSHED_RESULT  # bigger results come as their size
+        args = (token, claim_ms, 60_000, *results.result_keys(self.values, calls), largest)
         deadline = runtime.clock() + self.wait_timeout
         counts = calls.channel.metrics  # the lookup reads past calls.get: count as it would
         while True:
-            status, payload = calls.channel.run(
-                "get", singleflight.LOOKUP, keys, (token, claim_ms, 60_000)
-            )
+            status, payload, *result = calls.channel.run("get", singleflight.LOOKUP, keys, args)
             if status == singleflight.HIT:
                 counts.hits += 1
                 counts.bytes_in += len(payload)
-                return calls.codec.decode(payload, key=key), _NOTHING
+                record = calls.codec.decode(payload, key=key)
+                return record, results.pushed(self, record, *result)
             if status == singleflight.CLAIMED:
                 counts.misses += 1
                 runtime.thread.claims[(id(calls), key)] = singleflight.Lease(
@@ -165,14 +169,14 @@ class RedisCache(Cache):
                 except UndecodableEntry:
                     pass  # logged; look again
 
-    def _unpack(self, calls: CallRedis, key: Digest, message: bytes) -> tuple[DigestedCall, Any]:
+    def _unpack(
+        self, calls: CallRedis, key: Digest, message: bytes
+    ) -> tuple[DigestedCall, results.Pushed | None]:
         encoded_record, encoded_result = singleflight.unpack(message)
         record = calls.codec.decode(encoded_record, key=key)
-        if encoded_result is None or not isinstance(self.values, ValueRedis):
-            return record, _NOTHING
-        result = self.values.codec.decode(encoded_result, key=str(record.result))
-        # A destructured result arrives as its wrapper: load it in full instead.
-        return record, (_NOTHING if isinstance(result, Digested) else result)
+        if encoded_result is None or record.result is None:
+            return record, None
+        return record, results.pushed(self, record, record.result.encode(), encoded_result)
 
     # -- writing --------------------------------------------------------------
 
@@ -283,9 +287,6 @@ class RedisCache(Cache):
         return maintenance.redigest(self, **_progress(progress))
 
 
-_NOTHING = object()
-
-
 def _warn_main_script(call: Call) -> None:
     """Say once per process and function why a worker never shares results with its parent."""
     warned: set[str] = runtime.per_process("cache.main-script", set)
@@ -342,20 +343,6 @@ def _settle_at_exit() -> None:
 
 
 atexit.register(_settle_at_exit)
-
-
-@dataclass(frozen=True)
-class _Pushed:
-    """The cache a waiter's ``LazyCall`` reads through: the pushed result first, then the cache."""
-
-    cache: RedisCache
-    digest: Any
-    value: Any
-
-    def load_value(self, key: Any) -> Any:
-        if key == self.digest:
-            return self.value
-        return self.cache.load_value(key)
 
 
 def _progress(progress: Any) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Compute leases for missing call records: one worker computes, the others wait for its record.
 
-:data:`LOOKUP` returns a record or claims its lease (or enlists a waiter) in
-one atomic request; :data:`FINISH`, sent with the commit, drops the lease and
-wakes the waiters with the record.  The protocol: ``docs/cache.md``.
+:data:`LOOKUP` returns a record (and, on one server, its result) or claims
+its lease (or enlists a waiter) in one atomic request; :data:`FINISH`, sent
+with the commit, drops the lease and wakes the waiters with the record.  The
+protocol: ``docs/cache.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import runtime
 from ..locks import watchdog as _watchdog
 from ..locks.lua import EXTEND  # a lease is renewed like a lock: one script for both
+from ..storage.keys import SHARD_CHARS
 from ..transport.redispy import Client
 from ..transport.request import send
 from ..transport.scripts import LuaScript
@@ -47,12 +49,29 @@ the waiters compute at once, side by side (``b""`` means "look again": one takes
 LOOKUP = LuaScript(
     """
     -- KEYS[1] record hash, KEYS[2] its lease, KEYS[3] its waiters list
-    -- ARGV[1] caller's token, ARGV[2] claim ttl ms, ARGV[3] waiter registration ttl ms
-    -- Returns {1, record}: stored; {2, ''}: the caller now holds the lease and
-    -- computes; {3, ms}: another worker computes (lease ends in ms unless
-    -- renewed) and the caller is enlisted to be woken.
-    local record = redis.call('HGET', KEYS[1], 'v')
-    if record then return {1, record} end
+    -- ARGV[1] caller's token, ARGV[2] claim ttl ms, ARGV[3] waiter registration ttl ms,
+    -- ARGV[4] the value data key's head and ARGV[5] its middle (KeyLayout.data_template;
+    -- ARGV[4] '' when the values live elsewhere), ARGV[6] largest result sent whole
+    -- Returns {1, record}: stored; {1, record, result digest, result bytes}: stored,
+    -- with the result read from the value storage on the same server (an entry
+    -- larger than ARGV[6] bytes comes as its size instead, for the caller to fetch
+    -- unless it holds it); {2, ''}: the caller now holds the lease and computes;
+    -- {3, ms}: another worker computes (lease ends in ms unless renewed) and the
+    -- caller is enlisted to be woken.
+    -- The result's key is not in KEYS (its digest is read here): never on Cluster.
+    -- A foreign key there (a wrong type) is "no result": the caller's value
+    -- storage then reads it and reports it.
+    local found = redis.call('HMGET', KEYS[1], 'v', 'r')
+    local record, digest = found[1], found[2]
+    if record then
+      if not digest or ARGV[4] == '' then return {1, record} end
+      local key = ARGV[4] .. string.sub(digest, 1, SHARD_CHARS) .. ARGV[5] .. digest
+      -- At most one byte more than the limit: the whole of a small entry in one call.
+      local data = redis.pcall('GETRANGE', key, 0, ARGV[6])
+      if type(data) ~= 'string' or data == '' then return {1, record} end
+      if #data <= tonumber(ARGV[6]) then return {1, record, digest, data} end
+      return {1, record, digest, redis.call('STRLEN', key)}
+    end
     local holder = redis.call('GET', KEYS[2])
     if not holder or holder == ARGV[1] then
       redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
@@ -61,7 +80,7 @@ LOOKUP = LuaScript(
     redis.call('RPUSH', KEYS[3], ARGV[1])
     redis.call('PEXPIRE', KEYS[3], ARGV[3])
     return {3, redis.call('PTTL', KEYS[2])}
-    """
+    """.replace("SHARD_CHARS", str(SHARD_CHARS))
 )
 
 FINISH = LuaScript(
@@ -184,7 +203,8 @@ class Lease:
 
 
 MAX_PUSHED_RESULT = 64 * 1024
-"""Results up to this size travel to the waiters with the record; bigger ones they fetch."""
+"""Results up to this size travel with the record (to the waiters, and in a hit's reply); bigger
+ones are fetched (or found in this process's near cache) by digest."""
 
 
 def pack(record: bytes, result: bytes | None) -> bytes:

@@ -219,10 +219,19 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     def get(self, key: Digest) -> Any:
         key = check_digest(key)
         data = self.channel.run("get", self._read, key)
-        counts = self.channel.metrics
         if data is None:
-            counts.misses += 1
+            self.channel.metrics.misses += 1
             raise KeyError(key)
+        return self.received(key, data)
+
+    def received(self, key: Digest, data: bytes) -> Any:
+        """The entry *data* read at *key*, by ``get`` or by a script on this storage's behalf.
+
+        Counted and decoded (signature first: a refusal is
+        :class:`~fleche_redis.errors.UndecodableEntry`, a miss) the one way,
+        wherever the bytes came from (``RedisCache``'s lookup reads results).
+        """
+        counts = self.channel.metrics
         counts.hits += 1
         counts.bytes_in += len(data)
         return self.codec.decode(data, key=key)

@@ -20,7 +20,7 @@ from ..transport.redispy import Client
 from ..transport.request import send
 from ..transport.scripts import LuaScript
 from .codec import Encoded, UndecodableEntry
-from .keys import SHARDS
+from .keys import SHARDS, InvalidDigestError, check_digest
 from .lua import GUARD
 from .query import TERM_BYTES, record_terms, template_terms
 
@@ -52,10 +52,13 @@ class IndexedCallsMixin(_Host):
         """
         -- KEYS[1] record hash, KEYS[2] index shard, KEYS[3] the shard's term set
         -- ARGV[1] encoded record, ARGV[2] digest (hex), ARGV[3] ttl in ms (0: none),
-        -- ARGV[4] digest (32 raw bytes), ARGV[5] term ids (12 bytes each)
+        -- ARGV[4] digest (32 raw bytes), ARGV[5] term ids (12 bytes each),
+        -- ARGV[6] the result's digest (hex; '' for a record without one)
         -- Replaces the record and its index entries together; returns 1.  Term
         -- members go in and out a thousand per command (one command for any
-        -- real record): a command per term cost more than all the rest.
+        -- real record): a command per term cost more than all the rest.  The
+        -- result's digest, beside the pickled record (field 'r'), is what lets
+        -- the cache's lookup return record and result in one request.
         """
         + GUARD
         + """
@@ -76,11 +79,17 @@ class IndexedCallsMixin(_Host):
         if bad then return refuse(bad) end
         local old = redis.call('HGET', KEYS[1], 't')
         if old and old ~= ARGV[5] then by_thousands('ZREM', old) end
-        -- HSET counts the fields it added: 2 means a new hash, with no ttl to drop.
-        local added = redis.call('HSET', KEYS[1], 'v', ARGV[1], 't', ARGV[5])
+        local fields = {'v', ARGV[1], 't', ARGV[5]}
+        if ARGV[6] ~= '' then
+          fields[5], fields[6] = 'r', ARGV[6]
+        elseif old then
+          redis.call('HDEL', KEYS[1], 'r')
+        end
+        -- HSET counts the fields it added: all of them means a new hash, with no ttl to drop.
+        local added = redis.call('HSET', KEYS[1], unpack(fields))
         if tonumber(ARGV[3]) > 0 then
           redis.call('PEXPIRE', KEYS[1], ARGV[3])
-        elseif added < 2 then
+        elseif added < #fields / 2 then
           redis.call('PERSIST', KEYS[1])
         end
         redis.call('ZADD', KEYS[2], 0, ARGV[2])
@@ -139,7 +148,14 @@ class IndexedCallsMixin(_Host):
         self.PUT_RECORD(
             client,
             (layout.data(key), layout.index_of(key), layout.terms_of(key)),
-            (bytes(data), key, self._ttl_ms(), bytes.fromhex(key), _terms_of(value)),
+            (
+                bytes(data),
+                key,
+                self._ttl_ms(),
+                bytes.fromhex(key),
+                _terms_of(value),
+                _result_of(value),
+            ),
         )
 
     def _read(self, client: Client, key: Digest) -> bytes | None:
@@ -284,6 +300,14 @@ class IndexedCallsMixin(_Host):
                 yield self.codec.decode(data, key=key)
             except UndecodableEntry:
                 continue  # logged by the codec; a record we cannot read matches nothing
+
+
+def _result_of(value: Any) -> str:
+    # A DigestedCall's result is a digest; a Call's is the live value, never read on the server.
+    try:
+        return check_digest(value.result) if isinstance(value, DigestedCall) else ""
+    except InvalidDigestError:
+        return ""
 
 
 def _terms_of(value: Any) -> bytes:

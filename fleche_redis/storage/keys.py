@@ -79,6 +79,14 @@ class KeyLayout:
         # Spelled out rather than through data_prefix(): it runs on every read.
         return f"{self.namespace}:{{{self.keyspace}.{digest[:SHARD_CHARS]}}}:{digest}"
 
+    def data_template(self) -> tuple[str, str]:
+        """``(head, middle)`` with ``data(d) == head + d[:SHARD_CHARS] + middle + d``.
+
+        For a script that builds the key of a digest it read on the server
+        (the cache's lookup reads a record's result this way).
+        """
+        return f"{self.namespace}:{{{self.keyspace}.", "}:"
+
     def data_prefix(self, shard: str) -> str:
         """What every data key of *shard* starts with (the digest follows)."""
         return f"{self.namespace}:{self.tag(shard)}:"

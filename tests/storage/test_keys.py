@@ -2,6 +2,7 @@ import pytest
 from redis.crc import key_slot
 
 from fleche_redis.storage.keys import (
+    SHARD_CHARS,
     SHARDS,
     InvalidDigestError,
     KeyLayout,
@@ -19,6 +20,12 @@ def test_data_key_and_its_shard_share_a_cluster_slot():
     assert layout.index_of(DIGEST) == "fleche:{v.3f}:index"
     assert key_slot(layout.data(DIGEST).encode()) == key_slot(layout.index_of(DIGEST).encode())
     assert key_slot(layout.key(DIGEST, "lock").encode()) == key_slot(layout.data(DIGEST).encode())
+
+
+def test_the_data_template_builds_the_data_key():
+    for layout in (KeyLayout("fleche", "v"), KeyLayout("team-a:sub", "c")):
+        head, middle = layout.data_template()
+        assert head + DIGEST[:SHARD_CHARS] + middle + DIGEST == layout.data(DIGEST)
 
 
 def test_shards_spread_over_many_slots():
