@@ -20,8 +20,9 @@ from fleche.storage.destructuring import Digested
 
 from .. import runtime
 from ..admin import maintenance
-from ..storage.backend import CallRedis, ValueRedis
+from ..storage.backend import CallRedis, RedisBackend, ValueRedis
 from ..storage.codec import UndecodableEntry
+from ..storage.near import DEFAULT_BYTES, check_size
 from ..transport import wire
 from ..transport.batch import Step, write_batch
 from ..transport.health import Bursts, kind_of
@@ -101,6 +102,11 @@ class RedisCache(Cache):
             the storages' ``errors``, releases the waiters, and is raised by
             the thread's next :meth:`flush`.  Only a commit that is one
             request to one server (not Redis Cluster) is posted.
+        near_cache_bytes: the bound of each Redis storage's near cache
+            (records read lately, and values): the cache uses copies of its
+            storages with this bound.  ``None`` (the default) keeps the
+            storages' own setting; ``0`` turns the near cache off.  See
+            ``docs/near-cache.md``.
     """
 
     single_flight: bool = field(default=True, kw_only=True)
@@ -108,6 +114,19 @@ class RedisCache(Cache):
     claim_ttl: float = field(default=2.0, kw_only=True)
     wait_timeout: float = field(default=600.0, kw_only=True)
     write_behind: bool = field(default=False, kw_only=True)
+    near_cache_bytes: int | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        size = self.near_cache_bytes
+        if size is None:
+            return
+        check_size(size)
+        # The storages own their near caches; the simplest coherent rule is
+        # that the cache's setting is theirs (copies, as storages are frozen).
+        for name in ("values", "calls"):
+            storage = getattr(self, name)
+            if isinstance(storage, RedisBackend):
+                object.__setattr__(self, name, storage.with_near_cache_bytes(size))
 
     # -- reading --------------------------------------------------------------
 
@@ -130,6 +149,9 @@ class RedisCache(Cache):
         claim_ms = int(self.claim_ttl * 1000)
         deadline = runtime.clock() + self.wait_timeout
         counts = calls.channel.metrics  # the lookup reads past calls.get: count as it would
+        near, since = calls.near_lookup(key)  # a record this process read lately
+        if near is not None:
+            return near, _NOTHING
         while True:
             status, payload = calls.channel.run(
                 "get", singleflight.LOOKUP, keys, (token, claim_ms, 60_000)
@@ -137,7 +159,9 @@ class RedisCache(Cache):
             if status == singleflight.HIT:
                 counts.hits += 1
                 counts.bytes_in += len(payload)
-                return calls.codec.decode(payload, key=key), _NOTHING
+                record = calls.codec.decode(payload, key=key)
+                calls.near_keep(key, payload, since)
+                return record, _NOTHING
             if status == singleflight.CLAIMED:
                 counts.misses += 1
                 runtime.thread.claims[(id(calls), key)] = singleflight.Lease(
@@ -370,15 +394,18 @@ def redis_cache(
     claim_ttl: float = 2.0,
     wait_timeout: float = 600.0,
     write_behind: bool = False,
+    near_cache_bytes: int = DEFAULT_BYTES,
     **storage_options: Any,
 ) -> RedisCache:
     """A ready :class:`RedisCache` over a ``ValueRedis`` and a ``CallRedis`` in *namespace*.
 
     *storage_options* go to both storages (``secret_key``, ``compress``,
     ``ttl``, ``on_error``, ...); *url* defaults to the storages' default.
+    *near_cache_bytes* bounds each storage's near cache (0: off).
     """
     if url is not None:
         storage_options["url"] = url
+    storage_options["near_cache_bytes"] = near_cache_bytes
     return RedisCache(
         ValueRedis(namespace=namespace, **storage_options),
         CallRedis(namespace=namespace, **storage_options),
@@ -387,4 +414,5 @@ def redis_cache(
         claim_ttl=claim_ttl,
         wait_timeout=wait_timeout,
         write_behind=write_behind,
+        near_cache_bytes=near_cache_bytes,
     )

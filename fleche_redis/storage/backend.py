@@ -19,7 +19,7 @@ from fleche.storage.destructuring import DestructuringMixin, Digested
 
 from ..errors import SaveRefused, UnavailableMiss
 from ..metrics import StorageMetrics
-from ..transport import wire
+from ..transport import tracking, wire
 from ..transport.batch import Recorder, active_batch
 from ..transport.channel import Channel
 from ..transport.connection import ClientSlot, check_url, redact_url, shared_slot, url_from_client
@@ -29,9 +29,10 @@ from ..transport.scripts import LuaScript
 from . import check, chunks, config, snapshot
 from . import lua as entry_lua
 from .calls import IndexedCallsMixin
-from .codec import Codec
+from .codec import Codec, UndecodableEntry
 from .index import PrefixIndexMixin
 from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
+from .near import DEFAULT_BYTES, NearCache, TrackedNearCache, check_size
 
 __all__ = ["RedisBackend", "ValueRedis", "CallRedis", "DEFAULT_URL"]
 
@@ -72,6 +73,11 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         ttl: seconds an entry lives after it was written (``None``: until
             evicted).  Index entries of expired data are dropped when a lookup
             meets them and by :func:`fleche_redis.maintenance.repair`.
+        near_cache_bytes: bound of this storage's near cache, the entries
+            this process read lately, kept in memory (0 turns it off).  Values
+            never change, so they are always kept; call records are kept while
+            Redis tracks their changes for this process (not on Redis Cluster
+            or fakeredis).  See ``docs/near-cache.md``.
     """
 
     keyspace: ClassVar[str] = "kv"
@@ -102,6 +108,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     breaker_threshold: int = 3
     breaker_cooldown: float = 5.0
     chunk_size: int = 32 * 2**20
+    near_cache_bytes: int = DEFAULT_BYTES
 
     server: str = field(init=False, compare=False)
     """The URL with its password redacted: safe for repr, logs and errors."""
@@ -111,6 +118,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     """Bytes in Redis <-> Python objects: serializer, signature, compression."""
     channel: Channel = field(init=False, repr=False, compare=False)
     """This process's way to Redis: client, breaker, counters, error policy."""
+    near: NearCache = field(init=False, repr=False, compare=False)
+    """This process's near cache of entries read lately (see :mod:`.near`)."""
     _secret_explicit: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -147,14 +156,38 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         else:
             slot_key = (url, self.socket_timeout, self.connect_timeout, self.retries)
             slot = shared_slot(url, options, slot_key)
+        check_size(self.near_cache_bytes)
+        near = self._near_cache(slot)
+        set_(self, "near", near)
         breaker = Breaker(self.breaker_threshold, self.breaker_cooldown, self.server)
         # Process-local: rebuilt by __post_init__ wherever the storage is unpickled.
-        metrics = StorageMetrics(type(self).__name__, self.server, self.namespace, breaker)
+        metrics = StorageMetrics(type(self).__name__, self.server, self.namespace, breaker, near)
         set_(
             self,
             "channel",
             Channel(slot, breaker, metrics, self.on_error, self.server, self.namespace),
         )
+
+    def _near_cache(self, slot: ClientSlot) -> NearCache:
+        """The near cache: entries under a key may change, so only while Redis tracks them."""
+        layout = self.layout
+        prefix = f"{self.namespace}:{{{self.keyspace}."
+
+        def digest_of(name: bytes) -> str | None:
+            digest = name[-64:].decode("ascii", "replace")
+            return digest if name.decode("ascii", "replace") == layout.data(digest) else None
+
+        def watch(near: TrackedNearCache) -> bool:
+            return tracking.watch(slot, prefix, near)
+
+        return TrackedNearCache(self.near_cache_bytes, watch, digest_of)
+
+    def with_near_cache_bytes(self, size: int) -> RedisBackend:
+        """This storage with a near cache of *size* bytes (itself if it has that size)."""
+        if size == self.near_cache_bytes:
+            return self
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return _restore(type(self), {**kwargs, "near_cache_bytes": size}, self._secret_explicit)
 
     def _client_options(self) -> dict[str, Any]:
         return config.client_options(self.socket_timeout, self.connect_timeout, self.retries)
@@ -203,14 +236,22 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
 
     def get(self, key: Digest) -> Any:
         key = check_digest(key)
-        data = self.channel.run("get", self._read, key)
+        near = self.near
         counts = self.channel.metrics
+        data = near.get(key)
+        if data is not None:
+            counts.hits += 1
+            return self.codec.decode(data, key=key)
+        since = near.began()
+        data = self.channel.run("get", self._read, key)
         if data is None:
             counts.misses += 1
             raise KeyError(key)
         counts.hits += 1
         counts.bytes_in += len(data)
-        return self.codec.decode(data, key=key)
+        entry = self.codec.decode(data, key=key)
+        near.keep(key, data, since)  # decoded: the bytes are sound
+        return entry
 
     def metrics(self) -> dict[str, Any]:
         """This storage's counters in this process; see :mod:`fleche_redis.metrics`."""
@@ -294,6 +335,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
 
     def _evict(self, key: Digest) -> None:
         key = check_digest(key)
+        self.near.drop((key,))  # this thread reads its own evict at once
         try:
             self.channel.run("evict", self._delete, key)
         except UnavailableMiss:
@@ -330,6 +372,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         Unlike ``evict`` it bypasses the breaker and the error policy: a
         failure is redis-py's exception, as for the rest of maintenance.
         """
+        keys = list(keys)
+        self.near.drop(keys)
         send(self.redis(), self.eviction_commands(keys), scripts=self._scripts())
 
 
@@ -338,6 +382,10 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
     """Value storage in Redis; containers are destructured as in ``ValuePickleFile``."""
 
     keyspace: ClassVar[str] = "v"
+
+    def _near_cache(self, slot: ClientSlot) -> NearCache:
+        # Content-addressed: the bytes under a digest never change.
+        return NearCache(self.near_cache_bytes)
 
     def _references(self, value: Any) -> bytes:
         # A destructured container's children are recorded beside it, so
@@ -358,11 +406,17 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
             return raw
         parts: dict[str, Any] = {}
         frontier = self._raw_sub_digests(raw)
+        near = self.near
         while frontier:
-            wanted = sorted(frontier)
-            found = self.channel.run("get", _pipelined_reads, self, wanted)
-            frontier = set()
+            held = {digest: near.get(digest) for digest in frontier}
+            wanted = sorted(digest for digest, data in held.items() if data is None)
+            found = self.channel.run("get", _pipelined_reads, self, wanted) if wanted else []
             for digest, data in zip(wanted, found, strict=True):
+                if data is not None:
+                    near.keep(digest, data)
+                    held[digest] = data
+            frontier = set()
+            for digest, data in held.items():
                 if data is None:
                     continue  # mend() will miss it, as fleche's own load would
                 part = parts[digest] = self.codec.decode(data, key=digest)
@@ -402,6 +456,34 @@ class CallRedis(IndexedCallsMixin, CallMixin, RedisBackend):
     """Call-record storage in Redis, with a query index (see :mod:`fleche_redis.storage.calls`)."""
 
     keyspace: ClassVar[str] = "c"
+
+    def put(self, value: Any, key: Digest) -> Digest:
+        # Dropped before the write: this thread reads its own rerun at once;
+        # other processes learn of it from tracking.
+        self.near.drop((key,))
+        return super().put(value, key)
+
+    def near_lookup(self, key: Digest) -> tuple[DigestedCall | None, int]:
+        """The record the near cache holds for *key* (or ``None``), and the number to :meth:`near_keep` with.
+
+        For :class:`~fleche_redis.RedisCache`, whose lookup reads records
+        past :meth:`get`.
+        """
+        near = self.near
+        since = near.began()
+        data = near.get(key)
+        if data is None:
+            return None, since
+        self.channel.metrics.hits += 1
+        try:
+            return self.codec.decode(data, key=key), since
+        except UndecodableEntry:  # pragma: no cover - kept bytes decoded once already
+            near.drop((key,))
+            return None, since
+
+    def near_keep(self, key: Digest, data: bytes, since: int) -> None:
+        """Keep a record's bytes that a lookup begun at *since* read (and decoded)."""
+        self.near.keep(key, data, since)
 
     def transform(self, func: Any = None, *, progress: Any = None) -> int:
         """fleche's ``transform``, streaming from a snapshot; see :func:`fleche_redis.maintenance.transform`."""

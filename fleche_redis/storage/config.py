@@ -27,6 +27,7 @@ TUNING = (
     "retries",
     "breaker_threshold",
     "breaker_cooldown",
+    "near_cache_bytes",
 )
 """Fields written by ``to_config`` only when they differ from their default."""
 

@@ -32,6 +32,9 @@ __all__ = [
     "connection_kwargs",
     "parse_url",
     "CHECKOUT_NEEDS_COMMAND",
+    "dedicated_connection",
+    "send_command",
+    "wait_readable",
 ]
 
 
@@ -150,3 +153,33 @@ def parse_url(url: str) -> dict[str, Any]:
     """Client options from a ``redis://`` URL, as redis-py's ``from_url`` reads them."""
     options: dict[str, Any] = _parse_url(url)
     return options
+
+
+def dedicated_connection(client: Client) -> Any | None:
+    """A new connection to *client*'s server, outside its pool, speaking RESP2; not yet connected.
+
+    For a connection that stays subscribed (the tracking listener): it is
+    made by the pool's own connection class and options (TLS, unix socket,
+    credentials, a Sentinel's current primary), but is never handed out by
+    the pool.  ``None`` where there is no single server to connect to: Redis
+    Cluster, pipelines, and in-process fakeredis.
+    """
+    pool = pool_of(client)
+    if pool is None or not hasattr(pool, "connection_class"):
+        return None
+    kwargs = connection_kwargs(pool)
+    if "server" in kwargs:  # fakeredis: an in-process server, no sockets
+        return None
+    # RESP2: the invalidations arrive as ordinary pub/sub messages, read
+    # with read_response whatever the client's protocol.
+    return pool.connection_class(**{**kwargs, "protocol": 2})
+
+
+def send_command(conn: Any, *args: Any) -> None:
+    """Write one command on *conn*, connecting first if needed."""
+    conn.send_command(*args)
+
+
+def wait_readable(conn: Any, timeout: float) -> bool:
+    """Whether a reply arrives on *conn* within *timeout* seconds."""
+    return bool(conn.can_read(timeout=timeout))

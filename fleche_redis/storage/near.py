@@ -1,0 +1,275 @@
+"""The near cache: entries this process read lately, kept as their encoded bytes, bounded in bytes.
+
+Values are content-addressed (a digest names one content forever), so a
+value held here is never stale: :class:`NearCache` keeps them
+unconditionally.  Call records change (a rerun, an evict, a repair), so
+:class:`TrackedNearCache` serves them only while Redis's server-assisted
+client-side caching tells this process of every change (see
+:mod:`fleche_redis.transport.tracking`), and forgets them all when it cannot.
+
+Entries are the bytes as Redis holds them, decoded again on each hit: the
+size accounting is exact, callers never share a mutable object, and the
+signature is verified on every hit as on every read.  Eviction is LRU by
+bytes; a forked child starts empty.  Why and how: ``docs/near-cache.md``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .. import runtime
+
+__all__ = ["NearCache", "TrackedNearCache", "DEFAULT_BYTES", "check_size"]
+
+DEFAULT_BYTES = 64 * 2**20
+"""A storage's default bound (``near_cache_bytes``); 0 turns the near cache off."""
+
+
+def check_size(size: object) -> int:
+    """Return *size* if it is a byte count (an ``int`` >= 0), else raise ``ValueError``."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"near_cache_bytes must be an int >= 0 (0: off), not {size!r}")
+    return size
+
+
+class NearCache:
+    """Encoded entries by digest, least recently used first, within *capacity* bytes.
+
+    Thread-safe; an entry larger than the whole capacity is never kept.
+    """
+
+    state = "values"
+    """What ``metrics()`` reports as ``near_records``: how records are cached here."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = check_size(capacity)
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._generation = runtime.fork_generation()
+        self.size = 0
+        """Bytes held now (the sum of the entries' lengths)."""
+        self.hits = self.misses = self.evictions = self.invalidations = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> bytes | None:
+        """The bytes kept for *key*, made most recently used; ``None`` if not kept."""
+        if not self.capacity:
+            return None
+        with self._lock:
+            self._check_fork()
+            data = self._entries.get(key)
+            if data is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return data
+
+    def keep(self, key: str, data: bytes, since: int = 0) -> None:
+        """Keep *data* read for *key* (by a read that :meth:`began` at *since*)."""
+        size = len(data)
+        if size > self.capacity:
+            return
+        with self._lock:
+            self._check_fork()
+            if not self._may_keep(key, since):
+                return
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.size -= len(old)
+            self._entries[key] = data
+            self.size += size
+            while self.size > self.capacity:
+                _, dropped = self._entries.popitem(last=False)
+                self.size -= len(dropped)
+                self.evictions += 1
+
+    def began(self) -> int:
+        """Call before a read whose bytes may be kept; pass the result to :meth:`keep`."""
+        return 0
+
+    def drop(self, keys: Iterable[str]) -> None:
+        """Forget *keys* (this process changed them, or Redis said another one did)."""
+        with self._lock:
+            self._drop(keys)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._clear()
+
+    def stats(self) -> dict[str, Any]:
+        """The near cache's figures for ``metrics()``."""
+        return {
+            "near_hits": self.hits,
+            "near_misses": self.misses,
+            "near_bytes": self.size,
+            "near_entries": len(self._entries),
+            "near_evictions": self.evictions,
+            "near_invalidations": self.invalidations,
+            "near_records": self.state,
+        }
+
+    # -- under the lock -------------------------------------------------------
+
+    def _may_keep(self, key: str, since: int) -> bool:
+        return True
+
+    def _drop(self, keys: Iterable[str]) -> None:
+        entries = self._entries
+        for key in keys:
+            data = entries.pop(key, None)
+            if data is not None:
+                self.size -= len(data)
+                self.invalidations += 1
+
+    def _clear(self) -> None:
+        self.invalidations += len(self._entries)
+        self._entries.clear()
+        self.size = 0
+
+    def _check_fork(self) -> None:
+        generation = runtime.fork_generation()
+        if generation != self._generation:
+            # The parent's entries may be stale here: nobody tracks them for us.
+            self._generation = generation
+            self._forked()
+
+    def _forked(self) -> None:
+        self._entries.clear()
+        self.size = 0
+
+
+class TrackedNearCache(NearCache):
+    """A near cache of entries that change, served only while their changes are tracked.
+
+    *watch* is called once per process with this cache, on first use: it
+    subscribes it to an invalidation listener (:meth:`tracking_started`,
+    :meth:`invalidated`, :meth:`tracking_stopped`) and returns ``False``
+    where tracking is unavailable (fakeredis, Redis Cluster), and then
+    nothing is ever kept.  *digest_of* turns an invalidated key name into
+    the digest it holds, or ``None`` for keys that hold no entry.
+
+    A read races an invalidation of the key it reads: the reply may be the
+    old bytes while the invalidation has already been handled.  Each read
+    takes a sequence number first (:meth:`began`); an invalidation bumps the
+    sequence and remembers the key's number, and :meth:`keep` refuses bytes
+    whose read began before the last invalidation of their key (or before
+    tracking last (re)started).
+    """
+
+    RECENT = 4096
+    """Invalidated keys remembered for racing reads; an older read than the oldest is refused."""
+
+    def __init__(
+        self,
+        capacity: int,
+        watch: Callable[[TrackedNearCache], bool],
+        digest_of: Callable[[bytes], str | None],
+    ) -> None:
+        super().__init__(capacity)
+        self._watch = watch
+        self._digest_of = digest_of
+        self._watched = -1  # the fork generation whose listener this cache is subscribed to
+        self._available = True
+        self._live = False
+        self._seq = 0
+        self._floor = 0  # reads that began before this number are never kept
+        self._recent: OrderedDict[str, int] = OrderedDict()
+
+    @property
+    def state(self) -> str:  # type: ignore[override]
+        if not self.capacity:
+            return "off"
+        if not self._available:
+            return "untracked"
+        return "tracked" if self._live else "waiting"
+
+    @property
+    def live(self) -> bool:
+        """Whether entries are served and kept now (tracking is running in this process)."""
+        return self._live and self._watched == runtime.fork_generation()
+
+    def get(self, key: str) -> bytes | None:
+        if not self.capacity or not self._subscribed():
+            return None
+        return super().get(key)
+
+    def began(self) -> int:
+        if not self.capacity or not self._subscribed():
+            return -1
+        return self._seq
+
+    def _subscribed(self) -> bool:
+        """Whether tracking runs; subscribes on first use in each process."""
+        if self._watched != runtime.fork_generation():
+            with self._lock:
+                self._check_fork()
+                if self._watched == self._generation:
+                    return self._live
+                self._watched = self._generation
+            self._available = self._watch(self)
+        return self._live
+
+    def _may_keep(self, key: str, since: int) -> bool:
+        if not self._live or since < self._floor:
+            return False
+        last = self._recent.get(key)
+        return last is None or last <= since
+
+    def _forked(self) -> None:
+        super()._forked()
+        self._live = False
+        self._recent.clear()
+        self._floor = self._seq = self._seq + 1
+
+    # -- the listener's calls -------------------------------------------------
+
+    def tracking_started(self) -> None:
+        """The listener is tracking every change: entries read from now on may be kept."""
+        with self._lock:
+            self._seq += 1
+            self._floor = self._seq
+            self._recent.clear()
+            self._live = True
+
+    def tracking_stopped(self) -> None:
+        """The listener lost its connection: changes may go unseen, so forget and keep nothing."""
+        with self._lock:
+            self._live = False
+            self._seq += 1
+            self._floor = self._seq
+            self._clear()
+
+    def invalidated(self, names: list[bytes] | None) -> None:
+        """Redis says the keys *names* changed (``None``: every key, as after ``FLUSHALL``)."""
+        with self._lock:
+            self._seq += 1
+            if names is None:
+                self._floor = self._seq
+                self._recent.clear()
+                self._clear()
+                return
+            self._remember([d for d in map(self._digest_of, names) if d is not None])
+
+    def drop(self, keys: Iterable[str]) -> None:
+        # This process changes them: also refuse the reads that race the change.
+        keys = list(keys)
+        with self._lock:
+            self._seq += 1
+            self._remember(keys)
+
+    def _remember(self, digests: list[str]) -> None:
+        recent, seq = self._recent, self._seq
+        for digest in digests:
+            recent[digest] = seq
+            recent.move_to_end(digest)
+        while len(recent) > self.RECENT:
+            _, forgotten = recent.popitem(last=False)
+            self._floor = max(self._floor, forgotten)
+        self._drop(digests)
