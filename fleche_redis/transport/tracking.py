@@ -89,12 +89,13 @@ class Listener:
         self._thread = threading.Thread(
             target=self._run, name=f"fleche-redis tracking {prefix}", daemon=True
         )
-        self._thread.start()
 
     def add(self, subscriber: Subscriber) -> None:
         with self._lock:
             self._subscribers.add(subscriber)
             live = self._live
+            if self._thread.ident is None:
+                self._thread.start()  # now that it has someone to listen for
         if live:
             subscriber.tracking_started()
 
