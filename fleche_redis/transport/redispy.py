@@ -155,13 +155,13 @@ def parse_url(url: str) -> dict[str, Any]:
     return options
 
 
-def dedicated_connection(client: Client) -> Any | None:
+def dedicated_connection(client: Client, name: str | None = None) -> Any | None:
     """A new connection to *client*'s server, outside its pool, speaking RESP2; not yet connected.
 
     For a connection that stays subscribed (the tracking listener): it is
     made by the pool's own connection class and options (TLS, unix socket,
     credentials, a Sentinel's current primary), but is never handed out by
-    the pool.  ``None`` where there is no single server to connect to: Redis
+    the pool; *name* is its ``CLIENT SETNAME``.  ``None`` where there is no single server to connect to: Redis
     Cluster, pipelines, and in-process fakeredis.
     """
     pool = pool_of(client)
@@ -172,7 +172,10 @@ def dedicated_connection(client: Client) -> Any | None:
         return None
     # RESP2: the invalidations arrive as ordinary pub/sub messages, read
     # with read_response whatever the client's protocol.
-    return pool.connection_class(**{**kwargs, "protocol": 2})
+    options = {**kwargs, "protocol": 2}
+    if name is not None:
+        options["client_name"] = name
+    return pool.connection_class(**options)
 
 
 def send_command(conn: Any, *args: Any) -> None:

@@ -31,6 +31,12 @@ logger = logging.getLogger("fleche_redis.tracking")
 
 CHANNEL = b"__redis__:invalidate"
 
+THREAD_NAME = "fleche-redis tracking"
+"""What the listeners' threads are called (then the prefix they track)."""
+
+CLIENT_NAME = "fleche-redis-tracking"
+"""The tracking connections' name in ``CLIENT LIST``."""
+
 IDLE_PING = 5.0
 """Seconds of silence after which the listener pings its server (a dead peer is found then)."""
 
@@ -87,7 +93,7 @@ class Listener:
         self._lock = threading.Lock()
         self._pause = threading.Event()  # never set: a sleep tests' clocks do not touch
         self._thread = threading.Thread(
-            target=self._run, name=f"fleche-redis tracking {prefix}", daemon=True
+            target=self._run, name=f"{THREAD_NAME} {prefix}", daemon=True
         )
 
     def add(self, subscriber: Subscriber) -> None:
@@ -137,7 +143,7 @@ class Listener:
         self._stop()
 
     def _connect(self) -> Any:
-        conn = redispy.dedicated_connection(self.slot.get())
+        conn = redispy.dedicated_connection(self.slot.get(), name=CLIENT_NAME)
         if conn is None:  # pragma: no cover - watch() checked the client
             raise redis.ConnectionError("no single server to track")
         redispy.send_command(conn, "CLIENT", "ID")
