@@ -13,6 +13,7 @@ import inspect
 from typing import Any, Protocol
 
 import redis
+from redis._parsers.resp3 import _RESP3Parser
 from redis.client import Pipeline
 from redis.connection import parse_url as _parse_url
 
@@ -32,8 +33,9 @@ __all__ = [
     "connection_kwargs",
     "parse_url",
     "CHECKOUT_NEEDS_COMMAND",
-    "dedicated_connection",
+    "tracking_connection",
     "send_command",
+    "read_push",
     "wait_readable",
 ]
 
@@ -155,14 +157,17 @@ def parse_url(url: str) -> dict[str, Any]:
     return options
 
 
-def dedicated_connection(client: Client, name: str | None = None) -> Any | None:
-    """A new connection to *client*'s server, outside its pool, speaking RESP2; not yet connected.
+def tracking_connection(client: Client, name: str | None = None) -> Any | None:
+    """A new connection to *client*'s server, outside its pool, that reads RESP3 push messages.
 
-    For a connection that stays subscribed (the tracking listener): it is
-    made by the pool's own connection class and options (TLS, unix socket,
-    credentials, a Sentinel's current primary), but is never handed out by
-    the pool; *name* is its ``CLIENT SETNAME``.  ``None`` where there is no single server to connect to: Redis
-    Cluster, pipelines, and in-process fakeredis.
+    For the tracking listener: made by the pool's own connection class and
+    options (TLS, unix socket, credentials, a Sentinel's current primary),
+    never handed out by the pool; *name* is its ``CLIENT SETNAME``.  It
+    speaks RESP3 with redis-py's pure-Python parser, whose push handler is
+    set to hand invalidation messages to :func:`read_push` as they are
+    (redis-py 5.0 has one push handler; later releases one per kind).
+    ``None`` where there is no single server to connect to: Redis Cluster,
+    pipelines, and in-process fakeredis.
     """
     pool = pool_of(client)
     if pool is None or not hasattr(pool, "connection_class"):
@@ -170,17 +175,30 @@ def dedicated_connection(client: Client, name: str | None = None) -> Any | None:
     kwargs = connection_kwargs(pool)
     if "server" in kwargs:  # fakeredis: an in-process server, no sockets
         return None
-    # RESP2: the invalidations arrive as ordinary pub/sub messages, read
-    # with read_response whatever the client's protocol.
-    options = {**kwargs, "protocol": 2}
+    options = {**kwargs, "protocol": 3, "parser_class": _RESP3Parser}
     if name is not None:
         options["client_name"] = name
-    return pool.connection_class(**options)
+    conn = pool.connection_class(**options)
+    parser = conn._parser
+    if hasattr(parser, "set_invalidation_push_handler"):  # redis-py >= 5.1
+        parser.set_invalidation_push_handler(_as_is)
+    else:
+        parser.set_push_handler(_as_is)
+    return conn
+
+
+def _as_is(message: Any) -> Any:
+    return message
 
 
 def send_command(conn: Any, *args: Any) -> None:
     """Write one command on *conn*, connecting first if needed."""
     conn.send_command(*args)
+
+
+def read_push(conn: Any) -> Any:
+    """The next reply or push message on a :func:`tracking_connection`."""
+    return conn.read_response(push_request=True)
 
 
 def wait_readable(conn: Any, timeout: float) -> bool:

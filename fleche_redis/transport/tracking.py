@@ -1,11 +1,13 @@
 """The invalidation listener: Redis's server-assisted client-side caching, one connection per process and prefix.
 
-A :class:`Listener` holds one connection of its own to a server and turns on
-``CLIENT TRACKING ... REDIRECT <its own id> BCAST PREFIX <prefix>``, then
-subscribes to ``__redis__:invalidate`` (RESP2): from then on Redis tells it
-of every write to a key under the prefix, by anyone, and a daemon thread
-hands the key names to its subscribers (the near caches of
-:mod:`fleche_redis.storage.near`).  When the connection drops, the
+A :class:`Listener` holds one connection of its own to a server, speaking
+RESP3, and turns on ``CLIENT TRACKING ON BCAST PREFIX <prefix>``: from then
+on Redis pushes on that connection the name of every key under the prefix
+that anyone writes (or that expires or is evicted), and a daemon thread
+hands them to its subscribers (the near caches of
+:mod:`fleche_redis.storage.near`).  RESP3 push rather than RESP2's redirect
+to ``__redis__:invalidate``: subscribing there needs a channel permission
+that an ACL user confined to its namespace (``&<namespace>*``) lacks.  When the connection drops, the
 subscribers are told to forget everything, and the thread connects again.
 Where there is no single server to listen to (Redis Cluster, fakeredis),
 :func:`watch` says so and nothing is cached that would need it.
@@ -29,7 +31,7 @@ __all__ = ["Subscriber", "Listener", "watch"]
 
 logger = logging.getLogger("fleche_redis.tracking")
 
-CHANNEL = b"__redis__:invalidate"
+INVALIDATE = b"invalidate"
 
 THREAD_NAME = "fleche-redis tracking"
 """What the listeners' threads are called (then the prefix they track)."""
@@ -65,7 +67,7 @@ def watch(slot: ClientSlot, prefix: str, subscriber: Subscriber) -> bool:
     when *subscriber* is garbage collected; the listener ends with its last
     subscriber.
     """
-    if redispy.dedicated_connection(slot.get()) is None:
+    if redispy.tracking_connection(slot.get()) is None:
         return False
     listeners: dict[tuple[int, str], Listener] = runtime.per_process("tracking.listeners", dict)
     with _registry_lock:
@@ -123,7 +125,8 @@ class Listener:
                 delay = RETRY_MIN
                 self._listen(conn)
             except redis.ResponseError as e:
-                # The server refuses tracking (Redis < 6, an ACL without CLIENT):
+                # The server refuses tracking (an ACL without CLIENT, a prefix
+                # the user may not read):
                 # asking again will not help.
                 logger.warning(
                     "Redis refused client tracking for %s (%s); call records are not near-cached",
@@ -143,17 +146,13 @@ class Listener:
         self._stop()
 
     def _connect(self) -> Any:
-        conn = redispy.dedicated_connection(self.slot.get(), name=CLIENT_NAME)
+        conn = redispy.tracking_connection(self.slot.get(), name=CLIENT_NAME)
         if conn is None:  # pragma: no cover - watch() checked the client
             raise redis.ConnectionError("no single server to track")
         redispy.send_command(conn, "CLIENT", "ID")
-        own = int(redispy.read(conn))
-        redispy.send_command(
-            conn, "CLIENT", "TRACKING", "ON", "REDIRECT", own, "BCAST", "PREFIX", self.prefix
-        )
-        redispy.read(conn)
-        redispy.send_command(conn, "SUBSCRIBE", CHANNEL)
-        redispy.read(conn)
+        own = int(redispy.read_push(conn))
+        redispy.send_command(conn, "CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self.prefix)
+        redispy.read_push(conn)
         self.connection_id = own
         with self._lock:
             self._live = True
@@ -174,10 +173,10 @@ class Listener:
                     redispy.send_command(conn, "PING")
                     pinged, silent_since = True, time.monotonic()
                 continue
-            reply = redispy.read(conn)
+            reply = redispy.read_push(conn)
             silent_since, pinged = time.monotonic(), False
-            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                names = reply[2]
+            if isinstance(reply, list) and len(reply) == 2 and reply[0] == INVALIDATE:
+                names = reply[1]
                 self._tell("invalidated", None if names is None else list(names))
 
     def _went_down(self) -> None:

@@ -346,3 +346,19 @@ def test_records_are_not_served_while_the_server_is_gone(fresh_server, namespace
         cache.calls.load(key)
     fresh_server.restart()
     wait_for(lambda: cache.calls.near.live, timeout=10)
+
+
+def test_a_user_confined_to_its_namespace_is_tracked(redis_server, namespace):
+    # The README's ACL: keys and channels of the namespace only, nothing dangerous.
+    user = f"u-{namespace}"[:60]
+    redis_server.client().execute_command(
+        "ACL", "SETUSER", user, "reset", "on", ">s3cret-pw",
+        f"~{namespace}*", f"&{namespace}*", "+@all", "-@dangerous",
+        "-keys", "-flushdb", "-flushall", "-config",
+    )  # fmt: skip
+    url = f"redis://{user}:s3cret-pw@127.0.0.1:{redis_server.port}/0"
+    cache = redis_cache(url, namespace)
+    key = near_record(cache)
+    assert cache.calls.metrics()["near_records"] == "tracked"
+    redis_server.client().delete(cache.calls.layout.data(key))
+    wait_for(lambda: cache.calls.near.get(key) is None)
