@@ -197,8 +197,24 @@ def send_command(conn: Any, *args: Any) -> None:
 
 
 def read_push(conn: Any) -> Any:
-    """The next reply or push message on a :func:`tracking_connection`."""
-    return conn.read_response(push_request=True)
+    """The next reply or push message on a :func:`tracking_connection`.
+
+    Read from its parser: redis-py 5.0's ``Connection.read_response`` drops
+    ``push_request`` when hiredis is installed (so a push message would be
+    swallowed and the read would wait for a reply).  An error reply is
+    raised; a broken connection is closed and raised as ``ConnectionError``.
+    """
+    try:
+        reply = conn._parser.read_response(disable_decoding=False, push_request=True)
+    except OSError as e:  # socket.timeout included
+        conn.disconnect()
+        raise redis.ConnectionError(f"tracking connection lost: {e}") from e
+    except BaseException:
+        conn.disconnect()
+        raise
+    if isinstance(reply, redis.ResponseError):
+        raise reply
+    return reply
 
 
 def wait_readable(conn: Any, timeout: float) -> bool:
