@@ -60,8 +60,7 @@ class NearCache:
         """The bytes kept for *key*, made most recently used; ``None`` if not kept."""
         if not self.capacity:
             return None
-        with self._lock:
-            self._check_fork()
+        with self._locked():
             data = self._entries.get(key)
             if data is None:
                 self.misses += 1
@@ -75,8 +74,7 @@ class NearCache:
         size = len(data)
         if size > self.capacity:
             return
-        with self._lock:
-            self._check_fork()
+        with self._locked():
             if not self._may_keep(key, since):
                 return
             old = self._entries.pop(key, None)
@@ -95,12 +93,12 @@ class NearCache:
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget *keys* (this process changed them, or Redis said another one did)."""
-        with self._lock:
+        with self._locked():
             self._drop(keys)
 
     def clear(self) -> None:
         """Forget everything."""
-        with self._lock:
+        with self._locked():
             self._clear()
 
     def stats(self) -> dict[str, Any]:
@@ -133,12 +131,17 @@ class NearCache:
         self._entries.clear()
         self.size = 0
 
-    def _check_fork(self) -> None:
-        generation = runtime.fork_generation()
-        if generation != self._generation:
-            # The parent's entries may be stale here: nobody tracks them for us.
-            self._generation = generation
-            self._forked()
+    def _locked(self) -> threading.Lock:
+        """The lock, after forgetting what a parent process left (its lock may be held by a thread
+        that does not exist here; its entries are tracked for nobody here)."""
+        if self._generation != runtime.fork_generation():
+            with runtime.per_process("storage.near.fork", threading.Lock):
+                generation = runtime.fork_generation()
+                if self._generation != generation:
+                    self._lock = threading.Lock()
+                    self._forked()
+                    self._generation = generation
+        return self._lock
 
     def _forked(self) -> None:
         self._entries.clear()
@@ -208,8 +211,7 @@ class TrackedNearCache(NearCache):
     def _subscribed(self) -> bool:
         """Whether tracking runs; subscribes on first use in each process."""
         if self._watched != runtime.fork_generation():
-            with self._lock:
-                self._check_fork()
+            with self._locked():
                 if self._watched == self._generation:
                     return self._live
                 self._watched = self._generation
@@ -232,7 +234,7 @@ class TrackedNearCache(NearCache):
 
     def tracking_started(self) -> None:
         """The listener is tracking every change: entries read from now on may be kept."""
-        with self._lock:
+        with self._locked():
             self._seq += 1
             self._floor = self._seq
             self._recent.clear()
@@ -240,7 +242,7 @@ class TrackedNearCache(NearCache):
 
     def tracking_stopped(self) -> None:
         """The listener lost its connection: changes may go unseen, so forget and keep nothing."""
-        with self._lock:
+        with self._locked():
             self._live = False
             self._seq += 1
             self._floor = self._seq
@@ -248,7 +250,7 @@ class TrackedNearCache(NearCache):
 
     def invalidated(self, names: list[bytes] | None) -> None:
         """Redis says the keys *names* changed (``None``: every key, as after ``FLUSHALL``)."""
-        with self._lock:
+        with self._locked():
             self._seq += 1
             if names is None:
                 self._floor = self._seq
@@ -260,7 +262,7 @@ class TrackedNearCache(NearCache):
     def drop(self, keys: Iterable[str]) -> None:
         # This process changes them: also refuse the reads that race the change.
         keys = list(keys)
-        with self._lock:
+        with self._locked():
             self._seq += 1
             self._remember(keys)
 

@@ -106,11 +106,36 @@ def test_a_forked_child_starts_empty():
     near.keep(digest(1), b"parent's")
     ctx = multiprocessing.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child_view, args=(near, send))
-    child.start()
+    # Held while forking, as by a thread of the parent: the child must not wait for it.
+    with near._locked():
+        child = ctx.Process(target=_child_view, args=(near, send))
+        child.start()
+    assert receive.poll(10), "the child is stuck on its parent's lock"
     assert receive.recv() == (None, 0)
     child.join(10)
     assert near.get(digest(1)) == b"parent's"  # the parent's own stays
+
+
+def _child_tracks_its_own(calls: CallRedis, key: str, conn) -> None:
+    try:
+        held = calls.near.get(key)
+        tracked(calls)
+        calls.load(key)
+        conn.send((held, calls.near.get(key) is not None))
+    except BaseException as e:  # surfaced in the parent
+        conn.send(e)
+
+
+def test_a_forked_child_tracks_records_itself(cache):
+    key = near_record(cache)
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_tracks_its_own, args=(cache.calls, key, send))
+    child.start()
+    assert receive.poll(20)
+    reply = receive.recv()
+    child.join(10)
+    assert reply == (None, True)  # empty at first, then kept under its own listener
 
 
 # -- coherence: the race of a read and an invalidation --------------------------------------
