@@ -34,6 +34,7 @@ __all__ = [
     "parse_url",
     "CHECKOUT_NEEDS_COMMAND",
     "tracking_connection",
+    "connect",
     "send_command",
     "read_push",
     "wait_readable",
@@ -167,7 +168,7 @@ def tracking_connection(client: Client, name: str | None = None) -> Any | None:
     set to hand invalidation messages to :func:`read_push` as they are
     (redis-py 5.0 has one push handler; later releases one per kind).
     ``None`` where there is no single server to connect to: Redis Cluster,
-    pipelines, and in-process fakeredis.
+    pipelines, and in-process fakeredis.  Not connected yet (see :func:`connect`).
     """
     pool = pool_of(client)
     if pool is None or not hasattr(pool, "connection_class"):
@@ -187,12 +188,22 @@ def tracking_connection(client: Client, name: str | None = None) -> Any | None:
     return conn
 
 
+def connect(conn: Any) -> None:
+    """Connect *conn* before its first command.
+
+    Explicitly: a ``SentinelManagedConnection`` that its first command
+    connects (redis-py 8) goes to its default address, ``localhost:6379``,
+    not to the primary the sentinels name.
+    """
+    conn.connect()
+
+
 def _as_is(message: Any) -> Any:
     return message
 
 
 def send_command(conn: Any, *args: Any) -> None:
-    """Write one command on *conn*, connecting first if needed."""
+    """Write one command on a connection :func:`connect` connected."""
     conn.send_command(*args)
 
 

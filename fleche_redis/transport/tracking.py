@@ -149,6 +149,7 @@ class Listener:
         conn = redispy.tracking_connection(self.slot.get(), name=CLIENT_NAME)
         if conn is None:  # pragma: no cover - watch() checked the client
             raise redis.ConnectionError("no single server to track")
+        redispy.connect(conn)
         redispy.send_command(conn, "CLIENT", "ID")
         own = int(redispy.read_push(conn))
         redispy.send_command(conn, "CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self.prefix)

@@ -15,8 +15,9 @@ import sys
 import time
 
 import pytest
+from fleche.call import DigestedCall
 
-from fleche_redis import redis_cache
+from fleche_redis import CallRedis, ValueRedis, redis_cache
 
 from . import nearworkers
 
@@ -99,3 +100,43 @@ def test_a_change_elsewhere_reaches_the_near_cache(how, redis_server, namespace)
         watcher.join(10)
         if watcher.is_alive():
             watcher.kill()
+
+
+# -- topologies ---------------------------------------------------------------------------
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_on_cluster_values_are_near_cached_and_records_are_not(redis_cluster, namespace):
+    values = ValueRedis(url=redis_cluster.url, namespace=namespace)
+    calls = CallRedis(url=redis_cluster.url, namespace=namespace)
+    key = values.save([1.0] * 10)
+    values.load(key)
+    assert values.near.get(key) is not None
+    record = calls.save(DigestedCall(name="f", arguments={}, result=key))
+    calls.load(record)
+    calls.load(record)
+    assert calls.metrics()["near_records"] == "untracked"
+    assert calls.near.get(record) is None
+
+
+def test_tracking_follows_a_sentinel_failover(fresh_sentinel, namespace):
+    calls = CallRedis(url=fresh_sentinel.url, namespace=namespace)
+    key = calls.save(DigestedCall(name="f", arguments={}))
+    calls.near.began()
+    wait_for(lambda: calls.near.live)
+    wait_for(lambda: calls.load(key) is not None and calls.near.get(key) is not None)
+    replica = fresh_sentinel.replica.client()
+    wait_for(lambda: replica.exists(calls.layout.data(key)))
+    fresh_sentinel.failover()
+    # The old primary's connection dropped: emptied; then tracking on the new primary.
+    wait_for(lambda: calls.near.get(key) is None, timeout=30)
+    wait_for(lambda: calls.near.live, timeout=30)
+    wait_for(lambda: calls.load(key) is not None and calls.near.get(key) is not None, timeout=30)
+    replica.delete(calls.layout.data(key))  # the replica is the primary now
+    wait_for(lambda: calls.near.get(key) is None)

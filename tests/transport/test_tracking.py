@@ -20,6 +20,7 @@ def test_a_tracking_connection_reads_invalidations_as_push_messages(redis_server
     client = redis.Redis.from_url(redis_server.url)
     conn = redispy.tracking_connection(client, name="probe")
     try:
+        redispy.connect(conn)
         redispy.send_command(conn, "CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "probe:")
         assert redispy.read_push(conn) == b"OK"
         client.set("probe:x", 1)
