@@ -411,15 +411,13 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
             held = {digest: near.get(digest) for digest in frontier}
             wanted = sorted(digest for digest, data in held.items() if data is None)
             found = self.channel.run("get", _pipelined_reads, self, wanted) if wanted else []
-            for digest, data in zip(wanted, found, strict=True):
-                if data is not None:
-                    near.keep(digest, data)
-                    held[digest] = data
+            held.update(zip(wanted, found, strict=True))
             frontier = set()
             for digest, data in held.items():
                 if data is None:
                     continue  # mend() will miss it, as fleche's own load would
                 part = parts[digest] = self.codec.decode(data, key=digest)
+                near.keep(digest, data)  # decoded: the bytes are sound
                 if isinstance(part, Digested):
                     frontier |= {d for d in self._raw_sub_digests(part) if d not in parts}
         return raw.mend(_Parts(parts))

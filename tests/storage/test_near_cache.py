@@ -387,3 +387,14 @@ def test_a_user_confined_to_its_namespace_is_tracked(redis_server, namespace):
     assert cache.calls.metrics()["near_records"] == "tracked"
     redis_server.client().delete(cache.calls.layout.data(key))
     wait_for(lambda: cache.calls.near.get(key) is None)
+
+
+def test_a_destructured_value_is_served_part_by_part(fake_client, namespace):
+    values = ValueRedis(client=fake_client, namespace=namespace)
+    nested = {"a": [1.0, 2.0], "b": {"c": [3.0]}}
+    key = values.save(nested)
+    assert values.load(key) == nested
+    with RoundTrips() as trips:
+        assert values.load(key) == nested
+    assert trips.count == 0
+    assert values.metrics()["near_entries"] >= 2  # the container and its parts
