@@ -125,7 +125,7 @@ class RedisCache(Cache):
         # that the cache's setting is theirs (copies, as storages are frozen).
         for name in ("values", "calls"):
             storage = getattr(self, name)
-            if isinstance(storage, RedisBackend):
+            if isinstance(storage, RedisBackend) and storage.near_cache_bytes != size:
                 object.__setattr__(self, name, storage.with_near_cache_bytes(size))
 
     # -- reading --------------------------------------------------------------

@@ -19,7 +19,7 @@ from fleche.storage.destructuring import DestructuringMixin, Digested
 
 from ..errors import SaveRefused, UnavailableMiss
 from ..metrics import StorageMetrics
-from ..transport import tracking, wire
+from ..transport import wire
 from ..transport.batch import Recorder, active_batch
 from ..transport.channel import Channel
 from ..transport.connection import ClientSlot, check_url, redact_url, shared_slot, url_from_client
@@ -29,10 +29,10 @@ from ..transport.scripts import LuaScript
 from . import check, chunks, config, snapshot
 from . import lua as entry_lua
 from .calls import IndexedCallsMixin
-from .codec import Codec, UndecodableEntry
+from .codec import Codec
 from .index import PrefixIndexMixin
 from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
-from .near import DEFAULT_BYTES, NearCache, TrackedNearCache, check_size
+from .near import DEFAULT_BYTES, NearCache, NearRecordsMixin, check_size, near_cache
 
 __all__ = ["RedisBackend", "ValueRedis", "CallRedis", "DEFAULT_URL"]
 
@@ -73,11 +73,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         ttl: seconds an entry lives after it was written (``None``: until
             evicted).  Index entries of expired data are dropped when a lookup
             meets them and by :func:`fleche_redis.maintenance.repair`.
-        near_cache_bytes: bound of this storage's near cache, the entries
-            this process read lately, kept in memory (0 turns it off).  Values
-            never change, so they are always kept; call records are kept while
-            Redis tracks their changes for this process (not on Redis Cluster
-            or fakeredis).  See ``docs/near-cache.md``.
+        near_cache_bytes: bound of the near cache, the entries this process
+            read lately (0: off); see ``docs/near-cache.md``.
     """
 
     keyspace: ClassVar[str] = "kv"
@@ -157,8 +154,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             slot_key = (url, self.socket_timeout, self.connect_timeout, self.retries)
             slot = shared_slot(url, options, slot_key)
         check_size(self.near_cache_bytes)
-        near = self._near_cache(slot)
-        set_(self, "near", near)
+        set_(self, "near", near := near_cache(self.near_cache_bytes, slot, self.layout))
         breaker = Breaker(self.breaker_threshold, self.breaker_cooldown, self.server)
         # Process-local: rebuilt by __post_init__ wherever the storage is unpickled.
         metrics = StorageMetrics(type(self).__name__, self.server, self.namespace, breaker, near)
@@ -168,24 +164,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             Channel(slot, breaker, metrics, self.on_error, self.server, self.namespace),
         )
 
-    def _near_cache(self, slot: ClientSlot) -> NearCache:
-        """The near cache: entries under a key may change, so only while Redis tracks them."""
-        layout = self.layout
-        prefix = f"{self.namespace}:{{{self.keyspace}."
-
-        def digest_of(name: bytes) -> str | None:
-            digest = name[-64:].decode("ascii", "replace")
-            return digest if name.decode("ascii", "replace") == layout.data(digest) else None
-
-        def watch(near: TrackedNearCache) -> bool:
-            return tracking.watch(slot, prefix, near)
-
-        return TrackedNearCache(self.near_cache_bytes, watch, digest_of)
-
     def with_near_cache_bytes(self, size: int) -> RedisBackend:
-        """This storage with a near cache of *size* bytes (itself if it has that size)."""
-        if size == self.near_cache_bytes:
-            return self
+        """A copy of this storage with a near cache of *size* bytes."""
         kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         return _restore(type(self), {**kwargs, "near_cache_bytes": size}, self._secret_explicit)
 
@@ -235,11 +215,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         return key
 
     def get(self, key: Digest) -> Any:
-        key = check_digest(key)
-        near = self.near
-        counts = self.channel.metrics
-        data = near.get(key)
-        if data is not None:
+        key, near, counts = check_digest(key), self.near, self.channel.metrics
+        if (data := near.get(key)) is not None:
             counts.hits += 1
             return self.codec.decode(data, key=key)
         since = near.began()
@@ -372,8 +349,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         Unlike ``evict`` it bypasses the breaker and the error policy: a
         failure is redis-py's exception, as for the rest of maintenance.
         """
-        keys = list(keys)
-        self.near.drop(keys)
+        self.near.drop(keys := list(keys))
         send(self.redis(), self.eviction_commands(keys), scripts=self._scripts())
 
 
@@ -382,10 +358,6 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
     """Value storage in Redis; containers are destructured as in ``ValuePickleFile``."""
 
     keyspace: ClassVar[str] = "v"
-
-    def _near_cache(self, slot: ClientSlot) -> NearCache:
-        # Content-addressed: the bytes under a digest never change.
-        return NearCache(self.near_cache_bytes)
 
     def _references(self, value: Any) -> bytes:
         # A destructured container's children are recorded beside it, so
@@ -450,38 +422,10 @@ class _Parts:
 
 
 @dataclass(frozen=True)
-class CallRedis(IndexedCallsMixin, CallMixin, RedisBackend):
+class CallRedis(NearRecordsMixin, IndexedCallsMixin, CallMixin, RedisBackend):
     """Call-record storage in Redis, with a query index (see :mod:`fleche_redis.storage.calls`)."""
 
     keyspace: ClassVar[str] = "c"
-
-    def put(self, value: Any, key: Digest) -> Digest:
-        # Dropped before the write: this thread reads its own rerun at once;
-        # other processes learn of it from tracking.
-        self.near.drop((key,))
-        return super().put(value, key)
-
-    def near_lookup(self, key: Digest) -> tuple[DigestedCall | None, int]:
-        """The record the near cache holds for *key* (or ``None``), and the number to :meth:`near_keep` with.
-
-        For :class:`~fleche_redis.RedisCache`, whose lookup reads records
-        past :meth:`get`.
-        """
-        near = self.near
-        since = near.began()
-        data = near.get(key)
-        if data is None:
-            return None, since
-        self.channel.metrics.hits += 1
-        try:
-            return self.codec.decode(data, key=key), since
-        except UndecodableEntry:  # pragma: no cover - kept bytes decoded once already
-            near.drop((key,))
-            return None, since
-
-    def near_keep(self, key: Digest, data: bytes, since: int) -> None:
-        """Keep a record's bytes that a lookup begun at *since* read (and decoded)."""
-        self.near.keep(key, data, since)
 
     def transform(self, func: Any = None, *, progress: Any = None) -> int:
         """fleche's ``transform``, streaming from a snapshot; see :func:`fleche_redis.maintenance.transform`."""

@@ -20,9 +20,26 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .. import runtime
+from fleche.call import DigestedCall
+from fleche.digest import Digest
 
-__all__ = ["NearCache", "TrackedNearCache", "DEFAULT_BYTES", "check_size"]
+from .. import runtime
+from ..errors import UndecodableEntry
+from ..transport import tracking
+from ..transport.connection import ClientSlot
+from .keys import KeyLayout
+
+__all__ = [
+    "NearCache",
+    "TrackedNearCache",
+    "NearRecordsMixin",
+    "near_cache",
+    "DEFAULT_BYTES",
+    "check_size",
+]
+
+VALUES = "v"
+"""The keyspace of values (``ValueRedis.keyspace``), the one whose entries never change."""
 
 DEFAULT_BYTES = 64 * 2**20
 """A storage's default bound (``near_cache_bytes``); 0 turns the near cache off."""
@@ -146,6 +163,10 @@ class NearCache:
     def _forked(self) -> None:
         self._entries.clear()
         self.size = 0
+        self._restart()
+
+    def _restart(self) -> None:
+        """What else a forked child forgets (a hook)."""
 
 
 class TrackedNearCache(NearCache):
@@ -224,8 +245,7 @@ class TrackedNearCache(NearCache):
         last = self._recent.get(key)
         return last is None or last <= since
 
-    def _forked(self) -> None:
-        super()._forked()
+    def _restart(self) -> None:
         self._live = False
         self._recent.clear()
         self._floor = self._seq = self._seq + 1
@@ -275,3 +295,56 @@ class TrackedNearCache(NearCache):
             _, forgotten = recent.popitem(last=False)
             self._floor = max(self._floor, forgotten)
         self._drop(digests)
+
+
+def near_cache(capacity: int, slot: ClientSlot, layout: KeyLayout) -> NearCache:
+    """A storage's near cache: plain for values (content-addressed: the bytes under a
+    digest never change), tracked under the keyspace's prefix for anything else."""
+    if layout.keyspace == VALUES:
+        return NearCache(capacity)
+    prefix = f"{layout.namespace}:{{{layout.keyspace}."
+
+    def digest_of(name: bytes) -> str | None:
+        digest = name[-64:].decode("ascii", "replace")
+        return digest if name.decode("ascii", "replace") == layout.data(digest) else None
+
+    def watch(near: TrackedNearCache) -> bool:
+        return tracking.watch(slot, prefix, near)
+
+    return TrackedNearCache(capacity, watch, digest_of)
+
+
+class NearRecordsMixin:
+    """What a call-record storage adds for its near cache: local drops, and the cache's lookup.
+
+    A record's ``put`` drops the key before the write, so this thread reads
+    its own rerun at once (other processes learn of it from tracking);
+    :meth:`near_lookup` and :meth:`near_keep` serve
+    :class:`~fleche_redis.RedisCache`, whose lookup reads records past ``get``.
+    """
+
+    near: NearCache
+    codec: Any
+    channel: Any
+
+    def put(self, value: Any, key: Digest) -> Digest:
+        self.near.drop((key,))
+        return super().put(value, key)  # type: ignore[misc]
+
+    def near_lookup(self, key: Digest) -> tuple[DigestedCall | None, int]:
+        """The record held for *key* (or ``None``), and the number to :meth:`near_keep` with."""
+        near = self.near
+        since = near.began()
+        data = near.get(key)
+        if data is None:
+            return None, since
+        self.channel.metrics.hits += 1
+        try:
+            return self.codec.decode(data, key=key), since
+        except UndecodableEntry:  # pragma: no cover - kept bytes decoded once already
+            near.drop((key,))
+            return None, since
+
+    def near_keep(self, key: Digest, data: bytes, since: int) -> None:
+        """Keep a record's bytes that a lookup begun at *since* read (and decoded)."""
+        self.near.keep(key, data, since)
