@@ -17,6 +17,8 @@ fresh random order.  Targets (issue #14, item 2):
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import random
 import statistics
 import time
@@ -25,6 +27,7 @@ from typing import Any
 
 import fleche
 import numpy as np
+import redis
 from fleche.caches import Cache
 from fleche.storage import CallMemory, ValueMemory
 
@@ -80,6 +83,7 @@ def run(rounds: int, reps: int) -> str:
     """Every payload, *rounds* times (each round its own namespace); a Markdown table of medians."""
     rows = []
     with RedisServer.start() as server:
+        version = server.client().info("server")["redis_version"]
         for round_ in range(rounds):
             for label, floats in SIZES.items():
                 n = reps if floats < 10_000 else max(5, reps // 10)
@@ -96,8 +100,13 @@ def run(rounds: int, reps: int) -> str:
         "| RedisCache first hit | near / memory | near / first |\n"
         "|---|---|---|---|---|---|---|---|\n"
     )
+    measured = (
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} core(s), loopback Redis "
+        f"{version}, Python {platform.python_version()}, redis-py {redis.__version__}.\n\n"
+    )
     return (
-        head
+        measured
+        + head
         + "\n".join(rows)
         + "\n\nMedians of calls taking turns in random order, in one run.  Targets (issue #14): "
         "near / memory <= 1.5 for 100 floats; near / first <= 0.5 for 1.6 MB.\n"
