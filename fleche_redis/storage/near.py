@@ -15,6 +15,7 @@ bytes; a forked child starts empty.  Why and how: ``docs/near-cache.md``.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -37,6 +38,8 @@ __all__ = [
     "DEFAULT_BYTES",
     "check_size",
 ]
+
+logger = logging.getLogger("fleche_redis.near")
 
 VALUES = "v"
 """The keyspace of values (``ValueRedis.keyspace``), the one whose entries never change."""
@@ -236,7 +239,11 @@ class TrackedNearCache(NearCache):
                 if self._watched == self._generation:
                     return self._live
                 self._watched = self._generation
-            self._available = self._watch(self)
+            try:
+                self._available = self._watch(self)
+            except Exception:  # a read must not fail for want of tracking
+                logger.warning("cannot track call records; they are not near-cached", exc_info=True)
+                self._available = False
         return self._live
 
     def _may_keep(self, key: str, since: int) -> bool:

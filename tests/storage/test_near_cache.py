@@ -10,6 +10,7 @@ import time
 
 import fleche
 import pytest
+from fleche.caches import Cache
 
 from fleche_redis import CallRedis, RedisCache, RedisStorageError, ValueRedis, redis_cache
 from fleche_redis.storage.near import DEFAULT_BYTES, NearCache, TrackedNearCache
@@ -398,3 +399,43 @@ def test_a_destructured_value_is_served_part_by_part(fake_client, namespace):
         assert values.load(key) == nested
     assert trips.count == 0
     assert values.metrics()["near_entries"] >= 2  # the container and its parts
+
+
+def test_a_failure_to_track_is_no_failure_to_read():
+    def broken(near):
+        raise OSError("no listener today")
+
+    near = TrackedNearCache(1000, broken, lambda name: None)
+    assert near.began() == -1 and near.get(digest(1)) is None
+    assert near.state == "untracked"
+
+
+def test_the_plain_cache_repeats_hits_without_requests(redis_server, namespace):
+    # What a fleche.toml section builds: fleche's own Cache over the storages.
+    cache = Cache(
+        ValueRedis(url=redis_server.url, namespace=namespace),
+        CallRedis(url=redis_server.url, namespace=namespace),
+    )
+    tracked(cache.calls)
+    with fleche.cache(cache):
+        triple(4)
+        key = next(iter(cache.calls.list()))
+        wait_for(lambda: triple(4) and cache.calls.near.get(key) is not None)
+        with RoundTrips() as trips:
+            assert triple(4) == [4.0] * 3
+    assert trips.count == 0, trips.commands
+
+
+def test_prometheus_exports_the_near_cache(fake_client, namespace):
+    prometheus = pytest.importorskip("prometheus_client")
+    from fleche_redis.metrics import prometheus_collector
+
+    values = ValueRedis(client=fake_client, namespace=namespace)
+    key = values.save("x")
+    values.load(key)
+    values.load(key)
+    registry = prometheus.CollectorRegistry()
+    registry.register(prometheus_collector("t"))
+    labels = {"storage": "ValueRedis", "server": values.server, "namespace": namespace}
+    assert registry.get_sample_value("t_near_hits_total", labels) == 1
+    assert registry.get_sample_value("t_near_bytes", labels) == values.metrics()["near_bytes"]
