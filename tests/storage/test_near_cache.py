@@ -260,6 +260,8 @@ def test_the_setting_is_configuration(redis_server, namespace):
     assert "near_cache_bytes" not in default.to_config()
     off = CallRedis(url=redis_server.url, namespace=namespace, near_cache_bytes=0)
     assert off.to_config()["near_cache_bytes"] == 0
+    config = {k: v for k, v in off.to_config().items() if k != "type"}
+    assert CallRedis(**config).near_cache_bytes == 0  # as fleche builds it from fleche.toml
     assert pickle.loads(pickle.dumps(off)).near_cache_bytes == 0
     assert off.metrics()["near_records"] == "off"
     with pytest.raises(ValueError, match="near_cache_bytes"):
