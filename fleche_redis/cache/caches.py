@@ -118,15 +118,17 @@ class RedisCache(Cache):
 
     def __post_init__(self) -> None:
         size = self.near_cache_bytes
-        if size is None:
-            return
-        check_size(size)
-        # The storages own their near caches; the simplest coherent rule is
-        # that the cache's setting is theirs (copies, as storages are frozen).
-        for name in ("values", "calls"):
-            storage = getattr(self, name)
-            if isinstance(storage, RedisBackend) and storage.near_cache_bytes != size:
-                object.__setattr__(self, name, storage.with_near_cache_bytes(size))
+        if size is not None:
+            check_size(size)
+            # The storages own their near caches; the simplest coherent rule is
+            # that the cache's setting is theirs (copies, as storages are frozen).
+            for name in ("values", "calls"):
+                storage = getattr(self, name)
+                if isinstance(storage, RedisBackend) and storage.near_cache_bytes != size:
+                    object.__setattr__(self, name, storage.with_near_cache_bytes(size))
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # a mixin's, in a subclass: it sees the final storages
+            parent()
 
     # -- reading --------------------------------------------------------------
 
