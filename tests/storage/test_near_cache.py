@@ -7,13 +7,19 @@ import pickle
 import random
 import threading
 import time
+import tracemalloc
 
 import fleche
 import pytest
 from fleche.caches import Cache
 
 from fleche_redis import CallRedis, RedisCache, RedisStorageError, ValueRedis, redis_cache
-from fleche_redis.storage.near import DEFAULT_BYTES, NearCache, TrackedNearCache
+from fleche_redis.storage.near import (
+    DEFAULT_BYTES,
+    ENTRY_OVERHEAD,
+    NearCache,
+    TrackedNearCache,
+)
 from fleche_redis.testing.roundtrips import RoundTrips
 from fleche_redis.transport import tracking
 
@@ -46,17 +52,36 @@ def tracked(storage: CallRedis) -> CallRedis:
 
 
 def test_lru_by_bytes_and_exact_accounting():
-    near = NearCache(100)
+    entry = ENTRY_OVERHEAD + 40
+    near = NearCache(2 * entry + 20)
     near.keep(digest(1), b"a" * 40)
     near.keep(digest(2), b"b" * 40)
     assert near.get(digest(1)) == b"a" * 40  # 1 is now the most recently used
-    near.keep(digest(3), b"c" * 40)  # 120 > 100: the least recently used goes
-    assert near.get(digest(2)) is None and near.size == 80 and len(near) == 2
+    near.keep(digest(3), b"c" * 40)  # over the bound: the least recently used goes
+    assert near.get(digest(2)) is None and near.size == 2 * entry and len(near) == 2
     near.keep(digest(3), b"d" * 10)  # replacing an entry counts its new size only
-    assert near.size == 50
-    near.keep(digest(4), b"e" * 101)  # larger than the whole bound: never kept
-    assert near.get(digest(4)) is None and near.size == 50
+    assert near.size == entry + ENTRY_OVERHEAD + 10
+    near.keep(digest(4), bytes(near.capacity))  # larger than the whole bound: never kept
+    assert near.get(digest(4)) is None and near.size == entry + ENTRY_OVERHEAD + 10
     assert near.stats()["near_evictions"] == 1
+
+
+@pytest.mark.parametrize("largest", [50, 400, 5000])
+def test_the_bound_holds_for_the_memory_the_process_uses(largest):
+    bound = 2 * 2**20
+    near = NearCache(bound)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        rng = random.Random(3)
+        for i in range(40_000):  # small entries are where per-entry costs weigh most
+            near.keep(digest(i), rng.randbytes(rng.randrange(1, largest)))
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert near.size <= bound and near.stats()["near_evictions"] > 0
+    # Within 5%: the allocator's rounding and the table's growth are not per entry.
+    assert used <= bound * 1.05, f"{used:,} bytes held for a bound of {bound:,}"
 
 
 def test_memory_stays_within_the_bound_under_random_use():
@@ -87,7 +112,7 @@ def test_memory_stays_within_the_bound_under_random_use():
         t.join()
     assert not errors
     held = list(near._entries.values())
-    assert near.size == sum(map(len, held)) <= bound
+    assert near.size == sum(len(d) + ENTRY_OVERHEAD for d in held) <= bound
 
 
 def test_zero_turns_it_off():
@@ -241,7 +266,8 @@ def test_values_are_served_locally_and_decoded_afresh(fake_client, namespace):
     second.append(4)
     assert values.load(key) == [1, 2, 3]  # callers never share a mutable object
     snap = values.metrics()
-    assert snap["near_hits"] == 2 and snap["near_bytes"] == len(values.codec.encode([1, 2, 3]))
+    held = len(values.codec.encode([1, 2, 3])) + ENTRY_OVERHEAD
+    assert snap["near_hits"] == 2 and snap["near_bytes"] == held
 
 
 def test_a_storage_holds_no_more_than_its_bound(fake_client, namespace):
