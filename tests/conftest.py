@@ -42,9 +42,7 @@ SERVER_FIXTURES = frozenset(
 )
 """Fixtures that start (or are) a real server; so is any fixture named ``*_server``."""
 
-SERVER_PARAMS = frozenset(
-    {"redis-server", "cluster", "sentinel", "redis_server", "redis_cluster", "fresh_server"}
-)
+SERVER_PARAMS = frozenset({"redis-server", "cluster", "sentinel", "redis_server", "redis_cluster", "fresh_server"})
 """Parameter values with which a fixture asks for a real server at run time."""
 
 

@@ -84,9 +84,7 @@ def test_waiters_get_results_that_are_not_pushed_whole(
 
 
 @pytest.mark.parametrize("behaviour", ["raise", "none"])
-def test_a_failed_computation_lets_every_waiter_compute(
-    redis_server, namespace, counter, behaviour
-):
+def test_a_failed_computation_lets_every_waiter_compute(redis_server, namespace, counter, behaviour):
     # Nothing was stored for the waiters to wait for: they compute at once, side by side.
     cache = redis_cache(url=redis_server.url, namespace=namespace)
     out, _ = race(cache, (4, behaviour, 0.3))

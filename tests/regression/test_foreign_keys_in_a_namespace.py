@@ -73,9 +73,7 @@ def test_a_foreign_key_is_contained_named_and_repaired(
     # Every other shard keeps working, and so do listing and counting.
     values.save("more", key=digest(OTHER, "6"))
     calls.put(record(1), digest(OTHER, "6"))
-    assert values.load(digest(OTHER)) == "kept" and calls.load(digest(OTHER)).arguments == {
-        "i": fleche_digest(0)
-    }
+    assert values.load(digest(OTHER)) == "kept" and calls.load(digest(OTHER)).arguments == {"i": fleche_digest(0)}
     assert digest(OTHER) in set(values.list()) and calls.count() >= 2
 
     # A write that meets the key stores nothing: neither data nor index.
