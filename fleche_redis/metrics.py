@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "StorageMetrics",
     "COUNTERS",
+    "NEAR_COUNTERS",
     "add_exporter",
     "remove_exporter",
     "export",
@@ -45,6 +46,15 @@ COUNTERS: tuple[str, ...] = (
 )
 """Every counter of a snapshot, in order; each only ever grows."""
 
+NEAR_COUNTERS: tuple[str, ...] = (
+    "near_hits",
+    "near_misses",
+    "near_evictions",
+    "near_invalidations",
+)
+"""The near cache's counters, in a snapshot beside ``near_bytes``, ``near_entries`` and
+``near_records`` (``tracked``, ``waiting``, ``untracked``, ``off`` or ``values``)."""
+
 _HELP = {
     "requests": "Requests sent to Redis (one per command, pipeline or script)",
     "errors": "Requests that failed in Redis (connection, timeout, refusal)",
@@ -59,6 +69,10 @@ _HELP = {
     "lock_waits": "Acquisitions that had to wait for another holder",
     "lock_wait_seconds": "Seconds spent acquiring the locks that had to wait",
     "lock_failures": "Locks that could not be acquired (timeout, no quorum)",
+    "near_hits": "Reads served by the near cache, without a request",
+    "near_misses": "Reads the near cache could not serve",
+    "near_evictions": "Near-cache entries dropped to stay within near_cache_bytes",
+    "near_invalidations": "Near-cache entries dropped because they changed (or tracking stopped)",
 }
 
 interval: float = 10.0
@@ -82,15 +96,19 @@ class StorageMetrics:
         *COUNTERS,
         "next_check",
         "_breaker",
+        "_near",
         "_last_report",
         "__weakref__",
     )
 
-    def __init__(self, storage: str, server: str, namespace: str, breaker: Any = None) -> None:
+    def __init__(
+        self, storage: str, server: str, namespace: str, breaker: Any = None, near: Any = None
+    ) -> None:
         self.storage = storage
         self.server = server
         self.namespace = namespace
         self._breaker = breaker
+        self._near = near
         self.requests = self.errors = self.short_circuited = self.retries = 0
         self.hits = self.misses = self.saves = self.bytes_in = self.bytes_out = 0
         self.lock_acquires = self.lock_waits = self.lock_failures = 0
@@ -119,6 +137,9 @@ class StorageMetrics:
             snap["breaker_state"] = breaker.state
             snap["breaker_failures"] = breaker.failures
             snap["breaker_opened"] = breaker.opened
+        near = self._near
+        if near is not None:
+            snap.update(near.stats())
         return snap
 
     def lock_acquired(self, seconds: float, waited: bool) -> None:
@@ -198,6 +219,19 @@ class _PrometheusCollector:
             for s in snaps:
                 family.add_metric([s[k] for k in _LABELS], s[name])
             yield family
+        for name in NEAR_COUNTERS:
+            family = CounterMetricFamily(f"{self.prefix}_{name}", _HELP[name], labels=_LABELS)
+            for s in snaps:
+                if name in s:
+                    family.add_metric([s[k] for k in _LABELS], s[name])
+            yield family
+        held = GaugeMetricFamily(
+            f"{self.prefix}_near_bytes", "Bytes the near cache holds now", labels=_LABELS
+        )
+        for s in snaps:
+            if "near_bytes" in s:
+                held.add_metric([s[k] for k in _LABELS], s["near_bytes"])
+        yield held
         state = GaugeMetricFamily(
             f"{self.prefix}_breaker_open",
             "Circuit breaker state: 0 closed, 1 open, 0.5 half-open",

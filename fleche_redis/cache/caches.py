@@ -19,8 +19,9 @@ from fleche.storage import SaveError
 
 from .. import runtime
 from ..admin import maintenance
-from ..storage.backend import CallRedis, ValueRedis
+from ..storage.backend import CallRedis, RedisBackend, ValueRedis
 from ..storage.codec import UndecodableEntry
+from ..storage.near import DEFAULT_BYTES, check_size
 from ..transport import wire
 from ..transport.batch import Step, write_batch
 from ..transport.health import Bursts, kind_of
@@ -100,6 +101,11 @@ class RedisCache(Cache):
             the storages' ``errors``, releases the waiters, and is raised by
             the thread's next :meth:`flush`.  Only a commit that is one
             request to one server (not Redis Cluster) is posted.
+        near_cache_bytes: the bound of each Redis storage's near cache
+            (records read lately, and values): the cache uses copies of its
+            storages with this bound.  ``None`` (the default) keeps the
+            storages' own setting; ``0`` turns the near cache off.  See
+            ``docs/near-cache.md``.
     """
 
     single_flight: bool = field(default=True, kw_only=True)
@@ -107,6 +113,21 @@ class RedisCache(Cache):
     claim_ttl: float = field(default=2.0, kw_only=True)
     wait_timeout: float = field(default=600.0, kw_only=True)
     write_behind: bool = field(default=False, kw_only=True)
+    near_cache_bytes: int | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        size = self.near_cache_bytes
+        if size is not None:
+            check_size(size)
+            # The storages own their near caches; the simplest coherent rule is
+            # that the cache's setting is theirs (copies, as storages are frozen).
+            for name in ("values", "calls"):
+                storage = getattr(self, name)
+                if isinstance(storage, RedisBackend) and storage.near_cache_bytes != size:
+                    object.__setattr__(self, name, storage.with_near_cache_bytes(size))
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # a mixin's, in a subclass: it sees the final storages
+            parent()
 
     # -- reading --------------------------------------------------------------
 
@@ -127,6 +148,9 @@ class RedisCache(Cache):
         Without the result (``None``), ``load`` leaves it to ``load_value``:
         the value storage reads it by digest, and only if it is read.
         """
+        near, since = calls.near_lookup(key)  # a record this process read lately
+        if near is not None:
+            return near, None  # its result: by digest, from the values' near cache first
         layout = calls.layout
         keys = (layout.data(key), layout.key(key, "lease"), layout.key(key, "waiters"))
         token = singleflight.new_token()
@@ -141,6 +165,7 @@ class RedisCache(Cache):
                 counts.hits += 1
                 counts.bytes_in += len(payload)
                 record = calls.codec.decode(payload, key=key)
+                calls.near_keep(key, payload, since)
                 return record, results.pushed(self, record, *result)
             if status == singleflight.CLAIMED:
                 counts.misses += 1
@@ -358,15 +383,18 @@ def redis_cache(
     claim_ttl: float = 2.0,
     wait_timeout: float = 600.0,
     write_behind: bool = False,
+    near_cache_bytes: int = DEFAULT_BYTES,
     **storage_options: Any,
 ) -> RedisCache:
     """A ready :class:`RedisCache` over a ``ValueRedis`` and a ``CallRedis`` in *namespace*.
 
     *storage_options* go to both storages (``secret_key``, ``compress``,
     ``ttl``, ``on_error``, ...); *url* defaults to the storages' default.
+    *near_cache_bytes* bounds each storage's near cache (0: off).
     """
     if url is not None:
         storage_options["url"] = url
+    storage_options["near_cache_bytes"] = near_cache_bytes
     return RedisCache(
         ValueRedis(namespace=namespace, **storage_options),
         CallRedis(namespace=namespace, **storage_options),
@@ -375,4 +403,5 @@ def redis_cache(
         claim_ttl=claim_ttl,
         wait_timeout=wait_timeout,
         write_behind=write_behind,
+        near_cache_bytes=near_cache_bytes,
     )

@@ -32,6 +32,7 @@ from .calls import IndexedCallsMixin
 from .codec import Codec, Encoded
 from .index import PrefixIndexMixin
 from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
+from .near import DEFAULT_BYTES, NearCache, NearRecordsMixin, check_size, near_cache
 
 __all__ = ["RedisBackend", "ValueRedis", "CallRedis", "DEFAULT_URL"]
 
@@ -76,6 +77,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             or Sentinel is ridden through by retrying with backoff, so
             callers see no exception; past it, *on_error* applies (see
             ``docs/transport.md``).  ``0`` turns retrying off.
+        near_cache_bytes: bound of the near cache, the entries this process
+            read lately (0: off); see ``docs/near-cache.md``.
     """
 
     keyspace: ClassVar[str] = "kv"
@@ -107,6 +110,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     breaker_cooldown: float = 5.0
     failover_wait: float = 5.0
     chunk_size: int = 32 * 2**20
+    near_cache_bytes: int = DEFAULT_BYTES
 
     server: str = field(init=False, compare=False)
     """The URL with its password redacted: safe for repr, logs and errors."""
@@ -116,6 +120,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     """Bytes in Redis <-> Python objects: serializer, signature, compression."""
     channel: Channel = field(init=False, repr=False, compare=False)
     """This process's way to Redis: client, breaker, counters, error policy."""
+    near: NearCache = field(init=False, repr=False, compare=False)
+    """This process's near cache of entries read lately (see :mod:`.near`)."""
     _secret_explicit: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -154,9 +160,11 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         else:
             slot_key = (url, self.socket_timeout, self.connect_timeout, self.retries)
             slot = shared_slot(url, options, slot_key)
+        check_size(self.near_cache_bytes)
+        set_(self, "near", near := near_cache(self.near_cache_bytes, slot, self.layout))
         breaker = Breaker(self.breaker_threshold, self.breaker_cooldown, self.server)
         # Process-local: rebuilt by __post_init__ wherever the storage is unpickled.
-        metrics = StorageMetrics(type(self).__name__, self.server, self.namespace, breaker)
+        metrics = StorageMetrics(type(self).__name__, self.server, self.namespace, breaker, near)
         set_(
             self,
             "channel",
@@ -170,6 +178,11 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
                 failover_wait=self.failover_wait,
             ),
         )
+
+    def with_near_cache_bytes(self, size: int) -> RedisBackend:
+        """A copy of this storage with a near cache of *size* bytes."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return _restore(type(self), {**kwargs, "near_cache_bytes": size}, self._secret_explicit)
 
     def _client_options(self) -> dict[str, Any]:
         return config.client_options(self.socket_timeout, self.connect_timeout, self.retries)
@@ -217,24 +230,34 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         return key
 
     def get(self, key: Digest) -> Any:
-        key = check_digest(key)
+        key, near = check_digest(key), self.near
+        if (data := near.get(key)) is not None:
+            self.channel.metrics.hits += 1
+            return self.codec.decode(data, key=key)
+        since = near.began()
         data = self.channel.run("get", self._read, key)
         if data is None:
             self.channel.metrics.misses += 1
             raise KeyError(key)
-        return self.received(key, data)
+        return self.received(key, data, since)
 
-    def received(self, key: Digest, data: bytes) -> Any:
+    def received(self, key: Digest, data: bytes | bytearray, since: int = 0) -> Any:
         """The entry *data* read at *key*, by ``get`` or by a script on this storage's behalf.
 
-        Counted and decoded (signature first: a refusal is
-        :class:`~fleche_redis.errors.UndecodableEntry`, a miss) the one way,
-        wherever the bytes came from (``RedisCache``'s lookup reads results).
+        Counted, decoded (signature first: a refusal is
+        :class:`~fleche_redis.errors.UndecodableEntry`, a miss) and kept near
+        the one way, wherever the bytes came from (``RedisCache``'s lookup
+        reads results); *since* is when the read began (see ``near.began``).
         """
         counts = self.channel.metrics
         counts.hits += 1
         counts.bytes_in += len(data)
-        return self.codec.decode(data, key=key)
+        entry = self.codec.decode(data, key=key)
+        # Decoded: the bytes are sound.  A big reply arrives as a bytearray
+        # whose memory now backs the entry's arrays, so the near cache keeps
+        # bytes of its own: the caller may change what it was given.
+        self.near.keep(key, bytes(data) if isinstance(data, bytearray) else data, since)
+        return entry
 
     def metrics(self) -> dict[str, Any]:
         """This storage's counters in this process; see :mod:`fleche_redis.metrics`."""
@@ -318,6 +341,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
 
     def _evict(self, key: Digest) -> None:
         key = check_digest(key)
+        self.near.drop((key,))  # this thread reads its own evict at once
         try:
             self.channel.run("evict", self._delete, key)
         except UnavailableMiss:
@@ -354,6 +378,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         Unlike ``evict`` it bypasses the breaker and the error policy: a
         failure is redis-py's exception, as for the rest of maintenance.
         """
+        self.near.drop(keys := list(keys))
         send(self.redis(), self.eviction_commands(keys), scripts=self._scripts())
 
 
@@ -382,14 +407,18 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
             return raw
         parts: dict[str, Any] = {}
         frontier = self._raw_sub_digests(raw)
+        near = self.near
         while frontier:
-            wanted = sorted(frontier)
-            found = self.channel.run("get", _pipelined_reads, self, wanted)
+            held = {digest: near.get(digest) for digest in frontier}
+            wanted = sorted(digest for digest, data in held.items() if data is None)
+            found = self.channel.run("get", _pipelined_reads, self, wanted) if wanted else []
+            held.update(zip(wanted, found, strict=True))
             frontier = set()
-            for digest, data in zip(wanted, found, strict=True):
+            for digest, data in held.items():
                 if data is None:
                     continue  # mend() will miss it, as fleche's own load would
                 part = parts[digest] = self.codec.decode(data, key=digest)
+                near.keep(digest, data)  # decoded: the bytes are sound
                 if isinstance(part, Digested):
                     frontier |= {d for d in self._raw_sub_digests(part) if d not in parts}
         return raw.mend(_Parts(parts))
@@ -424,7 +453,7 @@ class _Parts:
 
 
 @dataclass(frozen=True)
-class CallRedis(IndexedCallsMixin, CallMixin, RedisBackend):
+class CallRedis(NearRecordsMixin, IndexedCallsMixin, CallMixin, RedisBackend):
     """Call-record storage in Redis, with a query index (see :mod:`fleche_redis.storage.calls`)."""
 
     keyspace: ClassVar[str] = "c"

@@ -28,6 +28,7 @@ TUNING = (
     "breaker_threshold",
     "breaker_cooldown",
     "failover_wait",
+    "near_cache_bytes",
 )
 """Fields written by ``to_config`` only when they differ from their default."""
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from redis.connection import AbstractConnection
 
+from ..transport import tracking
+
 __all__ = ["RoundTrips"]
 
 
@@ -19,7 +21,9 @@ class RoundTrips:
     """Counts requests sent by every redis-py connection in this process while active.
 
     ``commands`` keeps the first word of each request (``b"EVALSHA"``; a
-    pipeline shows its first command) to make failures readable.
+    pipeline shows its first command) to make failures readable.  The near
+    cache's invalidation listener is left out: its connection is the
+    process's, in a thread of its own, not a request of any operation.
     """
 
     count: int = 0
@@ -32,6 +36,8 @@ class RoundTrips:
         counter, lock = self, self._lock
 
         def counting(conn, command, check_health=True):
+            if threading.current_thread().name.startswith(tracking.THREAD_NAME):
+                return original(conn, command, check_health)
             first = command[0] if isinstance(command, (list, tuple)) else command
             word = (
                 bytes(first).split(b"\r\n")[2]

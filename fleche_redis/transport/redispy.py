@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import redis
 from redis._parsers import _HiredisParser
+from redis._parsers.resp3 import _RESP3Parser
 from redis.client import Pipeline
 from redis.connection import parse_url as _parse_url
 
@@ -37,6 +38,11 @@ __all__ = [
     "connection_kwargs",
     "parse_url",
     "CHECKOUT_NEEDS_COMMAND",
+    "tracking_connection",
+    "connect",
+    "send_command",
+    "read_push",
+    "wait_readable",
 ]
 
 
@@ -220,3 +226,78 @@ def parse_url(url: str) -> dict[str, Any]:
     """Client options from a ``redis://`` URL, as redis-py's ``from_url`` reads them."""
     options: dict[str, Any] = _parse_url(url)
     return options
+
+
+def tracking_connection(client: Client, name: str | None = None) -> Any | None:
+    """A new connection to *client*'s server, outside its pool, that reads RESP3 push messages.
+
+    For the tracking listener: made by the pool's own connection class and
+    options (TLS, unix socket, credentials, a Sentinel's current primary),
+    never handed out by the pool; *name* is its ``CLIENT SETNAME``.  It
+    speaks RESP3 with redis-py's pure-Python parser, whose push handler is
+    set to hand invalidation messages to :func:`read_push` as they are
+    (redis-py 5.0 has one push handler; later releases one per kind).
+    ``None`` where there is no single server to connect to: Redis Cluster,
+    pipelines, and in-process fakeredis.  Not connected yet (see :func:`connect`).
+    """
+    pool = pool_of(client)
+    if pool is None or not hasattr(pool, "connection_class"):
+        return None
+    kwargs = connection_kwargs(pool)
+    if "server" in kwargs:  # fakeredis: an in-process server, no sockets
+        return None
+    options = {**kwargs, "protocol": 3, "parser_class": _RESP3Parser}
+    if name is not None:
+        options["client_name"] = name
+    conn = pool.connection_class(**options)
+    parser = conn._parser
+    if hasattr(parser, "set_invalidation_push_handler"):  # redis-py >= 5.1
+        parser.set_invalidation_push_handler(_as_is)
+    else:
+        parser.set_push_handler(_as_is)
+    return conn
+
+
+def connect(conn: Any) -> None:
+    """Connect *conn* before its first command.
+
+    Explicitly: a ``SentinelManagedConnection`` that its first command
+    connects (redis-py 8) goes to its default address, ``localhost:6379``,
+    not to the primary the sentinels name.
+    """
+    conn.connect()
+
+
+def _as_is(message: Any) -> Any:
+    return message
+
+
+def send_command(conn: Any, *args: Any) -> None:
+    """Write one command on a connection :func:`connect` connected."""
+    conn.send_command(*args)
+
+
+def read_push(conn: Any) -> Any:
+    """The next reply or push message on a :func:`tracking_connection`.
+
+    Read from its parser: redis-py 5.0's ``Connection.read_response`` drops
+    ``push_request`` when hiredis is installed (so a push message would be
+    swallowed and the read would wait for a reply).  An error reply is
+    raised; a broken connection is closed and raised as ``ConnectionError``.
+    """
+    try:
+        reply = conn._parser.read_response(disable_decoding=False, push_request=True)
+    except OSError as e:  # socket.timeout included
+        conn.disconnect()
+        raise redis.ConnectionError(f"tracking connection lost: {e}") from e
+    except BaseException:
+        conn.disconnect()
+        raise
+    if isinstance(reply, redis.ResponseError):
+        raise reply
+    return reply
+
+
+def wait_readable(conn: Any, timeout: float) -> bool:
+    """Whether a reply arrives on *conn* within *timeout* seconds."""
+    return bool(conn.can_read(timeout=timeout))
