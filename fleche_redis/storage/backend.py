@@ -253,10 +253,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         counts.hits += 1
         counts.bytes_in += len(data)
         entry = self.codec.decode(data, key=key)
-        # Decoded: the bytes are sound.  A big reply arrives as a bytearray
-        # whose memory now backs the entry's arrays, so the near cache keeps
-        # bytes of its own: the caller may change what it was given.
-        self.near.keep(key, bytes(data) if isinstance(data, bytearray) else data, since)
+        self.near.keep(key, data, since)  # decoded: the bytes are sound
         return entry
 
     def metrics(self) -> dict[str, Any]:

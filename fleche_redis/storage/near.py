@@ -94,11 +94,18 @@ class NearCache:
             self.hits += 1
             return data
 
-    def keep(self, key: str, data: bytes, since: int = 0) -> None:
-        """Keep *data* read for *key* (by a read that :meth:`began` at *since*)."""
+    def keep(self, key: str, data: bytes | bytearray, since: int = 0) -> None:
+        """Keep *data* read for *key* (by a read that :meth:`began` at *since*).
+
+        A big reply arrives as a ``bytearray`` whose memory backs the arrays
+        decoded from it (the codec decodes views), which the caller may
+        change: the near cache keeps ``bytes`` of its own.
+        """
         size = len(data) + ENTRY_OVERHEAD
         if size > self.capacity:
             return
+        if isinstance(data, bytearray):
+            data = bytes(data)
         with self._locked():
             if not self._may_keep(key, since):
                 return

@@ -173,7 +173,17 @@ def test_destructured_results_are_mended_by_the_value_storage(redis_server, name
     computed_elsewhere(cache, nested, 4)
     value, trips = counted_hit(cache, nested, 4)
     assert value == {"x": 4, "parts": [4, [4, 5]]}
-    # the container again, then one request per level of nesting
+    # the container came along and is kept near: one request per level of nesting
+    assert trips.commands == [b"EVALSHA", b"GET", b"GET"]
+
+
+def test_destructured_results_without_a_near_cache_read_the_container_again(
+    redis_server, namespace
+):
+    cache = redis_cache(url=redis_server.url, namespace=namespace, near_cache_bytes=0)
+    computed_elsewhere(cache, nested, 5)
+    value, trips = counted_hit(cache, nested, 5)
+    assert value == {"x": 5, "parts": [5, [5, 6]]}
     assert trips.commands == [b"EVALSHA", b"GET", b"GET", b"GET"]
 
 
