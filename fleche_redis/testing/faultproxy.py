@@ -117,7 +117,7 @@ class FaultProxy:
         self._change(bandwidth=bytes_per_second)
 
     def blackhole(self) -> None:
-        """Accept, and never answer: every byte either way is swallowed, nothing is closed."""
+        """Accept, and never answer: every byte either way is swallowed (those in flight too), nothing is closed."""
         self._change(mode="blackhole")
 
     def half_open(self) -> None:
@@ -242,6 +242,10 @@ class FaultProxy:
                 self._selector.unregister(link.server)
                 link.server.close()  # the server forgets; the client is not told
                 link.server, link.flows, link.tainted = None, [], True
+            elif mode == "blackhole" and any(flow.queue for flow in link.flows):
+                for flow in link.flows:
+                    flow.queue.clear()  # bytes in flight (held by latency) are lost too
+                link.tainted = True
             elif mode == "forward" and link.tainted:
                 self._drop(link, reset=True)
 

@@ -127,6 +127,17 @@ def test_blackhole_accepts_and_never_answers(proxy, echo):
         assert exchange(after, b"back") == b"back"
 
 
+def test_blackhole_swallows_bytes_in_flight(proxy):
+    with connect(proxy, timeout=0.3) as sock:
+        exchange(sock, b"ok")
+        proxy.set_latency(0.1)
+        sock.sendall(b"in flight")
+        time.sleep(0.02)  # past the proxy, not yet delivered
+        proxy.blackhole()
+        with pytest.raises(socket.timeout):
+            sock.recv(10)
+
+
 def test_half_open_drops_the_server_side_silently(proxy, echo):
     with connect(proxy, timeout=0.2) as sock:
         exchange(sock, b"ok")
