@@ -179,7 +179,8 @@ def _through_a_fault(workers, server, cache: RedisCache, on_error: str, fault, h
     finally:
         heal()
 
-    time.sleep(COOLDOWN)  # the circuit half-opens; the next call probes and closes it
+    time.sleep(COOLDOWN)  # the circuit half-opens: one call probes and closes it
+    assert call_square(cache, 9) == expected(9)
     after = workload(workers, cache, range(10, 16))
     assert all(error is None and result == expected(x) for _, x, result, error in after), after
     assert breaker.state == "closed" and cache.values.channel.breaker.state == "closed"
