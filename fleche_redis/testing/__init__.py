@@ -1,4 +1,4 @@
-"""Helpers for testing code that uses fleche-redis: servers, round trips, conformance, fixtures.
+"""Helpers for testing code that uses fleche-redis: servers, round trips, conformance, fixtures, network faults.
 
 The testing package may import the library, never the other way round:
 nothing imports it except the CLI's demo (through ``embedded``).  See

@@ -174,6 +174,8 @@ class Breaker:
     open_until: float = 0.0
     opened: int = 0
     """How many times the breaker opened (an observable for metrics and tests)."""
+    probing_until: float = 0.0
+    """While half-open: one operation probes, and the others fail at once until then."""
     bursts: Bursts = field(default=None, repr=False)  # type: ignore[assignment]
     """Shared by every breaker of one server in this process: a cache's storages warn once."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -189,16 +191,32 @@ class Breaker:
         return "open" if runtime.clock() < self.open_until else "half-open"
 
     def blocked(self, operation: str) -> StorageUnavailable | None:
-        """The error to fail *operation* with while open; ``None`` lets it through."""
+        """The error to fail *operation* with while open; ``None`` lets it through.
+
+        Half-open, the first operation through is the probe; the others fail at
+        once until it succeeds or fails (or a cool-down passes without either).
+        """
         until = self.open_until
-        if until and runtime.clock() < until:
+        if not until:
+            return None
+        now = runtime.clock()
+        if now < until:
             return StorageUnavailable(
                 f"Redis {operation} on {self.name} skipped: circuit open for "
-                f"{until - runtime.clock():.1f} s more after {self.failures} connection failures",
+                f"{until - now:.1f} s more after {self.failures} connection failures",
                 operation=operation,
                 server=self.name,
             )
-        return None
+        with self._lock:
+            if now >= self.probing_until:
+                self.probing_until = now + self.cooldown
+                return None
+        return StorageUnavailable(
+            f"Redis {operation} on {self.name} skipped: circuit half-open, "
+            f"another operation is probing after {self.failures} connection failures",
+            operation=operation,
+            server=self.name,
+        )
 
     def failed(self, fault: Exception, *, lasting: bool = False) -> None:
         """Count a failure; connection failures can open the breaker.  Logged once per burst.
@@ -209,6 +227,7 @@ class Breaker:
         """
         opening = False
         with self._lock:
+            self.probing_until = 0.0  # a probe has its answer
             if isinstance(fault, StorageUnavailable):
                 self.failures = max(self.failures + 1, self.threshold if lasting else 0)
                 if self.failures >= self.threshold:
@@ -231,3 +250,4 @@ class Breaker:
                 self.bursts.end(*CONNECTION_KINDS, "circuit")  # the outage is over
             self.failures = 0
             self.open_until = 0.0
+            self.probing_until = 0.0

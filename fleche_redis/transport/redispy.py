@@ -16,14 +16,17 @@ from typing import Any, Protocol
 import redis
 from redis._parsers import _HiredisParser
 from redis._parsers.resp3 import _RESP3Parser
+from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.connection import parse_url as _parse_url
+from redis.retry import Retry
 
 from .gather import Gather
 
 __all__ = [
     "Client",
     "checkout",
+    "connect_once",
     "release",
     "socket_of",
     "write",
@@ -84,6 +87,25 @@ def checkout(pool: Any) -> Any:
     if CHECKOUT_NEEDS_COMMAND:
         return pool.get_connection("_")
     return pool.get_connection()
+
+
+_ONE_ATTEMPT = Retry(NoBackoff(), 0)
+
+
+def connect_once(conn: Any) -> None:
+    """Connect *conn* (and its handshake) with one attempt, whatever its retry policy.
+
+    ``Connection.connect()`` retries by the connection's policy (``conn.retry``;
+    redis-py 6+ the handshake too), and :func:`.wire.request` retries the
+    whole request by the same policy: nested, a server that accepts and never
+    answers cost ``(retries + 1)²`` timeouts per request.
+    """
+    retry = conn.retry
+    conn.retry = _ONE_ATTEMPT
+    try:
+        conn.connect()
+    finally:
+        conn.retry = retry
 
 
 def release(pool: Any, conn: Any) -> None:

@@ -344,8 +344,9 @@ def _drop_if_stale(kept: _Kept) -> None:
     sock = redispy.socket_of(conn)
     if sock is None:
         # Connect through connect(), which a Sentinel connection overrides to
-        # ask where the primary is now (sending would reconnect to the old one).
-        conn.connect()
+        # ask where the primary is now (sending would reconnect to the old one);
+        # once, since request() retries the whole request.
+        redispy.connect_once(conn)
         return
     if kept.polled is not sock:
         kept.polled, kept.poller = sock, False
@@ -368,7 +369,7 @@ def _drop_if_stale(kept: _Kept) -> None:
             stale = True
     if stale:
         conn.disconnect()
-        conn.connect()
+        redispy.connect_once(conn)
 
 
 def _dropped(error: Exception) -> None:

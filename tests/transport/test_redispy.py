@@ -218,3 +218,33 @@ def test_a_big_reply_cut_off_is_a_connection_error(redis_server):
         conn.disconnect()
         redispy.release(c.connection_pool, conn)
         c.close()
+
+
+def test_connect_once_makes_one_attempt_and_keeps_the_policy():
+    """``Connection.connect()`` retries by ``conn.retry``; connect_once swaps it out for one attempt."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from fleche_redis.testing import free_port
+
+    policy = Retry(NoBackoff(), 3)
+    pool = redis.ConnectionPool(port=free_port(), retry=policy, socket_connect_timeout=0.5)
+    conn = pool.make_connection()
+    assert hasattr(conn, "retry"), changed("Connection.retry", "it is gone")
+    own = conn.retry
+    attempts = []
+    original = conn._connect
+
+    def counted():
+        attempts.append(1)
+        return original()
+
+    conn._connect = counted
+    with pytest.raises(redis.ConnectionError):
+        conn.connect()  # nobody listens: refused at once, attempt after attempt
+    assert len(attempts) > 1, changed("Connection.connect", "it no longer retries")
+    attempts.clear()
+    with pytest.raises(redis.ConnectionError):
+        redispy.connect_once(conn)
+    assert len(attempts) == 1, changed("Connection.connect", "it retries by another policy")
+    assert conn.retry is own  # the connection's own policy is back
