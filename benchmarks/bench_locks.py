@@ -20,6 +20,7 @@ pottery ``Redlock``; a peer that is not installed is listed as such.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import platform
 import random
@@ -29,10 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
-from fleche_redis import Redlock, lock_key
+from fleche_redis import CallRedis, PerKeyLockMixin, Redlock, lock_key
 from fleche_redis.testing import RedisServer
 
 CTX = multiprocessing.get_context("fork")
@@ -53,6 +55,27 @@ class Contender:
 
 def _ours(name: str, urls: list[str]) -> object:
     return Redlock(lock_key(name, "bench"), urls, ttl=10)
+
+
+@dataclass(frozen=True)
+class _LockedCallRedis(PerKeyLockMixin, CallRedis): ...
+
+
+class _MixinLock:
+    """``PerKeyLockMixin._operation_context`` on a call storage: the path fleche's operations take."""
+
+    def __init__(self, name: str, urls: list[str]) -> None:
+        self._storage = _LockedCallRedis(url=urls[0], namespace="bench")
+        self._key = hashlib.sha256(name.encode()).hexdigest()
+        self._context: Any = None
+
+    def acquire(self) -> None:
+        self._context = self._storage._operation_context(self._key)
+        self._context.__enter__()
+
+    def release(self) -> None:
+        context, self._context = self._context, None
+        context.__exit__(None, None, None)
 
 
 def _redis_py(name: str, urls: list[str]) -> object:
@@ -85,6 +108,7 @@ class _Pottery:
 CONTENDERS = [
     Contender("fleche-redis Redlock, 1 master", 1, _ours),
     Contender("fleche-redis Redlock, 3 masters", 3, _ours),
+    Contender("fleche-redis PerKeyLockMixin, 1 master", 1, _MixinLock),
     Contender("redis-py Lock", 1, _redis_py),
     Contender("python-redis-lock", 1, _python_redis_lock, needs="redis_lock"),
     Contender("pottery Redlock, 1 master", 1, _Pottery, needs="pottery"),
