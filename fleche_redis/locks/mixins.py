@@ -15,7 +15,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NoReturn
@@ -29,7 +30,11 @@ from ..errors import LockError, LockTimeout
 from ..metrics import StorageMetrics
 from ..storage.backend import RedisBackend
 from ..storage.keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
+from ..transport import request, wire
+from ..transport.batch import Recorder
 from ..transport.connection import ClientSlot, client_from_url, redact_url
+from ..transport.request import Command
+from ..transport.scripts import LuaScript
 from .redlock import LOCK_CLIENT_OPTIONS, Redlock
 
 logger = logging.getLogger("fleche_redis.locks")
@@ -43,15 +48,24 @@ __all__ = ["PerKeyLockMixin", "SerializingMixin"]
 class _KeyLock:
     """This process's side of one distributed lock: which thread holds it, who needs the entry."""
 
-    __slots__ = ("mutex", "owner", "users", "redlock")
+    __slots__ = ("mutex", "owner", "users", "redlock", "hold")
 
-    def __init__(self) -> None:
+    def __init__(self, redlock: Redlock | None = None) -> None:
         self.mutex = threading.Lock()
         self.owner: int | None = None
         self.users = 0
-        # Used only by the thread holding ``mutex``; kept while the entry
-        # lives so a busy key remembers that it is contended.
-        self.redlock: Redlock | None = None
+        # Used only by the thread holding ``mutex``.  Kept between operations
+        # (see _Registry.idle): a busy key's Redlock remembers that it is
+        # contended, so its next turn asks and waits in one request.
+        self.redlock = redlock
+        self.hold: _Hold | None = None  # the owner thread's outermost hold
+
+
+NAMES_KEPT = 4096
+"""Lock names a storage remembers by key (then it starts again)."""
+
+IDLE_LOCKS = 1024
+"""Redlocks of keys no thread uses, kept per process for the next operation on the key."""
 
 
 # Keyed by (lock servers, lock key), not by storage object: two storages on
@@ -60,12 +74,38 @@ class _KeyLock:
 # A forked child starts with an empty registry: locks taken by other threads
 # of the parent would never be released there.
 class _Registry:
-    __slots__ = ("table", "lock", "url_slots")
+    __slots__ = ("table", "idle", "lock", "url_slots")
 
     def __init__(self) -> None:
         self.table: dict[tuple[Any, str], _KeyLock] = {}
+        # The most recently used last; bounded by IDLE_LOCKS.
+        self.idle: OrderedDict[tuple[Any, str], Redlock] = OrderedDict()
         self.lock = threading.Lock()
         self.url_slots: dict[str, ClientSlot] = {}
+
+    def enter(self, entry: tuple[Any, str]) -> _KeyLock:
+        """The :class:`_KeyLock` of *entry*, kept in the table until :meth:`leave`."""
+        with self.lock:
+            kl = self.table.get(entry)
+            if kl is None:
+                kl = self.table[entry] = _KeyLock(self.idle.pop(entry, None))
+            kl.users += 1
+        return kl
+
+    def leave(self, entry: tuple[Any, str], kl: _KeyLock) -> None:
+        with self.lock:
+            kl.users -= 1
+            if kl.users == 0 and self.table.get(entry) is kl:
+                del self.table[entry]
+                if kl.redlock is not None:
+                    self.idle[entry] = kl.redlock
+                    if len(self.idle) > IDLE_LOCKS:
+                        self.idle.popitem(last=False)
+
+
+# The innermost ``save`` on this thread of a storage whose writes may carry
+# their lock's release (see _DistributedLocking.save).
+_saving = threading.local()
 
 
 def _registry() -> _Registry:
@@ -82,26 +122,6 @@ def _url_slot(url: str) -> ClientSlot:
                 url, ClientSlot(partial(client_from_url, url, **LOCK_CLIENT_OPTIONS))
             )
     return slot
-
-
-@contextlib.contextmanager
-def _registered(entry: tuple[Any, str]) -> Iterator[_KeyLock]:
-    """This process's :class:`_KeyLock` of *entry*, kept in the registry while anyone uses it."""
-    registry = _registry()
-    with registry.lock:
-        kl = registry.table.get(entry)
-        if kl is None:
-            kl = registry.table[entry] = _KeyLock()
-        kl.users += 1
-    try:
-        yield kl
-    finally:
-        # Looked up again: after a fork it is the child's registry.
-        registry = _registry()
-        with registry.lock:
-            kl.users -= 1
-            if kl.users == 0 and registry.table.get(entry) is kl:
-                del registry.table[entry]
 
 
 class _Bypass:
@@ -135,6 +155,9 @@ class _LockState:
         self.masters: tuple[ClientSlot, ...] | None = None
         self.servers: Any = None
         self.metrics: StorageMetrics | None = None
+        # Full keys to their lock's name (PerKeyLockMixin), so a busy key
+        # skips checking and formatting it every time; bounded.
+        self.names: dict[str, str] = {}
 
     def __reduce__(self) -> tuple[type, tuple]:
         return (_LockState, ())
@@ -211,6 +234,10 @@ class _DistributedLocking(OperationContext):
                 state.masters = (self.channel.slot,)
         return state.masters, state.servers
 
+    def _carries_releases(self) -> bool:
+        """Whether a write may carry the release of its lock: the lock is on this storage's own Redis."""
+        return isinstance(self, RedisBackend) and not self.lock_urls
+
     def _lock_metrics(self) -> StorageMetrics:
         # A fleche-redis storage counts its lock waits with its other counters.
         state = self._lock_state
@@ -240,38 +267,24 @@ class _DistributedLocking(OperationContext):
 
     # -- the hook -------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _operation_context(self, key: Any, *, intent: Intent = Intent.WRITE) -> Iterator[None]:
-        name = None
-        if intent is not Intent.READ and not self._lock_state.bypass:
-            name = self._lock_name(key)
+    def _operation_context(
+        self, key: Any, *, intent: Intent = Intent.WRITE
+    ) -> contextlib.AbstractContextManager[None]:
+        # A plain method returning the hold (not a generator around it): this
+        # runs on every operation, and every contextlib layer costs a few
+        # microseconds of a contended key's turn.
+        inner = super()._operation_context(key, intent=intent)
+        if intent is Intent.READ or self._lock_state.bypass:
+            return inner
+        name = self._lock_name(key)
         if name is None:
-            with super()._operation_context(key, intent=intent):
-                yield
-            return
-        with self._hold(name), super()._operation_context(key, intent=intent):
-            yield
+            return inner
+        return self._hold(name, inner)
 
-    @contextlib.contextmanager
-    def _hold(self, name: str) -> Iterator[None]:
-        """Hold the lock *name*: this process's turn first, then the distributed lock."""
+    def _hold(self, name: str, inner: contextlib.AbstractContextManager[None]) -> _Hold:
+        """Hold the lock *name* around *inner*: this process's turn first, then the distributed lock."""
         masters, servers = self._lock_masters()
-        with _registered((servers, name)) as kl:
-            if kl.owner == threading.get_ident():  # nested: held already, no round trip
-                yield
-                return
-            deadline = runtime.clock() + self.lock_timeout
-            counts, started = self._lock_metrics(), time.perf_counter()
-            # A thread of this process holding the key counts as a wait too.
-            queued = self._process_turn(kl, name, counts)
-            try:
-                lock = self._acquire_redlock(kl, name, masters, deadline, counts)
-                # The Redlock remembers whether this acquisition queued in Redis.
-                counts.lock_acquired(time.perf_counter() - started, queued or lock.contended)
-                with self._owning(kl, lock):
-                    yield
-            finally:
-                kl.mutex.release()
+        return _Hold(self, name, masters, (servers, name), inner)
 
     def _process_turn(self, kl: _KeyLock, name: str, counts: StorageMetrics) -> bool:
         """Take *kl*'s in-process mutex; whether we had to wait for it (refused after the timeout)."""
@@ -297,7 +310,8 @@ class _DistributedLocking(OperationContext):
     ) -> Redlock:
         """Acquire the key's distributed lock by *deadline* (refused if not)."""
         lock = kl.redlock
-        if lock is None:
+        if lock is None or lock.masters != masters:
+            # (Another storage on the same servers made the kept one: its clients.)
             lock = kl.redlock = Redlock(name, masters, ttl=self.lock_ttl)
         lock.ttl = self.lock_ttl
         try:
@@ -307,26 +321,65 @@ class _DistributedLocking(OperationContext):
             self._refuse(e)
         return lock
 
-    @contextlib.contextmanager
-    def _owning(self, kl: _KeyLock, lock: Redlock) -> Iterator[None]:
-        """Run the operation as *kl*'s owner thread, then release *lock*."""
-        kl.owner = threading.get_ident()
-        failed = False
+    def _release_redlock(
+        self, kl: _KeyLock, lock: Redlock, failed: bool, lost: LockError | None = None
+    ) -> None:
+        """Release *lock* after the operation (*failed*: it raised, and its error says more).
+
+        *lost*: what a release carried by the operation's last write found.
+        """
         try:
-            yield
-        except BaseException:
-            failed = True
-            raise
+            lock.release()
+        except LockError as e:
+            kl.redlock = None  # an unconfirmed release: leave it to expire
+            lost = e
+        if lost is not None:
+            if failed:
+                logger.warning("%s (while handling another error)", lost)
+            else:
+                self._refuse(lost)
+
+    # -- the last write carries the release ---------------------------------------
+
+    def save(self, *args: Any, **kwargs: Any) -> Any:
+        # fleche's saves (ValueMixin, CallMixin, CallRedis) end their hold with
+        # the entry's write: a hold opened by this call may send its release
+        # in the write's request (see _write).
+        if not self._carries_releases():
+            return super().save(*args, **kwargs)
+        outer = getattr(_saving, "marker", None)
+        _saving.marker = object()
+        try:
+            return super().save(*args, **kwargs)
         finally:
-            kl.owner = None
-            try:
-                lock.release()
-            except LockError as e:
-                kl.redlock = None  # an unconfirmed release: leave it to expire
-                if failed:  # the operation's own error says more
-                    logger.warning("%s (while handling another error)", e)
-                else:
-                    self._refuse(e)
+            _saving.marker = outer
+
+    def _write(self, client: Any, key: Any, data: bytes, value: Any) -> None:
+        """RedisBackend's layout hook: the write, with the lock's release in its request when it ends a save."""
+        hold = self._saving_hold(client, key)
+        if hold is None:
+            super()._write(client, key, data, value)  # type: ignore[misc]
+            return
+        recorder = Recorder(transactional=True)
+        super()._write(recorder, key, data, value)  # type: ignore[misc]
+        hold.carry(client, recorder.commands, self._scripts())  # type: ignore[attr-defined]
+
+    def _saving_hold(self, client: Any, key: Any) -> _Hold | None:
+        """The hold whose release this write may carry: opened by the running ``save``, on this server."""
+        marker = getattr(_saving, "marker", None)
+        if marker is None or isinstance(client, Recorder) or not wire.single_server(client):
+            return None
+        name = self._lock_name(key)
+        if name is None:
+            return None
+        kl = _registry().table.get((self._lock_masters()[1], name))
+        if kl is None or kl.owner != threading.get_ident() or kl.hold is None:
+            return None
+        hold = kl.hold
+        if hold.carried:  # a second write in the same save: hold the lock again first
+            hold.reacquire()
+            return None
+        return hold if hold.opened_by is marker else None
 
     def _refuse(self, error: LockError) -> NoReturn:
         """Raise *error* as this storage's refusal (error policy: ``docs/locks.md``)."""
@@ -361,6 +414,156 @@ class _DistributedLocking(OperationContext):
             return super().shrink(*keys)
 
 
+class _Hold:
+    """One operation's hold of a lock: the registry entry, this process's turn, the Redlock.
+
+    A class rather than a generator: with 4 processes on one key this path
+    runs thousands of times a second, and every layer of ``contextlib``
+    costs a few microseconds of each turn.
+    """
+
+    __slots__ = (
+        "storage", "name", "masters", "entry", "inner", "kl", "lock", "opened_by", "carried", "lost"
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        storage: _DistributedLocking,
+        name: str,
+        masters: tuple[ClientSlot, ...],
+        entry: tuple[Any, str],
+        inner: contextlib.AbstractContextManager[None],
+    ) -> None:
+        self.storage = storage
+        self.inner = inner
+        self.name = name
+        self.masters = masters
+        self.entry = entry
+        self.kl: _KeyLock | None = None
+        self.lock: Redlock | None = None
+        self.opened_by: object = None  # the save() this hold was taken for
+        self.carried = False  # a write sent the release already
+        self.lost: LockError | None = None  # what that release found
+
+    def __enter__(self) -> None:
+        self._acquire()
+        try:
+            self.inner.__enter__()
+        except BaseException:
+            self._release(failed=True)
+            raise
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        try:
+            suppressed = bool(self.inner.__exit__(exc_type, exc, tb))
+        except BaseException:
+            self._release(failed=True)
+            raise
+        self._release(failed=exc_type is not None and not suppressed)
+        return suppressed
+
+    def _acquire(self) -> None:
+        kl = self.kl = _registry().enter(self.entry)
+        try:
+            if kl.owner == threading.get_ident():  # nested: held already, no round trip
+                outer = kl.hold
+                if outer is not None and outer.carried:
+                    outer.reacquire()
+                return
+            storage = self.storage
+            deadline = runtime.clock() + storage.lock_timeout
+            counts, started = storage._lock_metrics(), time.perf_counter()
+            # A thread of this process holding the key counts as a wait too.
+            queued = storage._process_turn(kl, self.name, counts)
+            try:
+                lock = storage._acquire_redlock(kl, self.name, self.masters, deadline, counts)
+            except BaseException:
+                kl.mutex.release()
+                raise
+            # The Redlock remembers whether this acquisition queued in Redis.
+            counts.lock_acquired(time.perf_counter() - started, queued or lock.contended)
+            kl.owner = threading.get_ident()
+            kl.hold = self
+            self.lock = lock
+            self.opened_by = getattr(_saving, "marker", None)
+        except BaseException:
+            self._leave()
+            raise
+
+    def _release(self, failed: bool) -> None:
+        lock, kl = self.lock, self.kl
+        if lock is None:  # nested
+            self._leave()
+            return
+        assert kl is not None
+        self.lock = None
+        kl.owner = kl.hold = None
+        try:
+            self.storage._release_redlock(kl, lock, failed, self.lost)
+        finally:
+            kl.mutex.release()
+            self._leave()
+
+    def carry(self, client: Any, commands: list[Command], scripts: tuple[LuaScript, ...]) -> None:
+        """Send *commands* (recorded writes) and the lock's release as one atomic request.
+
+        The release runs after the writes, in the same ``MULTI``/``EXEC`` or
+        script, so "the lock was still ours" means it was ours when they ran.
+        A write refused by the server stops the release: the lock stays held
+        and is released at the end of the operation, as usual.
+        """
+        lock = self.lock
+        carried = None if lock is None else lock.carry_release()
+        if lock is None or carried is None:
+            request.send(client, commands, scripts=scripts, bundled=True)
+            return
+        release, settle = carried
+        self.carried = True
+        try:
+            replies = request.send(
+                client,
+                [*commands, release],
+                scripts=(*scripts, lock.RELEASE),
+                bundled=True,
+                raise_errors=False,
+            )
+        except BaseException as e:
+            self._settle(settle, e)  # unknown: release() again at the end
+            raise
+        reply = replies[-1]
+        if isinstance(reply, Exception):
+            self._settle(settle, None)  # the writes were refused, the release never ran
+            raise reply
+        self._settle(settle, reply[-1])
+
+    def _settle(self, settle: Callable[[Any], None], reply: Any) -> None:
+        unsent = reply is None or isinstance(reply, BaseException)
+        try:
+            settle(reply)
+        except LockError as e:
+            # Unknown whether it ran: the release at the end asks again and says.
+            if not unsent:
+                self.lost = e
+        if unsent:
+            self.carried = False
+
+    def reacquire(self) -> None:
+        """Hold the lock again after a write carried its release (an operation that goes on)."""
+        kl, storage = self.kl, self.storage
+        assert kl is not None
+        deadline = runtime.clock() + storage.lock_timeout
+        self.lock = storage._acquire_redlock(
+            kl, self.name, self.masters, deadline, storage._lock_metrics()
+        )
+        self.carried = False
+
+    def _leave(self) -> None:
+        # Looked up again: after a fork it is the child's registry.
+        if self.kl is not None:
+            _registry().leave(self.entry, self.kl)
+            self.kl = None
+
+
 def _lockable_digest(key: str) -> str:
     # Keys that are not digests (fleche refuses them a moment later) are
     # hashed so that braces or globs in them never reach a Redis key.
@@ -388,6 +591,10 @@ class PerKeyLockMixin(_DistributedLocking):
 
     def _lock_name(self, key: Any) -> str | None:
         key = str(key)
+        names = self._lock_state.names
+        name = names.get(key)
+        if name is not None:
+            return name
         if len(key) < DIGEST_LENGTH:
             # Expanding is a read, so it takes no lock and cannot recurse
             # into this hook; then the full key is locked.
@@ -396,10 +603,16 @@ class PerKeyLockMixin(_DistributedLocking):
                     key = str(self.expand(key))
                 except (KeyError, AmbiguousDigestError):
                     return None
+            return self._lock_name(key)
         digest = _lockable_digest(key)
         if isinstance(self, RedisBackend):
-            return self.layout.key(digest, "lock")
-        return KeyLayout(self.lock_namespace, "lock").key(digest, "lock")
+            name = self.layout.key(digest, "lock")
+        else:
+            name = KeyLayout(self.lock_namespace, "lock").key(digest, "lock")
+        if len(names) >= NAMES_KEPT:
+            names.clear()
+        names[key] = name
+        return name
 
 
 @dataclass(frozen=True, kw_only=True)
