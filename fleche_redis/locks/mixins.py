@@ -50,14 +50,14 @@ class _KeyLock:
 
     __slots__ = ("mutex", "owner", "users", "redlock", "hold")
 
-    def __init__(self, redlock: Redlock | None = None) -> None:
+    def __init__(self) -> None:
         self.mutex = threading.Lock()
         self.owner: int | None = None
         self.users = 0
         # Used only by the thread holding ``mutex``.  Kept between operations
         # (see _Registry.idle): a busy key's Redlock remembers that it is
         # contended, so its next turn asks and waits in one request.
-        self.redlock = redlock
+        self.redlock: Redlock | None = None
         self.hold: _Hold | None = None  # the owner thread's outermost hold
 
 
@@ -65,7 +65,7 @@ NAMES_KEPT = 4096
 """Lock names a storage remembers by key (then it starts again)."""
 
 IDLE_LOCKS = 1024
-"""Redlocks of keys no thread uses, kept per process for the next operation on the key."""
+"""Locks of keys no thread uses, kept per process for the next operation on the key."""
 
 
 # Keyed by (lock servers, lock key), not by storage object: two storages on
@@ -79,7 +79,7 @@ class _Registry:
     def __init__(self) -> None:
         self.table: dict[tuple[Any, str], _KeyLock] = {}
         # The most recently used last; bounded by IDLE_LOCKS.
-        self.idle: OrderedDict[tuple[Any, str], Redlock] = OrderedDict()
+        self.idle: OrderedDict[tuple[Any, str], _KeyLock] = OrderedDict()
         self.lock = threading.Lock()
         self.url_slots: dict[str, ClientSlot] = {}
 
@@ -88,7 +88,8 @@ class _Registry:
         with self.lock:
             kl = self.table.get(entry)
             if kl is None:
-                kl = self.table[entry] = _KeyLock(self.idle.pop(entry, None))
+                kl = self.idle.pop(entry, None) or _KeyLock()
+                self.table[entry] = kl
             kl.users += 1
         return kl
 
@@ -98,7 +99,7 @@ class _Registry:
             if kl.users == 0 and self.table.get(entry) is kl:
                 del self.table[entry]
                 if kl.redlock is not None:
-                    self.idle[entry] = kl.redlock
+                    self.idle[entry] = kl
                     if len(self.idle) > IDLE_LOCKS:
                         self.idle.popitem(last=False)
 
@@ -273,12 +274,17 @@ class _DistributedLocking(OperationContext):
         # A plain method returning the hold (not a generator around it): this
         # runs on every operation, and every contextlib layer costs a few
         # microseconds of a contended key's turn.
-        inner = super()._operation_context(key, intent=intent)
         if intent is Intent.READ or self._lock_state.bypass:
-            return inner
+            return super()._operation_context(key, intent=intent)
         name = self._lock_name(key)
         if name is None:
-            return inner
+            return super()._operation_context(key, intent=intent)
+        # fleche's own hook does nothing: skip making it when nothing else is in the chain.
+        inner = (
+            _NOTHING
+            if _chain_ends_here(type(self))
+            else super()._operation_context(key, intent=intent)
+        )
         return self._hold(name, inner)
 
     def _hold(self, name: str, inner: contextlib.AbstractContextManager[None]) -> _Hold:
@@ -562,6 +568,27 @@ class _Hold:
         if self.kl is not None:
             _registry().leave(self.entry, self.kl)
             self.kl = None
+
+
+_NOTHING = contextlib.nullcontext()
+
+
+_chain_ends: dict[type, bool] = {}
+
+
+def _chain_ends_here(cls: type) -> bool:
+    """Whether the ``_operation_context`` after ours in *cls*'s MRO is fleche's no-op base."""
+    ends = _chain_ends.get(cls)
+    if ends is None:
+        ends = False
+        mro = cls.__mro__
+        for klass in mro[mro.index(_DistributedLocking) + 1 :]:
+            hook = vars(klass).get("_operation_context")
+            if hook is not None:
+                ends = hook is vars(OperationContext)["_operation_context"]
+                break
+        _chain_ends[cls] = ends
+    return ends
 
 
 def _lockable_digest(key: str) -> str:
