@@ -42,7 +42,9 @@ RESULTS = Path(__file__).parent / "results" / "locks.md"
 
 TARGETS = """\
 Targets (issue #3): handoff p50 <= 1 ms; uncontended <= redis-py's;
-4-process throughput >= 1.2 x redis-py's; fairness >= 0.5."""
+4-process throughput >= 1.2 x redis-py's; fairness >= 0.5.
+Issue #14: the same throughput and fairness through PerKeyLockMixin's
+``_operation_context`` on a storage (the path fleche's operations take)."""
 
 
 @dataclass(frozen=True)
@@ -223,8 +225,9 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.2f} ms"
 
 
-def run(smoke: bool) -> str:
-    n, rounds, seconds, passes = (20, 3, 0.3, 1) if smoke else (2000, 60, 3.0, 3)
+def run(smoke: bool, passes: int = 3) -> str:
+    n, rounds, seconds = (20, 3, 0.3) if smoke else (2000, 60, 3.0)
+    passes = 1 if smoke else passes
     servers = [RedisServer.start() for _ in range(3)]
     try:
         urls = [s.url for s in servers]
@@ -283,7 +286,21 @@ def run(smoke: bool) -> str:
         f"Measured {time.strftime('%Y-%m-%d')} on {_cpus()} core(s), loopback Redis {version}, "
         f"Python {platform.python_version()}; {sizes}."
     )
-    return f"{note}\n\n{table}\n\n{TARGETS}\n\n{_verdicts(figures)}\n"
+    raw = "\n".join(
+        f"- {c.label}: "
+        + ", ".join(f"{t:,.0f} acq/s ({f:.2f})" for t, f in tput[c.label])
+        + (f"; ratio to redis-py per pass: {_ratios(tput[c.label], tput['redis-py Lock'])}"
+           if c.masters == 1 and "redis-py Lock" in tput else "")
+        for c in present
+    )  # fmt: skip
+    return (
+        f"{note}\n\n{table}\n\n{TARGETS}\n\n{_verdicts(figures)}\n\n"
+        f"Raw 4-process throughput per pass (fairness), passes in run order:\n\n{raw}\n"
+    )
+
+
+def _ratios(ours: list[tuple[float, float]], peer: list[tuple[float, float]]) -> str:
+    return ", ".join(f"{a / b:.2f}" for (a, _), (b, _) in zip(ours, peer, strict=True))
 
 
 def _cpus() -> int:
@@ -302,6 +319,16 @@ def _verdicts(f: dict[str, tuple[float, float, float, float, float]]) -> str:
         ("throughput >= 1.2 x redis-py", ours[3] >= 1.2 * peer[3], f"{ours[3] / peer[3]:.2f} x"),
         ("fairness >= 0.5", ours[4] >= 0.5, f"{ours[4]:.2f}"),
     ]
+    mixin = f.get("fleche-redis PerKeyLockMixin, 1 master")
+    if mixin is not None:
+        lines += [
+            (
+                "PerKeyLockMixin throughput >= 1.2 x redis-py",
+                mixin[3] >= 1.2 * peer[3],
+                f"{mixin[3] / peer[3]:.2f} x",
+            ),
+            ("PerKeyLockMixin fairness >= 0.5", mixin[4] >= 0.5, f"{mixin[4]:.2f}"),
+        ]
     return "\n".join(
         f"- {name}: {'met' if ok else 'NOT met'} ({value})" for name, ok, value in lines
     )
@@ -310,8 +337,14 @@ def _verdicts(f: dict[str, tuple[float, float, float, float, float]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; only checks that it runs")
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=3,
+        help="alternating passes (3 s of contention per lock in all)",
+    )
     args = parser.parse_args(argv)
-    report = run(args.smoke)
+    report = run(args.smoke, args.passes)
     print(report)
     if not args.smoke:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
