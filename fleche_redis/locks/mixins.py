@@ -503,10 +503,11 @@ class _Hold:
             return
         assert kl is not None
         self.lock = None
-        kl.owner = kl.hold = None
         try:
             self.storage._release_redlock(kl, lock, failed, self.lost)
         finally:
+            # Bookkeeping after the release request: the next holder may be waiting for it.
+            kl.owner = kl.hold = None
             kl.mutex.release()
             self._leave()
 

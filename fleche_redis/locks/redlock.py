@@ -288,7 +288,9 @@ class Redlock(LockHolder):
             self._held = False
             pending = sorted(self._pending)
             lost = self._lost
-        self._renewer().unwatch(self)
+        # Not held any more, so a renewal meanwhile stops by itself; the
+        # watchdog hears of it after the release is sent (_end_release), as
+        # the next holder may be waiting for that request.
         return token, pending, first, lost
 
     def _unbegin_release(self, token: str, first: bool) -> None:
@@ -302,6 +304,7 @@ class Redlock(LockHolder):
 
     def _end_release(self, replies: dict[int, Any], first: bool, lost: bool) -> None:
         """Read the replies of a release begun by :meth:`_begin_release` (raising as ``release``)."""
+        self._renewer().unwatch(self)
         confirmed = {i for i, r in replies.items() if not isinstance(r, Exception)}
         with self._mutex:
             self._pending -= confirmed
