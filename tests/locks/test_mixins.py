@@ -310,6 +310,26 @@ def test_a_save_that_goes_on_after_its_write_holds_the_lock_again(redis_server, 
     assert redis_server.client().exists(storage.layout.key(DIGEST, "lock")) == 0
 
 
+def test_a_keys_redlock_is_kept_between_operations_within_a_bound(
+    redis_server, namespace, monkeypatch
+):
+    """A busy key keeps its Redlock (which remembers it is contended); idle ones are bounded."""
+    from fleche_redis.locks import mixins
+
+    monkeypatch.setattr(mixins, "IDLE_LOCKS", 2)
+    storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    keys = [f"{i:02x}" * 32 for i in range(3)]
+    seen = []
+    for key in keys + keys[-1:]:
+        with storage._operation_context(key):
+            entry = (storage._lock_masters()[1], storage._lock_name(key))
+            seen.append(mixins._registry().table[entry].redlock)
+    idle = mixins._registry().idle
+    assert seen[2] is seen[3]  # the same key, the same Redlock
+    names = [name for _, name in idle if name.startswith(namespace)]
+    assert names == [storage._lock_name(k) for k in keys[1:]]  # the oldest went
+
+
 def test_reads_take_no_distributed_lock_unless_asked(redis_server, namespace):
     storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
     key = storage.save("v")
