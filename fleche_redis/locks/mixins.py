@@ -100,7 +100,7 @@ class _Registry:
                 del self.table[entry]
                 if kl.redlock is not None:
                     self.idle[entry] = kl
-                    if len(self.idle) > IDLE_LOCKS:
+                    while len(self.idle) > IDLE_LOCKS:
                         self.idle.popitem(last=False)
 
 
@@ -125,22 +125,16 @@ def _url_slot(url: str) -> ClientSlot:
     return slot
 
 
-class _Bypass:
+class _Bypass(threading.local):
     """Per-thread depth of operations that take no distributed lock (reads, prefix expansion)."""
 
-    __slots__ = ("local",)
-
-    def __init__(self) -> None:
-        self.local = threading.local()
-
-    def __bool__(self) -> bool:
-        return getattr(self.local, "depth", 0) > 0
+    depth = 0  # each thread starts at 0
 
     def __enter__(self) -> None:
-        self.local.depth = getattr(self.local, "depth", 0) + 1
+        self.depth += 1
 
     def __exit__(self, *exc: object) -> None:
-        self.local.depth -= 1
+        self.depth -= 1
 
 
 class _LockState:
@@ -274,7 +268,7 @@ class _DistributedLocking(OperationContext):
         # A plain method returning the hold (not a generator around it): this
         # runs on every operation, and every contextlib layer costs a few
         # microseconds of a contended key's turn.
-        if intent is Intent.READ or self._lock_state.bypass:
+        if intent is Intent.READ or self._lock_state.bypass.depth:
             return super()._operation_context(key, intent=intent)
         name = self._lock_name(key)
         if name is None:
@@ -293,9 +287,7 @@ class _DistributedLocking(OperationContext):
         return _Hold(self, name, masters, (servers, name), inner)
 
     def _process_turn(self, kl: _KeyLock, name: str, counts: StorageMetrics) -> bool:
-        """Take *kl*'s in-process mutex; whether we had to wait for it (refused after the timeout)."""
-        if kl.mutex.acquire(blocking=False):
-            return False
+        """Wait for *kl*'s in-process mutex, held by another thread (refused after the timeout); ``True``."""
         if not kl.mutex.acquire(timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)):
             counts.lock_failures += 1
             self._refuse(
@@ -471,7 +463,8 @@ class _Hold:
     def _acquire(self) -> None:
         kl = self.kl = _registry().enter(self.entry)
         try:
-            if kl.owner == threading.get_ident():  # nested: held already, no round trip
+            me = threading.get_ident()
+            if kl.owner == me:  # nested: held already, no round trip
                 outer = kl.hold
                 if outer is not None and outer.carried:
                     outer.reacquire()
@@ -480,7 +473,9 @@ class _Hold:
             deadline = runtime.clock() + storage.lock_timeout
             counts, started = storage._lock_metrics(), time.perf_counter()
             # A thread of this process holding the key counts as a wait too.
-            queued = storage._process_turn(kl, self.name, counts)
+            queued = not kl.mutex.acquire(blocking=False) and storage._process_turn(
+                kl, self.name, counts
+            )
             try:
                 lock = storage._acquire_redlock(kl, self.name, self.masters, deadline, counts)
             except BaseException:
@@ -488,7 +483,7 @@ class _Hold:
                 raise
             # The Redlock remembers whether this acquisition queued in Redis.
             counts.lock_acquired(time.perf_counter() - started, queued or lock.contended)
-            kl.owner = threading.get_ident()
+            kl.owner = me
             kl.hold = self
             self.lock = lock
             self.opened_by = getattr(_saving, "marker", None)
