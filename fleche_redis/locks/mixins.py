@@ -12,117 +12,28 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, NoReturn
 
 from fleche.caches import BaseCache, Rejected
 from fleche.digest import DIGEST_LENGTH
 from fleche.storage.base import AmbiguousDigestError, CallStorage, Intent, OperationContext
 
-from .. import runtime
-from ..errors import LockError, LockTimeout
+from ..errors import LockError
 from ..metrics import StorageMetrics
 from ..storage.backend import RedisBackend
 from ..storage.keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
-from ..transport import request, wire
+from ..transport import wire
 from ..transport.batch import Recorder
-from ..transport.connection import ClientSlot, client_from_url, redact_url
-from ..transport.request import Command
-from ..transport.scripts import LuaScript
-from .redlock import LOCK_CLIENT_OPTIONS, Redlock
-
-logger = logging.getLogger("fleche_redis.locks")
+from ..transport.connection import ClientSlot, redact_url
+from .holds import Hold, Settings, registry, saving, url_slot
 
 __all__ = ["PerKeyLockMixin", "SerializingMixin"]
 
 
-# -- process-wide state ----------------------------------------------------------
-
-
-class _KeyLock:
-    """This process's side of one distributed lock: which thread holds it, who needs the entry."""
-
-    __slots__ = ("mutex", "owner", "users", "redlock", "hold")
-
-    def __init__(self) -> None:
-        self.mutex = threading.Lock()
-        self.owner: int | None = None
-        self.users = 0
-        # Used only by the thread holding ``mutex``.  Kept between operations
-        # (see _Registry.idle): a busy key's Redlock remembers that it is
-        # contended, so its next turn asks and waits in one request.
-        self.redlock: Redlock | None = None
-        self.hold: _Hold | None = None  # the owner thread's outermost hold
-
-
 NAMES_KEPT = 4096
 """Lock names a storage remembers by key (then it starts again)."""
-
-IDLE_LOCKS = 1024
-"""Locks of keys no thread uses, kept per process for the next operation on the key."""
-
-
-# Keyed by (lock servers, lock key), not by storage object: two storages on
-# the same servers and key (a pickled copy, a value and a call storage under
-# SerializingMixin) are one lock, so nesting them stays reentrant.
-# A forked child starts with an empty registry: locks taken by other threads
-# of the parent would never be released there.
-class _Registry:
-    __slots__ = ("table", "idle", "lock", "url_slots")
-
-    def __init__(self) -> None:
-        self.table: dict[tuple[Any, str], _KeyLock] = {}
-        # The most recently used last; bounded by IDLE_LOCKS.
-        self.idle: OrderedDict[tuple[Any, str], _KeyLock] = OrderedDict()
-        self.lock = threading.Lock()
-        self.url_slots: dict[str, ClientSlot] = {}
-
-    def enter(self, entry: tuple[Any, str]) -> _KeyLock:
-        """The :class:`_KeyLock` of *entry*, kept in the table until :meth:`leave`."""
-        with self.lock:
-            kl = self.table.get(entry)
-            if kl is None:
-                kl = self.idle.pop(entry, None) or _KeyLock()
-                self.table[entry] = kl
-            kl.users += 1
-        return kl
-
-    def leave(self, entry: tuple[Any, str], kl: _KeyLock) -> None:
-        with self.lock:
-            kl.users -= 1
-            if kl.users == 0 and self.table.get(entry) is kl:
-                del self.table[entry]
-                if kl.redlock is not None:
-                    self.idle[entry] = kl
-                    while len(self.idle) > IDLE_LOCKS:
-                        self.idle.popitem(last=False)
-
-
-# The innermost ``save`` on this thread of a storage whose writes may carry
-# their lock's release (see _DistributedLocking.save).
-_saving = threading.local()
-
-
-def _registry() -> _Registry:
-    return runtime.per_process("locks", _Registry)
-
-
-def _url_slot(url: str) -> ClientSlot:
-    """One client per lock URL per process, shared by every storage using it."""
-    registry = _registry()
-    slot = registry.url_slots.get(url)
-    if slot is None:
-        with registry.lock:
-            slot = registry.url_slots.setdefault(
-                url, ClientSlot(partial(client_from_url, url, **LOCK_CLIENT_OPTIONS))
-            )
-    return slot
 
 
 class _Bypass(threading.local):
@@ -150,6 +61,7 @@ class _LockState:
         self.masters: tuple[ClientSlot, ...] | None = None
         self.servers: Any = None
         self.metrics: StorageMetrics | None = None
+        self.settings: Settings | None = None
         # Full keys to their lock's name (PerKeyLockMixin), so a busy key
         # skips checking and formatting it every time; bounded.
         self.names: dict[str, str] = {}
@@ -218,7 +130,7 @@ class _DistributedLocking(OperationContext):
         if state.masters is None:
             if self.lock_urls:
                 state.servers = self.lock_urls
-                state.masters = tuple(_url_slot(u) for u in self.lock_urls)
+                state.masters = tuple(url_slot(u) for u in self.lock_urls)
             else:
                 assert isinstance(self, RedisBackend)
                 state.servers = (
@@ -281,61 +193,15 @@ class _DistributedLocking(OperationContext):
         )
         return self._hold(name, inner)
 
-    def _hold(self, name: str, inner: contextlib.AbstractContextManager[None]) -> _Hold:
+    def _hold(self, name: str, inner: contextlib.AbstractContextManager[None]) -> Hold:
         """Hold the lock *name* around *inner*: this process's turn first, then the distributed lock."""
         masters, servers = self._lock_masters()
-        return _Hold(self, name, masters, (servers, name), inner)
-
-    def _process_turn(self, kl: _KeyLock, name: str, counts: StorageMetrics) -> bool:
-        """Wait for *kl*'s in-process mutex, held by another thread (refused after the timeout); ``True``."""
-        if not kl.mutex.acquire(timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)):
-            counts.lock_failures += 1
-            self._refuse(
-                LockTimeout(
-                    f"{name}: another thread of this process held it for {self.lock_timeout}s",
-                    name=name,
-                )
+        settings = self._lock_state.settings
+        if settings is None:
+            settings = self._lock_state.settings = Settings(
+                self.lock_ttl, self.lock_timeout, self._lock_metrics(), self._refuse
             )
-        return True
-
-    def _acquire_redlock(
-        self,
-        kl: _KeyLock,
-        name: str,
-        masters: tuple[ClientSlot, ...],
-        deadline: float,
-        counts: StorageMetrics,
-    ) -> Redlock:
-        """Acquire the key's distributed lock by *deadline* (refused if not)."""
-        lock = kl.redlock
-        if lock is None or lock.masters != masters:
-            # (Another storage on the same servers made the kept one: its clients.)
-            lock = kl.redlock = Redlock(name, masters, ttl=self.lock_ttl)
-        lock.ttl = self.lock_ttl
-        try:
-            lock.acquire(timeout=max(0.0, deadline - runtime.clock()))
-        except LockError as e:
-            counts.lock_failures += 1
-            self._refuse(e)
-        return lock
-
-    def _release_redlock(
-        self, kl: _KeyLock, lock: Redlock, failed: bool, lost: LockError | None = None
-    ) -> None:
-        """Release *lock* after the operation (*failed*: it raised, and its error says more).
-
-        *lost*: what a release carried by the operation's last write found.
-        """
-        try:
-            lock.release()
-        except LockError as e:
-            kl.redlock = None  # an unconfirmed release: leave it to expire
-            lost = e
-        if lost is not None:
-            if failed:
-                logger.warning("%s (while handling another error)", lost)
-            else:
-                self._refuse(lost)
+        return Hold(settings, name, masters, (servers, name), inner)
 
     # -- the last write carries the release ---------------------------------------
 
@@ -345,12 +211,12 @@ class _DistributedLocking(OperationContext):
         # in the write's request (see _write).
         if not self._carries_releases():
             return super().save(*args, **kwargs)
-        outer = getattr(_saving, "marker", None)
-        _saving.marker = object()
+        outer = getattr(saving, "marker", None)
+        saving.marker = object()
         try:
             return super().save(*args, **kwargs)
         finally:
-            _saving.marker = outer
+            saving.marker = outer
 
     def _write(self, client: Any, key: Any, data: bytes, value: Any) -> None:
         """RedisBackend's layout hook: the write, with the lock's release in its request when it ends a save."""
@@ -362,15 +228,15 @@ class _DistributedLocking(OperationContext):
         super()._write(recorder, key, data, value)  # type: ignore[misc]
         hold.carry(client, recorder.commands, self._scripts())  # type: ignore[attr-defined]
 
-    def _saving_hold(self, client: Any, key: Any) -> _Hold | None:
+    def _saving_hold(self, client: Any, key: Any) -> Hold | None:
         """The hold whose release this write may carry: opened by the running ``save``, on this server."""
-        marker = getattr(_saving, "marker", None)
+        marker = getattr(saving, "marker", None)
         if marker is None or isinstance(client, Recorder) or not wire.single_server(client):
             return None
         name = self._lock_name(key)
         if name is None:
             return None
-        kl = _registry().table.get((self._lock_masters()[1], name))
+        kl = registry().table.get((self._lock_masters()[1], name))
         if kl is None or kl.owner != threading.get_ident() or kl.hold is None:
             return None
         hold = kl.hold
@@ -410,160 +276,6 @@ class _DistributedLocking(OperationContext):
     def shrink(self, *keys: Any) -> Any:
         with self._reads():
             return super().shrink(*keys)
-
-
-class _Hold:
-    """One operation's hold of a lock: the registry entry, this process's turn, the Redlock.
-
-    A class rather than a generator: with 4 processes on one key this path
-    runs thousands of times a second, and every layer of ``contextlib``
-    costs a few microseconds of each turn.
-    """
-
-    __slots__ = (
-        "storage", "name", "masters", "entry", "inner", "kl", "lock", "opened_by", "carried", "lost"
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        storage: _DistributedLocking,
-        name: str,
-        masters: tuple[ClientSlot, ...],
-        entry: tuple[Any, str],
-        inner: contextlib.AbstractContextManager[None],
-    ) -> None:
-        self.storage = storage
-        self.inner = inner
-        self.name = name
-        self.masters = masters
-        self.entry = entry
-        self.kl: _KeyLock | None = None
-        self.lock: Redlock | None = None
-        self.opened_by: object = None  # the save() this hold was taken for
-        self.carried = False  # a write sent the release already
-        self.lost: LockError | None = None  # what that release found
-
-    def __enter__(self) -> None:
-        self._acquire()
-        try:
-            self.inner.__enter__()
-        except BaseException:
-            self._release(failed=True)
-            raise
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        try:
-            suppressed = bool(self.inner.__exit__(exc_type, exc, tb))
-        except BaseException:
-            self._release(failed=True)
-            raise
-        self._release(failed=exc_type is not None and not suppressed)
-        return suppressed
-
-    def _acquire(self) -> None:
-        kl = self.kl = _registry().enter(self.entry)
-        try:
-            me = threading.get_ident()
-            if kl.owner == me:  # nested: held already, no round trip
-                outer = kl.hold
-                if outer is not None and outer.carried:
-                    outer.reacquire()
-                return
-            storage = self.storage
-            deadline = runtime.clock() + storage.lock_timeout
-            counts, started = storage._lock_metrics(), time.perf_counter()
-            # A thread of this process holding the key counts as a wait too.
-            queued = not kl.mutex.acquire(blocking=False) and storage._process_turn(
-                kl, self.name, counts
-            )
-            try:
-                lock = storage._acquire_redlock(kl, self.name, self.masters, deadline, counts)
-            except BaseException:
-                kl.mutex.release()
-                raise
-            # The Redlock remembers whether this acquisition queued in Redis.
-            counts.lock_acquired(time.perf_counter() - started, queued or lock.contended)
-            kl.owner = me
-            kl.hold = self
-            self.lock = lock
-            self.opened_by = getattr(_saving, "marker", None)
-        except BaseException:
-            self._leave()
-            raise
-
-    def _release(self, failed: bool) -> None:
-        lock, kl = self.lock, self.kl
-        if lock is None:  # nested
-            self._leave()
-            return
-        assert kl is not None
-        self.lock = None
-        try:
-            self.storage._release_redlock(kl, lock, failed, self.lost)
-        finally:
-            # Bookkeeping after the release request: the next holder may be waiting for it.
-            kl.owner = kl.hold = None
-            kl.mutex.release()
-            self._leave()
-
-    def carry(self, client: Any, commands: list[Command], scripts: tuple[LuaScript, ...]) -> None:
-        """Send *commands* (recorded writes) and the lock's release as one atomic request.
-
-        The release runs after the writes, in the same ``MULTI``/``EXEC`` or
-        script, so "the lock was still ours" means it was ours when they ran.
-        A write refused by the server stops the release: the lock stays held
-        and is released at the end of the operation, as usual.
-        """
-        lock = self.lock
-        carried = None if lock is None else lock.carry_release()
-        if lock is None or carried is None:
-            request.send(client, commands, scripts=scripts, bundled=True)
-            return
-        release, settle = carried
-        self.carried = True
-        try:
-            replies = request.send(
-                client,
-                [*commands, release],
-                scripts=(*scripts, lock.RELEASE),
-                bundled=True,
-                raise_errors=False,
-            )
-        except BaseException as e:
-            self._settle(settle, e)  # unknown: release() again at the end
-            raise
-        reply = replies[-1]
-        if isinstance(reply, Exception):
-            self._settle(settle, None)  # the writes were refused, the release never ran
-            raise reply
-        self._settle(settle, reply[-1])
-
-    def _settle(self, settle: Callable[[Any], None], reply: Any) -> None:
-        unsent = reply is None or isinstance(reply, BaseException)
-        try:
-            settle(reply)
-        except LockError as e:
-            # Unknown whether it ran: the release at the end asks again and says.
-            if not unsent:
-                self.lost = e
-        if unsent:
-            self.carried = False
-
-    def reacquire(self) -> None:
-        """Hold the lock again after a write carried its release (an operation that goes on)."""
-        kl, storage = self.kl, self.storage
-        assert kl is not None
-        deadline = runtime.clock() + storage.lock_timeout
-        self.lock = storage._acquire_redlock(
-            kl, self.name, self.masters, deadline, storage._lock_metrics()
-        )
-        self.carried = False
-
-    def _leave(self) -> None:
-        # Looked up again: after a fork it is the child's registry.
-        if self.kl is not None:
-            _registry().leave(self.entry, self.kl)
-            self.kl = None
 
 
 _NOTHING = contextlib.nullcontext()

@@ -314,17 +314,17 @@ def test_a_keys_redlock_is_kept_between_operations_within_a_bound(
     redis_server, namespace, monkeypatch
 ):
     """A busy key keeps its Redlock (which remembers it is contended); idle ones are bounded."""
-    from fleche_redis.locks import mixins
+    from fleche_redis.locks import holds
 
-    monkeypatch.setattr(mixins, "IDLE_LOCKS", 2)
+    monkeypatch.setattr(holds, "IDLE_LOCKS", 2)
     storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
     keys = [f"{i:02x}" * 32 for i in range(3)]
     seen = []
     for key in keys + keys[-1:]:
         with storage._operation_context(key):
             entry = (storage._lock_masters()[1], storage._lock_name(key))
-            seen.append(mixins._registry().table[entry].redlock)
-    idle = mixins._registry().idle
+            seen.append(holds.registry().table[entry].redlock)
+    idle = holds.registry().idle
     assert seen[2] is seen[3]  # the same key, the same Redlock
     names = [name for _, name in idle if name.startswith(namespace)]
     assert names == [storage._lock_name(k) for k in keys[1:]]  # the oldest went
