@@ -219,7 +219,9 @@ def test_an_uncontended_locked_save_takes_two_round_trips(redis_server, namespac
     with RoundTrips() as trips:
         save()
     assert trips.count == 2, trips.commands
-    lock_name = storage.layout.key(record.to_lookup_key() if what == "call record" else DIGEST, "lock")
+    lock_name = storage.layout.key(
+        record.to_lookup_key() if what == "call record" else DIGEST, "lock"
+    )
     assert redis_server.client().exists(lock_name) == 0  # released
     other = Redlock(lock_name, [redis_server.url])
     assert other.acquire(blocking=False)
