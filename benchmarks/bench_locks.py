@@ -20,6 +20,7 @@ pottery ``Redlock``; a peer that is not installed is listed as such.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import platform
 import random
@@ -29,10 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
-from fleche_redis import Redlock, lock_key
+from fleche_redis import CallRedis, PerKeyLockMixin, Redlock, lock_key
 from fleche_redis.testing import RedisServer
 
 CTX = multiprocessing.get_context("fork")
@@ -40,7 +42,9 @@ RESULTS = Path(__file__).parent / "results" / "locks.md"
 
 TARGETS = """\
 Targets (issue #3): handoff p50 <= 1 ms; uncontended <= redis-py's;
-4-process throughput >= 1.2 x redis-py's; fairness >= 0.5."""
+4-process throughput >= 1.2 x redis-py's; fairness >= 0.5.
+Issue #14: the same throughput and fairness through PerKeyLockMixin's
+``_operation_context`` on a storage (the path fleche's operations take)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,27 @@ class Contender:
 
 def _ours(name: str, urls: list[str]) -> object:
     return Redlock(lock_key(name, "bench"), urls, ttl=10)
+
+
+@dataclass(frozen=True)
+class _LockedCallRedis(PerKeyLockMixin, CallRedis): ...
+
+
+class _MixinLock:
+    """``PerKeyLockMixin._operation_context`` on a call storage: the path fleche's operations take."""
+
+    def __init__(self, name: str, urls: list[str]) -> None:
+        self._storage = _LockedCallRedis(url=urls[0], namespace="bench")
+        self._key = hashlib.sha256(name.encode()).hexdigest()
+        self._context: Any = None
+
+    def acquire(self) -> None:
+        self._context = self._storage._operation_context(self._key)
+        self._context.__enter__()
+
+    def release(self) -> None:
+        context, self._context = self._context, None
+        context.__exit__(None, None, None)
 
 
 def _redis_py(name: str, urls: list[str]) -> object:
@@ -85,6 +110,7 @@ class _Pottery:
 CONTENDERS = [
     Contender("fleche-redis Redlock, 1 master", 1, _ours),
     Contender("fleche-redis Redlock, 3 masters", 3, _ours),
+    Contender("fleche-redis PerKeyLockMixin, 1 master", 1, _MixinLock),
     Contender("redis-py Lock", 1, _redis_py),
     Contender("python-redis-lock", 1, _python_redis_lock, needs="redis_lock"),
     Contender("pottery Redlock, 1 master", 1, _Pottery, needs="pottery"),
@@ -199,8 +225,9 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.2f} ms"
 
 
-def run(smoke: bool) -> str:
-    n, rounds, seconds, passes = (20, 3, 0.3, 1) if smoke else (2000, 60, 3.0, 3)
+def run(smoke: bool, passes: int = 3) -> str:
+    n, rounds, seconds = (20, 3, 0.3) if smoke else (2000, 60, 3.0)
+    passes = 1 if smoke else passes
     servers = [RedisServer.start() for _ in range(3)]
     try:
         urls = [s.url for s in servers]
@@ -259,7 +286,21 @@ def run(smoke: bool) -> str:
         f"Measured {time.strftime('%Y-%m-%d')} on {_cpus()} core(s), loopback Redis {version}, "
         f"Python {platform.python_version()}; {sizes}."
     )
-    return f"{note}\n\n{table}\n\n{TARGETS}\n\n{_verdicts(figures)}\n"
+    raw = "\n".join(
+        f"- {c.label}: "
+        + ", ".join(f"{t:,.0f} acq/s ({f:.2f})" for t, f in tput[c.label])
+        + (f"; ratio to redis-py per pass: {_ratios(tput[c.label], tput['redis-py Lock'])}"
+           if c.masters == 1 and "redis-py Lock" in tput else "")
+        for c in present
+    )  # fmt: skip
+    return (
+        f"{note}\n\n{table}\n\n{TARGETS}\n\n{_verdicts(figures)}\n\n"
+        f"Raw 4-process throughput per pass (fairness), passes in run order:\n\n{raw}\n"
+    )
+
+
+def _ratios(ours: list[tuple[float, float]], peer: list[tuple[float, float]]) -> str:
+    return ", ".join(f"{a / b:.2f}" for (a, _), (b, _) in zip(ours, peer, strict=True))
 
 
 def _cpus() -> int:
@@ -278,6 +319,16 @@ def _verdicts(f: dict[str, tuple[float, float, float, float, float]]) -> str:
         ("throughput >= 1.2 x redis-py", ours[3] >= 1.2 * peer[3], f"{ours[3] / peer[3]:.2f} x"),
         ("fairness >= 0.5", ours[4] >= 0.5, f"{ours[4]:.2f}"),
     ]
+    mixin = f.get("fleche-redis PerKeyLockMixin, 1 master")
+    if mixin is not None:
+        lines += [
+            (
+                "PerKeyLockMixin throughput >= 1.2 x redis-py",
+                mixin[3] >= 1.2 * peer[3],
+                f"{mixin[3] / peer[3]:.2f} x",
+            ),
+            ("PerKeyLockMixin fairness >= 0.5", mixin[4] >= 0.5, f"{mixin[4]:.2f}"),
+        ]
     return "\n".join(
         f"- {name}: {'met' if ok else 'NOT met'} ({value})" for name, ok, value in lines
     )
@@ -286,8 +337,14 @@ def _verdicts(f: dict[str, tuple[float, float, float, float, float]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; only checks that it runs")
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=3,
+        help="alternating passes (3 s of contention per lock in all)",
+    )
     args = parser.parse_args(argv)
-    report = run(args.smoke)
+    report = run(args.smoke, args.passes)
     print(report)
     if not args.smoke:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -12,114 +12,40 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, NoReturn
 
 from fleche.caches import BaseCache, Rejected
 from fleche.digest import DIGEST_LENGTH
 from fleche.storage.base import AmbiguousDigestError, CallStorage, Intent, OperationContext
 
-from .. import runtime
-from ..errors import LockError, LockTimeout
+from ..errors import LockError
 from ..metrics import StorageMetrics
 from ..storage.backend import RedisBackend
 from ..storage.keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
-from ..transport.connection import ClientSlot, client_from_url, redact_url
-from .redlock import LOCK_CLIENT_OPTIONS, Redlock
-
-logger = logging.getLogger("fleche_redis.locks")
+from ..transport import wire
+from ..transport.batch import Recorder
+from ..transport.connection import ClientSlot, redact_url
+from .holds import Hold, Settings, registry, saving, url_slot
 
 __all__ = ["PerKeyLockMixin", "SerializingMixin"]
 
 
-# -- process-wide state ----------------------------------------------------------
+NAMES_KEPT = 4096
+"""Lock names a storage remembers by key (then it starts again)."""
 
 
-class _KeyLock:
-    """This process's side of one distributed lock: which thread holds it, who needs the entry."""
-
-    __slots__ = ("mutex", "owner", "users", "redlock")
-
-    def __init__(self) -> None:
-        self.mutex = threading.Lock()
-        self.owner: int | None = None
-        self.users = 0
-        # Used only by the thread holding ``mutex``; kept while the entry
-        # lives so a busy key remembers that it is contended.
-        self.redlock: Redlock | None = None
-
-
-# Keyed by (lock servers, lock key), not by storage object: two storages on
-# the same servers and key (a pickled copy, a value and a call storage under
-# SerializingMixin) are one lock, so nesting them stays reentrant.
-# A forked child starts with an empty registry: locks taken by other threads
-# of the parent would never be released there.
-class _Registry:
-    __slots__ = ("table", "lock", "url_slots")
-
-    def __init__(self) -> None:
-        self.table: dict[tuple[Any, str], _KeyLock] = {}
-        self.lock = threading.Lock()
-        self.url_slots: dict[str, ClientSlot] = {}
-
-
-def _registry() -> _Registry:
-    return runtime.per_process("locks", _Registry)
-
-
-def _url_slot(url: str) -> ClientSlot:
-    """One client per lock URL per process, shared by every storage using it."""
-    registry = _registry()
-    slot = registry.url_slots.get(url)
-    if slot is None:
-        with registry.lock:
-            slot = registry.url_slots.setdefault(
-                url, ClientSlot(partial(client_from_url, url, **LOCK_CLIENT_OPTIONS))
-            )
-    return slot
-
-
-@contextlib.contextmanager
-def _registered(entry: tuple[Any, str]) -> Iterator[_KeyLock]:
-    """This process's :class:`_KeyLock` of *entry*, kept in the registry while anyone uses it."""
-    registry = _registry()
-    with registry.lock:
-        kl = registry.table.get(entry)
-        if kl is None:
-            kl = registry.table[entry] = _KeyLock()
-        kl.users += 1
-    try:
-        yield kl
-    finally:
-        # Looked up again: after a fork it is the child's registry.
-        registry = _registry()
-        with registry.lock:
-            kl.users -= 1
-            if kl.users == 0 and registry.table.get(entry) is kl:
-                del registry.table[entry]
-
-
-class _Bypass:
+class _Bypass(threading.local):
     """Per-thread depth of operations that take no distributed lock (reads, prefix expansion)."""
 
-    __slots__ = ("local",)
-
-    def __init__(self) -> None:
-        self.local = threading.local()
-
-    def __bool__(self) -> bool:
-        return getattr(self.local, "depth", 0) > 0
+    depth = 0  # each thread starts at 0
 
     def __enter__(self) -> None:
-        self.local.depth = getattr(self.local, "depth", 0) + 1
+        self.depth += 1
 
     def __exit__(self, *exc: object) -> None:
-        self.local.depth -= 1
+        self.depth -= 1
 
 
 class _LockState:
@@ -135,6 +61,10 @@ class _LockState:
         self.masters: tuple[ClientSlot, ...] | None = None
         self.servers: Any = None
         self.metrics: StorageMetrics | None = None
+        self.settings: Settings | None = None
+        # Full keys to their lock's name (PerKeyLockMixin), so a busy key
+        # skips checking and formatting it every time; bounded.
+        self.names: dict[str, str] = {}
 
     def __reduce__(self) -> tuple[type, tuple]:
         return (_LockState, ())
@@ -200,7 +130,7 @@ class _DistributedLocking(OperationContext):
         if state.masters is None:
             if self.lock_urls:
                 state.servers = self.lock_urls
-                state.masters = tuple(_url_slot(u) for u in self.lock_urls)
+                state.masters = tuple(url_slot(u) for u in self.lock_urls)
             else:
                 assert isinstance(self, RedisBackend)
                 state.servers = (
@@ -210,6 +140,10 @@ class _DistributedLocking(OperationContext):
                 )
                 state.masters = (self.channel.slot,)
         return state.masters, state.servers
+
+    def _carries_releases(self) -> bool:
+        """Whether a write may carry the release of its lock: the lock is on this storage's own Redis."""
+        return isinstance(self, RedisBackend) and not self.lock_urls
 
     def _lock_metrics(self) -> StorageMetrics:
         # A fleche-redis storage counts its lock waits with its other counters.
@@ -240,93 +174,76 @@ class _DistributedLocking(OperationContext):
 
     # -- the hook -------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _operation_context(self, key: Any, *, intent: Intent = Intent.WRITE) -> Iterator[None]:
-        name = None
-        if intent is not Intent.READ and not self._lock_state.bypass:
-            name = self._lock_name(key)
+    def _operation_context(
+        self, key: Any, *, intent: Intent = Intent.WRITE
+    ) -> contextlib.AbstractContextManager[None]:
+        # A plain method returning the hold (not a generator around it): this
+        # runs on every operation, and every contextlib layer costs a few
+        # microseconds of a contended key's turn.
+        if intent is Intent.READ or self._lock_state.bypass.depth:
+            return super()._operation_context(key, intent=intent)
+        name = self._lock_name(key)
         if name is None:
-            with super()._operation_context(key, intent=intent):
-                yield
-            return
-        with self._hold(name), super()._operation_context(key, intent=intent):
-            yield
+            return super()._operation_context(key, intent=intent)
+        # fleche's own hook does nothing: skip making it when nothing else is in the chain.
+        inner = (
+            _NOTHING
+            if _chain_ends_here(type(self))
+            else super()._operation_context(key, intent=intent)
+        )
+        return self._hold(name, inner)
 
-    @contextlib.contextmanager
-    def _hold(self, name: str) -> Iterator[None]:
-        """Hold the lock *name*: this process's turn first, then the distributed lock."""
+    def _hold(self, name: str, inner: contextlib.AbstractContextManager[None]) -> Hold:
+        """Hold the lock *name* around *inner*: this process's turn first, then the distributed lock."""
         masters, servers = self._lock_masters()
-        with _registered((servers, name)) as kl:
-            if kl.owner == threading.get_ident():  # nested: held already, no round trip
-                yield
-                return
-            deadline = runtime.clock() + self.lock_timeout
-            counts, started = self._lock_metrics(), time.perf_counter()
-            # A thread of this process holding the key counts as a wait too.
-            queued = self._process_turn(kl, name, counts)
-            try:
-                lock = self._acquire_redlock(kl, name, masters, deadline, counts)
-                # The Redlock remembers whether this acquisition queued in Redis.
-                counts.lock_acquired(time.perf_counter() - started, queued or lock.contended)
-                with self._owning(kl, lock):
-                    yield
-            finally:
-                kl.mutex.release()
-
-    def _process_turn(self, kl: _KeyLock, name: str, counts: StorageMetrics) -> bool:
-        """Take *kl*'s in-process mutex; whether we had to wait for it (refused after the timeout)."""
-        if kl.mutex.acquire(blocking=False):
-            return False
-        if not kl.mutex.acquire(timeout=min(self.lock_timeout, threading.TIMEOUT_MAX)):
-            counts.lock_failures += 1
-            self._refuse(
-                LockTimeout(
-                    f"{name}: another thread of this process held it for {self.lock_timeout}s",
-                    name=name,
-                )
+        settings = self._lock_state.settings
+        if settings is None:
+            settings = self._lock_state.settings = Settings(
+                self.lock_ttl, self.lock_timeout, self._lock_metrics(), self._refuse
             )
-        return True
+        return Hold(settings, name, masters, (servers, name), inner)
 
-    def _acquire_redlock(
-        self,
-        kl: _KeyLock,
-        name: str,
-        masters: tuple[ClientSlot, ...],
-        deadline: float,
-        counts: StorageMetrics,
-    ) -> Redlock:
-        """Acquire the key's distributed lock by *deadline* (refused if not)."""
-        lock = kl.redlock
-        if lock is None:
-            lock = kl.redlock = Redlock(name, masters, ttl=self.lock_ttl)
-        lock.ttl = self.lock_ttl
-        try:
-            lock.acquire(timeout=max(0.0, deadline - runtime.clock()))
-        except LockError as e:
-            counts.lock_failures += 1
-            self._refuse(e)
-        return lock
+    # -- the last write carries the release ---------------------------------------
 
-    @contextlib.contextmanager
-    def _owning(self, kl: _KeyLock, lock: Redlock) -> Iterator[None]:
-        """Run the operation as *kl*'s owner thread, then release *lock*."""
-        kl.owner = threading.get_ident()
-        failed = False
+    def save(self, *args: Any, **kwargs: Any) -> Any:
+        # fleche's saves (ValueMixin, CallMixin, CallRedis) end their hold with
+        # the entry's write: a hold opened by this call may send its release
+        # in the write's request (see _write).
+        if not self._carries_releases():
+            return super().save(*args, **kwargs)
+        outer = getattr(saving, "marker", None)
+        saving.marker = object()
         try:
-            yield
-        except BaseException:
-            failed = True
-            raise
+            return super().save(*args, **kwargs)
         finally:
-            kl.owner = None
-            try:
-                lock.release()
-            except LockError as e:
-                kl.redlock = None  # an unconfirmed release: leave it to expire
-                if failed:  # the operation's own error says more
-                    logger.warning("%s (while handling another error)", e)
-                else:
-                    self._refuse(e)
+            saving.marker = outer
+
+    def _write(self, client: Any, key: Any, data: bytes, value: Any) -> None:
+        """RedisBackend's layout hook: the write, with the lock's release in its request when it ends a save."""
+        hold = self._saving_hold(client, key)
+        if hold is None:
+            super()._write(client, key, data, value)  # type: ignore[misc]
+            return
+        recorder = Recorder(transactional=True)
+        super()._write(recorder, key, data, value)  # type: ignore[misc]
+        hold.carry(client, recorder.commands, self._scripts())  # type: ignore[attr-defined]
+
+    def _saving_hold(self, client: Any, key: Any) -> Hold | None:
+        """The hold whose release this write may carry: opened by the running ``save``, on this server."""
+        marker = getattr(saving, "marker", None)
+        if marker is None or isinstance(client, Recorder) or not wire.single_server(client):
+            return None
+        name = self._lock_name(key)
+        if name is None:
+            return None
+        kl = registry().table.get((self._lock_masters()[1], name))
+        if kl is None or kl.owner != threading.get_ident() or kl.hold is None:
+            return None
+        hold = kl.hold
+        if hold.carried:  # a second write in the same save: hold the lock again first
+            hold.reacquire()
+            return None
+        return hold if hold.opened_by is marker else None
 
     def _refuse(self, error: LockError) -> NoReturn:
         """Raise *error* as this storage's refusal (error policy: ``docs/locks.md``)."""
@@ -361,6 +278,27 @@ class _DistributedLocking(OperationContext):
             return super().shrink(*keys)
 
 
+_NOTHING = contextlib.nullcontext()
+
+
+_chain_ends: dict[type, bool] = {}
+
+
+def _chain_ends_here(cls: type) -> bool:
+    """Whether the ``_operation_context`` after ours in *cls*'s MRO is fleche's no-op base."""
+    ends = _chain_ends.get(cls)
+    if ends is None:
+        ends = False
+        mro = cls.__mro__
+        for klass in mro[mro.index(_DistributedLocking) + 1 :]:
+            hook = vars(klass).get("_operation_context")
+            if hook is not None:
+                ends = hook is vars(OperationContext)["_operation_context"]
+                break
+        _chain_ends[cls] = ends
+    return ends
+
+
 def _lockable_digest(key: str) -> str:
     # Keys that are not digests (fleche refuses them a moment later) are
     # hashed so that braces or globs in them never reach a Redis key.
@@ -388,6 +326,10 @@ class PerKeyLockMixin(_DistributedLocking):
 
     def _lock_name(self, key: Any) -> str | None:
         key = str(key)
+        names = self._lock_state.names
+        name = names.get(key)
+        if name is not None:
+            return name
         if len(key) < DIGEST_LENGTH:
             # Expanding is a read, so it takes no lock and cannot recurse
             # into this hook; then the full key is locked.
@@ -396,10 +338,16 @@ class PerKeyLockMixin(_DistributedLocking):
                     key = str(self.expand(key))
                 except (KeyError, AmbiguousDigestError):
                     return None
+            return self._lock_name(key)
         digest = _lockable_digest(key)
         if isinstance(self, RedisBackend):
-            return self.layout.key(digest, "lock")
-        return KeyLayout(self.lock_namespace, "lock").key(digest, "lock")
+            name = self.layout.key(digest, "lock")
+        else:
+            name = KeyLayout(self.lock_namespace, "lock").key(digest, "lock")
+        if len(names) >= NAMES_KEPT:
+            names.clear()
+        names[key] = name
+        return name
 
 
 @dataclass(frozen=True, kw_only=True)

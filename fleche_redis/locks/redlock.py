@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import EllipsisType
 from typing import Any, NamedTuple
 
@@ -26,6 +26,7 @@ from .. import runtime
 from ..errors import LockError, LockLost, LockNotOwned, LockUnavailable
 from ..runtime import fork_generation
 from ..storage.keys import lock_key
+from ..transport.request import Command
 from ..transport.wire import receive, send
 from . import policy
 from .holder import LOCK_CLIENT_OPTIONS, LockHolder
@@ -239,19 +240,71 @@ class Redlock(LockHolder):
         held does nothing; in a forked child it forgets the parent's lock
         without touching Redis.
         """
+        begun = self._begin_release()
+        if begun is not None:
+            token, pending, first, lost = begun
+            replies = self._run(self.RELEASE, self._keys, (token, self._mode), which=pending)
+            self._end_release(replies, first, lost)
+
+    def carry_release(self) -> tuple[Command, Callable[[Any], None]] | None:
+        """The release as a command for the caller to send, and what to hand its reply.
+
+        For a lock on one master: the caller appends the command to a request
+        of its own (after the writes the lock guards, in one atomic request),
+        so writing and releasing cost one round trip.  It passes ``settle`` the
+        command's reply, which then does what :meth:`release` would (raising
+        :class:`LockLost` if the lock was lost before); ``None`` if the command
+        certainly did not run (an earlier command of the request was refused:
+        the lock stays held); the exception if the reply is unknown (then call
+        :meth:`release` again, as after ``LockUnavailable``).  ``None`` where
+        there is nothing to carry: several masters, or nothing held.
+        """
+        if len(self.masters) != 1:
+            return None
+        begun = self._begin_release()
+        if begun is None:
+            return None
+        token, pending, first, lost = begun
+        command = ("EVALSHA", self.RELEASE.sha, 2, *self._keys, token, self._mode)
+
+        def settle(reply: Any) -> None:
+            if reply is None:
+                self._unbegin_release(token, first)
+            else:
+                self._end_release({0: reply}, first, lost)
+
+        return command, settle
+
+    def _begin_release(self) -> tuple[str, list[int], bool, bool] | None:
+        """Mark the lock released here: (token, masters to release on, whether held, whether lost)."""
         with self._mutex:
             token = self._token
             if token is None or not (self._held or self._pending):
-                return
+                return None
             if self._generation != fork_generation():
                 self._forget()
-                return
+                return None
             first = self._held
             self._held = False
             pending = sorted(self._pending)
             lost = self._lost
+        # Not held any more, so a renewal meanwhile stops by itself; the
+        # watchdog hears of it after the release is sent (_end_release), as
+        # the next holder may be waiting for that request.
+        return token, pending, first, lost
+
+    def _unbegin_release(self, token: str, first: bool) -> None:
+        """The release did not happen after all: held as before, renewed again."""
+        with self._mutex:
+            if self._token != token or not first:
+                return
+            self._held = True
+        if self.auto_renew:
+            self._renewer().watch(self, min(self.ttl * self.RENEW_EVERY, self.remaining() / 2))
+
+    def _end_release(self, replies: dict[int, Any], first: bool, lost: bool) -> None:
+        """Read the replies of a release begun by :meth:`_begin_release` (raising as ``release``)."""
         self._renewer().unwatch(self)
-        replies = self._run(self.RELEASE, self._keys, (token, self._mode), which=pending)
         confirmed = {i for i, r in replies.items() if not isinstance(r, Exception)}
         with self._mutex:
             self._pending -= confirmed

@@ -27,6 +27,8 @@ from fleche_redis import (
     SerializingMixin,
     ValueRedis,
 )
+from fleche_redis.errors import RedisStorageError
+from fleche_redis.storage.backend import RedisBackend
 from fleche_redis.testing.roundtrips import RoundTrips
 
 from .lockworkers import (
@@ -192,6 +194,147 @@ def test_fleches_nested_save_path_takes_the_lock_once(redis_server, namespace, t
         with RoundTrips() as trips:
             calls.save(stored)  # present already: contains, evict and put all nested
     assert trips.count == 2, trips.commands
+
+
+def _saved_record(calls, tmp_values):
+    """A call record saved once through a cache (so the scripts are loaded), and the record."""
+    square, _ = _square_calls()
+    with state.cache(Cache(values=tmp_values, calls=calls)):
+        square(3)
+    return calls.load(next(iter(calls.list())))
+
+
+@pytest.mark.parametrize("what", ["call record", "small value", "direct-write value"])
+def test_an_uncontended_locked_save_takes_two_round_trips(redis_server, namespace, what):
+    """Acquire, then the write and the release in one atomic request (issue #14)."""
+    calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
+    values = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    if what == "call record":
+        record = _saved_record(calls, ValueRedis(url=redis_server.url, namespace=namespace))
+        storage, save = calls, lambda: calls.save(record)
+    else:
+        value = b"x" * (10 if what == "small value" else 2 * ValueRedis.DIRECT_WRITE_MIN)
+        storage, save = values, lambda: values.save(value, DIGEST)
+    save()  # connect and load the scripts outside the count
+    with RoundTrips() as trips:
+        save()
+    assert trips.count == 2, trips.commands
+    lock_name = storage.layout.key(
+        record.to_lookup_key() if what == "call record" else DIGEST, "lock"
+    )
+    assert redis_server.client().exists(lock_name) == 0  # released
+    other = Redlock(lock_name, [redis_server.url])
+    assert other.acquire(blocking=False)
+    other.release()
+    if what != "call record":
+        assert values.load(DIGEST) == value
+
+
+class _Intruder:
+    """A value whose pickling (inside ``put``, just before the write) lets another holder take the lock."""
+
+    client = None
+    lock_name = ""
+
+    def __reduce__(self):
+        if type(self).lock_name:
+            type(self).client.set(type(self).lock_name, "another holder")
+        return (_Intruder, ())
+
+
+def test_a_lock_lost_before_the_carried_write_is_still_reported(redis_server, namespace):
+    """The release travels with the write and finds the lock gone: the save is refused as before."""
+    values = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    values.save(b"warm", DIGEST)
+    _Intruder.client, _Intruder.lock_name = redis_server.client(), values.layout.key(DIGEST, "lock")
+    with pytest.raises(LockLost):
+        values.save(_Intruder(), DIGEST)
+    # The other holder keeps its lock: our release never deleted it.
+    assert redis_server.client().get(_Intruder.lock_name) == b"another holder"
+    calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
+    record = _saved_record(calls, ValueRedis(url=redis_server.url, namespace=namespace))
+    values_lock, _Intruder.lock_name = _Intruder.lock_name, ""
+    record.metadata["intruder"] = {"v": _Intruder()}
+    _Intruder.lock_name = calls.layout.key(record.to_lookup_key(), "lock")
+    with pytest.raises(Rejected) as err:
+        calls.save(record)
+    assert isinstance(err.value.__cause__, LockLost)
+    assert redis_server.client().get(_Intruder.lock_name) == b"another holder"
+    redis_server.client().delete(values_lock, _Intruder.lock_name)
+    _Intruder.lock_name = ""
+
+
+def test_a_refused_carried_write_still_releases_its_lock(fresh_server, namespace):
+    """A write the server refuses stops the release in its request; the lock is released after.
+
+    On a server of its own: the refusal's warning starts a burst of the
+    server's name (``transport.health``) that other tests must not share.
+    """
+    redis_server = fresh_server
+    values = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    values.save(b"warm", DIGEST)
+    with Redlock(values.layout.key("0" * 64, "lock"), [redis_server.url]):
+        pass  # loads RELEASE on its own, as the refused write needs it
+    r = redis_server.client()
+    r.delete(values.layout.data(DIGEST))
+    r.hset(values.layout.data(DIGEST), "foreign", "key")  # a foreign key of the wrong type
+    with RoundTrips() as trips, pytest.raises(RedisStorageError, match="WRONGTYPE"):
+        values.save(b"v", DIGEST)
+    assert trips.count == 3, trips.commands  # acquire, write + release (refused), release
+    assert r.exists(values.layout.key(DIGEST, "lock")) == 0
+
+
+@dataclass(frozen=True)
+class _PutTwice(ValueRedis):
+    def save(self, value, key=None):
+        with self._operation_context(key):
+            self.put(value, key)
+            self.put(value, key)  # goes on after the write that carried the release
+        return key
+
+
+@dataclass(frozen=True)
+class LockedPutTwice(PerKeyLockMixin, _PutTwice): ...
+
+
+def test_a_save_that_goes_on_after_its_write_holds_the_lock_again(redis_server, namespace):
+    storage = LockedPutTwice(url=redis_server.url, namespace=namespace)
+    storage.save(b"v", DIGEST)
+    held = []
+    original, r = RedisBackend._write, redis_server.client()
+    r.ping()
+
+    def spy(self, client, key, data, value):
+        held.append(r.exists(self.layout.key(key, "lock")))
+        return original(self, client, key, data, value)
+
+    with RoundTrips() as trips, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RedisBackend, "_write", spy)
+        storage.save(b"v", DIGEST)
+    assert held == [1, 1]  # each write ran under the lock
+    # acquire, write + release, acquire again, write, release (and the spy's EXISTS)
+    assert [c for c in trips.commands if c != b"EXISTS"] == [b"EVALSHA"] * 5
+    assert redis_server.client().exists(storage.layout.key(DIGEST, "lock")) == 0
+
+
+def test_a_keys_redlock_is_kept_between_operations_within_a_bound(
+    redis_server, namespace, monkeypatch
+):
+    """A busy key keeps its Redlock (which remembers it is contended); idle ones are bounded."""
+    from fleche_redis.locks import holds
+
+    monkeypatch.setattr(holds, "IDLE_LOCKS", 2)
+    storage = LockedValueRedis(url=redis_server.url, namespace=namespace)
+    keys = [f"{i:02x}" * 32 for i in range(3)]
+    seen = []
+    for key in keys + keys[-1:]:
+        with storage._operation_context(key):
+            entry = (storage._lock_masters()[1], storage._lock_name(key))
+            seen.append(holds.registry().table[entry].redlock)
+    idle = holds.registry().idle
+    assert seen[2] is seen[3]  # the same key, the same Redlock
+    names = [name for _, name in idle if name.startswith(namespace)]
+    assert names == [storage._lock_name(k) for k in keys[1:]]  # the oldest went
 
 
 def test_reads_take_no_distributed_lock_unless_asked(redis_server, namespace):

@@ -291,3 +291,37 @@ def test_renew_is_public_and_the_former_name_still_works(redis_server, namespace
         assert lock.held
     finally:
         lock.release()
+
+
+def test_a_carried_release_does_what_release_would(master, namespace):
+    """``carry_release``: the caller sends the command in its own request and settles the reply."""
+    client = _client(master)
+    lock = Redlock(lock_key("carried", namespace), [master], ttl=10)
+
+    def send(command):
+        try:
+            return client.execute_command(*command)
+        except Exception:  # NOSCRIPT on a fresh server: EVAL it as a caller's bundle would
+            return client.execute_command("EVAL", lock.RELEASE.source, *command[2:])
+
+    lock.acquire()
+    command, settle = lock.carry_release()
+    assert not lock.held  # released here from the start: a renewal meanwhile stops
+    settle(send(command))
+    assert lock.fencing_token is None and lock.carry_release() is None
+    assert client.exists(lock.name) == 0
+    # A request whose earlier commands were refused: the release never ran, still held.
+    lock.acquire()
+    _, settle = lock.carry_release()
+    settle(None)
+    assert lock.held
+    lock.release()
+    assert client.exists(lock.name) == 0
+    # Lost before the request ran: reported as release() reports it.
+    lock.acquire()
+    command, settle = lock.carry_release()
+    client.set(lock.name, "another holder")
+    with pytest.raises(LockLost):
+        settle(send(command))
+    assert client.get(lock.name) == b"another holder"
+    client.delete(lock.name)
