@@ -15,6 +15,7 @@ from ..runtime import fork_generation
 from ..storage.keys import lock_tag_end
 from ..transport.connection import ClientSlot, client_from_url
 from ..transport.fanout import run_script
+from ..transport.health import Backoff, passing
 from ..transport.scripts import LuaScript
 from . import lua as redlock_lua
 from . import watchdog as _watchdog
@@ -53,6 +54,8 @@ class LockHolder:
     EXTEND: ClassVar[LuaScript] = redlock_lua.EXTEND
     SETTLE: ClassVar[LuaScript] = redlock_lua.SETTLE
 
+    RIDE: ClassVar[float] = 5.0
+    """Seconds a script refused by a moving slot or a reconfiguring cluster is asked again (see ``_run``)."""
     RECHECK: ClassVar[float] = 0.2
     """Longest a waiter blocks before checking again (bounds a lost wakeup)."""
 
@@ -161,9 +164,29 @@ class LockHolder:
         args: Sequence[Any],
         which: Sequence[int] | None = None,
     ) -> dict[int, Any]:
-        """Run *script* on the chosen masters at once; reply or exception per master index."""
+        """Run *script* on the chosen masters at once; reply or exception per master index.
+
+        A master that refused it because its slot is moving or its cluster
+        is reconfiguring (``TRYAGAIN``, ``ASK``, ``CLUSTERDOWN``, ...: the
+        script did not run) is asked again, with backoff, for up to
+        :attr:`RIDE` seconds; dropped connections are not (the script may
+        have run), and stay the caller's to judge.
+        """
         which = range(len(self.masters)) if which is None else which
-        return run_script({i: self.masters[i] for i in which}, script, keys, args)
+        replies = run_script({i: self.masters[i] for i in which}, script, keys, args)
+        backoff = None
+        while again := [i for i, r in replies.items() if _refused_for_now(r)]:
+            backoff = backoff or Backoff(self.RIDE)
+            pause = backoff.next()
+            if pause is None:
+                break
+            runtime.sleep(pause)
+            replies.update(run_script({i: self.masters[i] for i in again}, script, keys, args))
+        return replies
+
+
+def _refused_for_now(reply: Any) -> bool:
+    return isinstance(reply, Exception) and passing(reply, fails_over=False)
 
 
 def _slot(master: Any) -> ClientSlot:
