@@ -26,7 +26,7 @@ from ..transport.connection import ClientSlot, check_url, redact_url, shared_slo
 from ..transport.health import POLICIES, Breaker
 from ..transport.request import Command, call, send
 from ..transport.scripts import LuaScript
-from . import check, chunks, config, snapshot
+from . import check, chunks, config, nested, snapshot
 from . import lua as entry_lua
 from .calls import IndexedCallsMixin
 from .codec import Codec, Encoded
@@ -393,60 +393,12 @@ class ValueRedis(DestructuringMixin, ValueMixin, RedisBackend):
         return b""
 
     def load(self, key: Digest | str) -> Any:
-        """fleche's destructured load, fetching each level of nesting in one request.
-
-        fleche mends a destructured container by loading its parts one by
-        one; here all parts of one level arrive in one pipelined request, so a
-        value nested *n* levels deep costs *n* + 1 requests, not one per part.
-        """
+        """fleche's destructured load, fetching each level of nesting in one request (see :mod:`.nested`)."""
         raw = ValueMixin.load(self, key)
-        if not isinstance(raw, Digested):
-            return raw
-        parts: dict[str, Any] = {}
-        frontier = self._raw_sub_digests(raw)
-        near = self.near
-        while frontier:
-            held = {digest: near.get(digest) for digest in frontier}
-            wanted = sorted(digest for digest, data in held.items() if data is None)
-            found = self.channel.run("get", _pipelined_reads, self, wanted) if wanted else []
-            held.update(zip(wanted, found, strict=True))
-            frontier = set()
-            for digest, data in held.items():
-                if data is None:
-                    continue  # mend() will miss it, as fleche's own load would
-                part = parts[digest] = self.codec.decode(data, key=digest)
-                near.keep(digest, data)  # decoded: the bytes are sound
-                if isinstance(part, Digested):
-                    frontier |= {d for d in self._raw_sub_digests(part) if d not in parts}
-        return raw.mend(_Parts(parts))
+        return nested.mend(self, raw) if isinstance(raw, Digested) else raw
 
     def to_config(self) -> dict[str, Any]:
         return {**self._config(), "remaining_depth": self.remaining_depth}
-
-
-def _pipelined_reads(
-    client: Any, storage: RedisBackend, keys: list[str]
-) -> list[bytes | bytearray | None]:
-    # One by one on Cluster, as before: each routed to its node.
-    found = send(client, [("GET", storage.layout.data(key)) for key in keys], ordered=True)
-    # Chunked entries hold a manifest here; they are read in full separately.
-    return [
-        storage._read(client, Digest(key))
-        if data is not None and chunks.is_manifest(data)
-        else data
-        for key, data in zip(keys, found, strict=True)
-    ]
-
-
-@dataclass(frozen=True)
-class _Parts:
-    """What ``Digested.mend`` loads parts from: the parts fetched ahead, mended in turn."""
-
-    parts: dict[str, Any]
-
-    def load(self, key: str) -> Any:
-        part = self.parts[key]  # KeyError: a missing part, a miss as in fleche
-        return part.mend(self) if isinstance(part, Digested) else part
 
 
 @dataclass(frozen=True)
