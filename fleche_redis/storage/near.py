@@ -29,7 +29,7 @@ from .. import runtime
 from ..errors import UndecodableEntry
 from ..transport import tracking
 from ..transport.connection import ClientSlot
-from .keys import KeyLayout
+from .keys import SHARDS, KeyLayout
 
 __all__ = [
     "NearCache",
@@ -321,14 +321,17 @@ def near_cache(capacity: int, slot: ClientSlot, layout: KeyLayout) -> NearCache:
     digest never change), tracked under the keyspace's prefix for anything else."""
     if layout.keyspace == VALUES:
         return NearCache(capacity)
-    prefix = f"{layout.namespace}:{{{layout.keyspace}."
+    # Only the data keys: a digest starts with its shard's characters, which no
+    # helper key of a shard (lease, waiters, wake, index, terms, refs, gc)
+    # does, so every miss's lease and index traffic stays off the listener.
+    prefixes = tuple(layout.data_prefix(shard) + shard for shard in SHARDS)
 
     def digest_of(name: bytes) -> str | None:
         digest = name[-64:].decode("ascii", "replace")
         return digest if name.decode("ascii", "replace") == layout.data(digest) else None
 
     def watch(near: TrackedNearCache) -> bool:
-        return tracking.watch(slot, prefix, near)
+        return tracking.watch(slot, prefixes, near)
 
     return TrackedNearCache(capacity, watch, digest_of)
 

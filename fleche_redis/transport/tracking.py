@@ -16,6 +16,7 @@ Where there is no single server to listen to (Redis Cluster, fakeredis),
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -59,8 +60,8 @@ class Subscriber(Protocol):
     def tracking_stopped(self) -> None: ...
 
 
-def watch(slot: ClientSlot, prefix: str, subscriber: Subscriber) -> bool:
-    """Subscribe *subscriber* to the changes of keys under *prefix* on *slot*'s server.
+def watch(slot: ClientSlot, prefixes: tuple[str, ...], subscriber: Subscriber) -> bool:
+    """Subscribe *subscriber* to the changes of keys under *prefixes* on *slot*'s server.
 
     Returns ``False`` where Redis cannot track for us (Redis Cluster,
     fakeredis): then *subscriber* hears nothing.  The subscription ends
@@ -69,11 +70,11 @@ def watch(slot: ClientSlot, prefix: str, subscriber: Subscriber) -> bool:
     """
     if redispy.tracking_connection(slot.get()) is None:
         return False
-    listeners: dict[tuple[int, str], Listener] = runtime.per_process("tracking.listeners", dict)
+    listeners: dict[tuple[int, tuple[str, ...]], Listener] = runtime.per_process("tracking.listeners", dict)
     with _registry_lock:
-        listener = listeners.get((id(slot), prefix))
+        listener = listeners.get((id(slot), prefixes))
         if listener is None or not listener.running:
-            listener = listeners[(id(slot), prefix)] = Listener(slot, prefix)
+            listener = listeners[(id(slot), prefixes)] = Listener(slot, prefixes)
         listener.add(subscriber)
     return True
 
@@ -84,9 +85,11 @@ _registry_lock = threading.Lock()
 class Listener:
     """One tracking connection and the daemon thread that reads it (see the module docstring)."""
 
-    def __init__(self, slot: ClientSlot, prefix: str) -> None:
+    def __init__(self, slot: ClientSlot, prefixes: tuple[str, ...]) -> None:
         self.slot = slot  # held, so id(slot) names it as long as this listener lives
-        self.prefix = prefix
+        self.prefixes = prefixes
+        self.prefix = os.path.commonprefix(prefixes)
+        """What the prefixes share: the listener's name in logs and its thread's."""
         self.running = True
         self.connection_id: int | None = None
         """The server's id of the tracking connection, while connected (for tests)."""
@@ -95,7 +98,7 @@ class Listener:
         self._lock = threading.Lock()
         self._pause = threading.Event()  # never set: a sleep tests' clocks do not touch
         self._thread = threading.Thread(
-            target=self._run, name=f"{THREAD_NAME} {prefix}", daemon=True
+            target=self._run, name=f"{THREAD_NAME} {self.prefix}", daemon=True
         )
 
     def add(self, subscriber: Subscriber) -> None:
@@ -152,7 +155,14 @@ class Listener:
         redispy.connect(conn)
         redispy.send_command(conn, "CLIENT", "ID")
         own = int(redispy.read_push(conn))
-        redispy.send_command(conn, "CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self.prefix)
+        redispy.send_command(
+            conn,
+            "CLIENT",
+            "TRACKING",
+            "ON",
+            "BCAST",
+            *(word for prefix in self.prefixes for word in ("PREFIX", prefix)),
+        )
         redispy.read_push(conn)
         self.connection_id = own
         with self._lock:

@@ -68,7 +68,7 @@ def test_a_listener_tells_its_subscribers(redis_server, namespace):
     slot = ClientSlot(lambda: redis.Redis.from_url(redis_server.url))
     subscribers = [Heard()]
     events = subscribers[0].events
-    assert tracking.watch(slot, f"{namespace}:", subscribers[0])
+    assert tracking.watch(slot, (f"{namespace}:",), subscribers[0])
     wait_for(lambda: events == ["started"])
     other = redis_server.client()
     other.set(f"{namespace}:a", 1)
@@ -85,4 +85,4 @@ def test_a_listener_tells_its_subscribers(redis_server, namespace):
 
 def test_fakeredis_cannot_be_watched():
     slot = ClientSlot(lambda: fakeredis.FakeRedis())
-    assert not tracking.watch(slot, "x:", Heard())
+    assert not tracking.watch(slot, ("x:",), Heard())
