@@ -309,9 +309,11 @@ class Redlock(LockHolder):
         with self._mutex:
             self._pending -= confirmed
             if len(self.masters) - len(self._pending) < self.quorum:
+                why = next((r for r in replies.values() if isinstance(r, Exception)), None)
                 raise LockUnavailable(
                     f"{self.name}: only {len(self.masters) - len(self._pending)} master(s) confirmed "
-                    "the release; the token is kept, call release() again",
+                    "the release; the token is kept, call release() again"
+                    + (f" (a master answered {why!r})" if why is not None else ""),
                     name=self.name,
                 )
             # Only a first attempt can tell: a retry finds the key gone when

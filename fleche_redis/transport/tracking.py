@@ -70,7 +70,9 @@ def watch(slot: ClientSlot, prefixes: tuple[str, ...], subscriber: Subscriber) -
     """
     if redispy.tracking_connection(slot.get()) is None:
         return False
-    listeners: dict[tuple[int, tuple[str, ...]], Listener] = runtime.per_process("tracking.listeners", dict)
+    listeners: dict[tuple[int, tuple[str, ...]], Listener] = runtime.per_process(
+        "tracking.listeners", dict
+    )
     with _registry_lock:
         listener = listeners.get((id(slot), prefixes))
         if listener is None or not listener.running:

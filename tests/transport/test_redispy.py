@@ -242,7 +242,9 @@ def test_connect_once_makes_one_attempt_and_keeps_the_policy():
     conn._connect = counted
     with pytest.raises(redis.ConnectionError):
         conn.connect()  # nobody listens: refused at once, attempt after attempt
-    assert len(attempts) > 1, changed("Connection.connect", "it no longer retries")
+    # redis-py 5.0 connects once whatever the policy; later releases retry by it.
+    retries = tuple(int(part) for part in redis.__version__.split(".")[:2]) >= (5, 1)
+    assert (len(attempts) > 1) == retries, changed("Connection.connect", "its retrying changed")
     attempts.clear()
     with pytest.raises(redis.ConnectionError):
         redispy.connect_once(conn)
