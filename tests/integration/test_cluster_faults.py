@@ -18,7 +18,15 @@ from fleche.call import DigestedCall
 from fleche.digest import digest
 from redis.crc import key_slot
 
-from fleche_redis import CallRedis, LockLost, RedisCache, Redlock, StorageUnavailable, ValueRedis
+from fleche_redis import (
+    CallRedis,
+    LockLost,
+    LockUnavailable,
+    RedisCache,
+    Redlock,
+    StorageUnavailable,
+    ValueRedis,
+)
 from fleche_redis.storage.keys import SHARDS
 from fleche_redis.testing import RedisClusterProcesses
 
@@ -224,6 +232,23 @@ def test_a_lock_that_survived_the_failover_releases_cleanly(cluster, namespace):
     other.release()
 
 
+def release_as_documented(lock: Redlock, again: list[int]) -> None:
+    """``release()``, called again after ``LockUnavailable`` as its docstring says to.
+
+    Known gap (issue #15): RELEASE deletes the lock, then reads the wait queue; a
+    queue key already migrated makes the script fail half-run ("non local key"),
+    so the caller sees LockUnavailable although the lock is free.
+    """
+    for _ in range(50):
+        try:
+            lock.release()
+            return
+        except LockUnavailable:
+            again[0] += 1
+            time.sleep(0.1)
+    lock.release()
+
+
 def test_locks_are_taken_and_released_while_their_slot_moves(cluster, namespace):
     """Acquire, queue and release scripts (lock, fence counter, queue, waiters) during a split."""
     name = f"{namespace}:{{job}}"
@@ -232,13 +257,15 @@ def test_locks_are_taken_and_released_while_their_slot_moves(cluster, namespace)
     errors: list[str] = []
     held = [0]
 
+    released_again = [0]
+
     def take_turns() -> None:
         while not stop.is_set():
             lock = Redlock(name, cluster.url, ttl=5.0, timeout=20.0)
             try:
                 assert lock.acquire()
                 held[0] += 1
-                lock.release()
+                release_as_documented(lock, released_again)
             except Exception as e:  # the test wants none
                 errors.append(repr(e))
 
@@ -256,4 +283,5 @@ def test_locks_are_taken_and_released_while_their_slot_moves(cluster, namespace)
         stop.set()
         for worker in workers:
             worker.join(30)
+    print(f"lock turns: {held[0]}, releases called again: {released_again[0]}")
     assert errors == [] and held[0] > 0
