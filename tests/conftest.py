@@ -12,9 +12,13 @@ fakeredis with Lua.
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
 import os
 import re
+import sys
+import threading
+import time
 
 import fakeredis
 import pytest
@@ -58,6 +62,46 @@ def _needs_server(item: pytest.Item) -> bool:
     ):
         return True
     return "integration" in item.path.parts
+
+
+STRAGGLER_GRACE = 15.0
+"""Seconds the run waits, after the last test, for threads the tests left running."""
+
+EXIT_GRACE = 120.0
+"""Seconds the process may take to exit after the last test before it is ended, stacks printed."""
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """A thread a test left blocked must not hang the run at exit: report it, then end.
+
+    Python waits for every non-daemon thread before it exits, so one stuck
+    thread would stall CI until its time limit, with nothing printed.  Here
+    its stack is printed and the process ends with a failing status; and if
+    exiting takes longer than ``EXIT_GRACE`` anyway, every stack is printed
+    and the process ends (``faulthandler``'s exit status 1).
+    """
+    # Past this hook come atexit handlers and the interpreter's own shutdown:
+    # if anything there blocks, print every stack and end after EXIT_GRACE.
+    faulthandler.dump_traceback_later(EXIT_GRACE, exit=True)
+    deadline = time.monotonic() + STRAGGLER_GRACE
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+    ]
+    if not stuck:
+        return
+    sys.stdout.flush()
+    print(
+        f"\n{len(stuck)} thread(s) left blocked by the tests, after {STRAGGLER_GRACE:.0f}s: "
+        + ", ".join(t.name for t in stuck),
+        file=sys.stderr,
+    )
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+    os._exit(3)
 
 
 def pytest_collection_modifyitems(config, items):

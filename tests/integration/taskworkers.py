@@ -14,5 +14,6 @@ def slow_square(x: int) -> dict:
     url, prefix = os.environ["FLECHE_REDIS_TEST_COUNTER"].split(" ")
     with redis.Redis.from_url(url) as r:
         r.incr(f"{prefix}:{x}")
-    time.sleep(0.05)
+    # Long enough that both clients' maps overlap on a loaded machine (the control races).
+    time.sleep(0.2)
     return {"x": x, "square": x * x}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 
 import pytest
@@ -65,6 +67,15 @@ def _hold_in_thread(storage, key):
     t.start()
     assert entered.wait(10)
     return t, leave
+
+
+def _stacks() -> str:
+    """Every thread's stack now, for a failure that is hard to reproduce."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(
+        f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+        for ident, frame in sys._current_frames().items()
+    )
 
 
 def _blocked_while_held(storage, hold_key, op, *, settle=1.0):
@@ -587,10 +598,10 @@ def test_a_user_confined_to_the_namespace_can_use_every_lock_key(fresh_server, n
         try:
             for i in range(20):
                 storage.save(i)
-        except Exception as e:  # reported below
-            errors.append(e)
+        except Exception as e:  # reported below, with where every thread was (seen once in CI)
+            errors.append((e, _stacks()))
 
-    threads = [threading.Thread(target=work) for _ in range(3)]
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(3)]
     holder, leave = _hold_in_thread(storage, storage.save(0))  # make the others queue
     for t in threads:
         t.start()
@@ -599,7 +610,8 @@ def test_a_user_confined_to_the_namespace_can_use_every_lock_key(fresh_server, n
     holder.join(10)
     for t in threads:
         t.join(30)
-    assert not errors
+    assert not any(t.is_alive() for t in threads), _stacks()
+    assert not errors, "\n".join(f"{e!r}\n{stacks}" for e, stacks in errors)
     keys = [k.decode() for k in admin.scan_iter()]
     assert keys and all(k.startswith(f"{namespace}:") for k in keys)
 

@@ -9,8 +9,6 @@ by side), not one per worker.
 
 from __future__ import annotations
 
-import time
-
 from fleche_redis import redis_cache
 
 from ..cache.test_singleflight import race
@@ -22,9 +20,11 @@ def test_four_workers_on_an_uncacheable_result_take_two_executions(
     redis_server, namespace, counter
 ):
     cache = redis_cache(url=redis_server.url, namespace=namespace)
-    started = time.monotonic()
     out, _ = race(cache, (7, "always-none", SECONDS), workers=4)
     assert [value for _, value, _ in out] == [None] * 4
     assert counter() == 4
-    finished = max(t for *_, t in out) - started
-    assert finished < 3 * SECONDS, finished  # one after another would take 4 x SECONDS
+    # From the first finish (the worker that computed first) to the last:
+    # about one execution side by side, three one after another.  Measured
+    # between finishes, so starting 4 processes on a loaded machine does not count.
+    finishes = sorted(t for *_, t in out)
+    assert finishes[-1] - finishes[0] < 2 * SECONDS, finishes
