@@ -8,6 +8,7 @@ one ``poll()``, writes a request in one go and reads its replies in order
 
 from __future__ import annotations
 
+import collections
 import select
 import socket
 import weakref
@@ -42,6 +43,7 @@ __all__ = [
     "owing",
     "single_server",
     "Pending",
+    "tidy",
 ]
 
 
@@ -60,16 +62,44 @@ class _Kept:
         self.owed: list[tuple[int, Settle]] = []  # posted requests: (reply count, settle)
 
     def __del__(self) -> None:
+        # This runs wherever the last reference goes: at a thread's end, or
+        # inside the collector in any thread, at any allocation, even one
+        # inside this pool's own get_connection() under redis-py 5's
+        # non-reentrant pool lock (a thread waited for itself forever, holding
+        # a cache entry's lock).  So it only queues the connection;
+        # tidy() hands it back, outside every lock.
         try:
-            pool = self.pool()
-            if pool is not None and self.generation == fork_generation():
-                if self.owed:
-                    # A thread that ended with replies unread: the server has
-                    # applied (or refused) what was posted; only the report is
-                    # lost.  Never hand a connection with stray bytes back.
-                    self.conn.disconnect()
-                pool.release(self.conn)
-        except Exception:  # interpreter shutdown, a pool already closed
+            _ended.append((self.pool, self.conn, bool(self.owed), self.generation))
+        except Exception:  # interpreter shutdown: the module's globals are gone
+            pass
+
+
+_ended: collections.deque[tuple[weakref.ref[Any], Any, bool, int]] = collections.deque()
+"""Kept connections of ended threads, waiting to go back to their pools (deque: no lock)."""
+
+
+def tidy() -> None:
+    """Hand the kept connections of ended threads back to their pools.
+
+    Runs before a thread checks a connection out (so a pool never grows for
+    want of them), never under a pool's lock; tests call it directly.
+    """
+    while _ended:
+        try:
+            pool_ref, conn, owed, generation = _ended.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        pool = pool_ref()
+        if pool is None or generation != fork_generation():
+            continue
+        try:
+            if owed:
+                # A thread that ended with replies unread: the server has
+                # applied (or refused) what was posted; only the report is
+                # lost.  Never hand a connection with stray bytes back.
+                conn.disconnect()
+            pool.release(conn)
+        except Exception:  # a pool already closed
             pass
 
 
@@ -86,6 +116,8 @@ def _kept(pool: Any) -> _Kept | None:
             held = local.held = weakref.WeakKeyDictionary()
         kept = held.get(pool)
         if kept is None or kept.generation != generation:  # a client used across fork()
+            if _ended:
+                tidy()
             kept = held[pool] = _Kept(pool, redispy.checkout(pool))
         local.pool, local.kept, local.generation = pool, kept, generation
     return None if kept.busy else kept
@@ -120,6 +152,8 @@ def send(client: Client, commands: list[tuple[Any, ...]]) -> Pending:
         conn = kept.conn
         _drop_if_stale(kept)
     else:
+        if _ended:
+            tidy()
         conn = redispy.checkout(pool)
     try:
         redispy.write(conn, _packed(conn, commands))

@@ -47,7 +47,8 @@ def test_threads_keep_their_own_connections_and_return_them(client, fresh_server
     for t in threads:
         t.join()
     assert len(set(seen)) == 3
-    gc.collect()  # the threads' kept connections went back to the pool
+    gc.collect()
+    wire.tidy()  # the ended threads' kept connections go back to the pool
     assert len(client.connection_pool._available_connections) == 3
 
 
@@ -214,3 +215,65 @@ def test_big_arguments_are_framed_without_copies_and_arrive_intact(client):
     for target in (client, fakeredis.FakeRedis(server=fakeredis.FakeServer())):
         assert wire.request(target, commands) == [b"OK", len(big), b"2.5"]
         assert wire.call(target, "GET", "big") == big
+
+
+def test_a_kept_connection_let_go_while_its_pool_is_busy_never_waits_for_the_pool(client):
+    """A kept connection's finalizer runs wherever its last reference goes.
+
+    Seen in CI on redis-py 5: the collector ran it inside this very pool's
+    ``get_connection()`` (which holds a plain ``Lock``), so the finalizer's
+    ``pool.release()`` waited for its own thread forever, while that thread
+    held a cache entry's lock.  Now it only queues the connection, and
+    :func:`wire.tidy` (run before the next checkout) hands it back.
+    """
+    pool = client.connection_pool
+    kept = wire._Kept(pool, redispy.checkout(pool))
+    in_use = len(pool._in_use_connections)
+    busy, done = threading.Event(), threading.Event()
+
+    def hold_the_pools_lock():
+        with pool._lock:
+            busy.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold_the_pools_lock)
+    holder.start()
+    assert busy.wait(10)
+    let_go = threading.Event()
+
+    def drop(box=[kept]):  # noqa: B006 - the only reference, dropped in this thread
+        box.clear()
+        let_go.set()
+
+    del kept
+    dropper = threading.Thread(target=drop, daemon=True)
+    dropper.start()
+    try:
+        assert let_go.wait(5), "the finalizer waited for the pool's lock"
+    finally:
+        done.set()
+        holder.join(10)
+    assert len(pool._in_use_connections) == in_use  # queued, not yet returned
+    wire.tidy()
+    assert len(pool._in_use_connections) == in_use - 1
+
+
+def test_connections_of_ended_threads_go_back_before_the_next_checkout(client):
+    together = threading.Barrier(3)  # alive at once, so each checks out a connection of its own
+
+    def one_request(barrier=None):
+        wire.call(client, "PING")
+        if barrier is not None:
+            barrier.wait(10)
+
+    threads = [threading.Thread(target=one_request, args=(together,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pool = client.connection_pool
+    assert len(pool._in_use_connections) == 3  # their threads ended; queued to go back
+    last = threading.Thread(target=one_request)  # its checkout tidies first
+    last.start()
+    last.join()
+    assert len(pool._in_use_connections) == 1  # only the last thread's, queued in turn
