@@ -10,6 +10,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import redis
+
 from .. import runtime
 from ..runtime import fork_generation
 from ..storage.keys import lock_tag_end
@@ -169,8 +171,10 @@ class LockHolder:
         A master that refused it because its slot is moving or its cluster
         is reconfiguring (``TRYAGAIN``, ``ASK``, ``CLUSTERDOWN``, ...: the
         script did not run) is asked again, with backoff, for up to
-        :attr:`RIDE` seconds; dropped connections are not (the script may
-        have run), and stay the caller's to judge.
+        :attr:`RIDE` seconds, and so is one stopped at a key of a migrating
+        slot that is not on its node (:data:`NOT_HERE_YET`: it wrote nothing);
+        dropped connections are not (the script may have run), and stay the
+        caller's to judge.
         """
         which = range(len(self.masters)) if which is None else which
         replies = run_script({i: self.masters[i] for i in which}, script, keys, args)
@@ -185,8 +189,18 @@ class LockHolder:
         return replies
 
 
+NOT_HERE_YET = "Script attempted to access a non local key"
+"""How a node stops a script that touched a key of a migrating slot that is not on it.
+
+The lock scripts touch every key before they write one (``lua.py``), so a
+script stopped this way wrote nothing and is sent again, like ``TRYAGAIN``."""
+
+
 def _refused_for_now(reply: Any) -> bool:
-    return isinstance(reply, Exception) and passing(reply, fails_over=False)
+    return isinstance(reply, Exception) and (
+        passing(reply, fails_over=False)
+        or (isinstance(reply, redis.ResponseError) and NOT_HERE_YET in str(reply))
+    )
 
 
 def _slot(master: Any) -> ClientSlot:

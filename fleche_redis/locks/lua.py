@@ -4,6 +4,14 @@ Each script runs on one master and touches only keys of the lock's hash
 slot (key layout: ``docs/locks.md``).  ACQUIRE and RELEASE share the
 helpers in ``_SHARED``: strictly increasing fencing tokens and the
 hand-over to the oldest live waiter.
+
+Reads first: only the lock and its fencing counter are declared keys; the
+queue, leases and signals are named from them.  While a slot migrates, a
+script that touches one of those keys not (or no longer) on this node stops
+there with "Script attempted to access a non local key", and what it wrote
+before stays written.  So each script touches every key it may write
+before its first write: stopped, it wrote nothing, and is sent again
+(:meth:`~fleche_redis.locks.holder.LockHolder._run`).
 """
 
 from __future__ import annotations
@@ -27,28 +35,34 @@ local function fence(counter)
   return string.format('%.0f', n)
 end
 
--- The oldest waiter whose lease is alive, and the ttl it asked for;
--- waiters whose lease ran out are dropped on the way.
-local function head(lock, queue)
-  for _ = 1, 64 do
-    local w = redis.call('LINDEX', queue, 0)
-    if not w then return nil end
-    local ttl = redis.call('GET', lock .. ':a:' .. w)
-    if ttl then return w, ttl end
-    redis.call('LPOP', queue)
+-- Reads only: the oldest waiter other than `skip` whose lease is alive,
+-- the ttl it asked for, and the waiters before it whose lease ran out.
+-- It touches the waiter's signal key too (see "Reads first" above).
+local function head(lock, queue, skip)
+  local dead = {}
+  for _, w in ipairs(redis.call('LRANGE', queue, 0, 63)) do
+    if w ~= skip then
+      local ttl = redis.call('GET', lock .. ':a:' .. w)
+      if ttl then
+        redis.call('EXISTS', lock .. ':s:' .. w)
+        return w, ttl, dead
+      end
+      dead[#dead + 1] = w
+    end
   end
-  return nil
+  return nil, nil, dead
 end
 
--- The lock has just become free.  Fair mode makes the oldest waiter the
--- holder and sends it its fencing token; otherwise it is only woken.
-local function pass_on(lock, queue, counter, fair)
-  local w, ttl = head(lock, queue)
+-- Writes, once the lock has become free: drop the dead waiters head()
+-- found, then fair mode makes waiter w the holder and sends it its fencing
+-- token; otherwise w is only woken.
+local function pass_on(lock, queue, counter, fair, w, ttl, dead)
+  for _, d in ipairs(dead) do redis.call('LREM', queue, 1, d) end
   if not w then return nil end
   local alive = lock .. ':a:' .. w
   local signal = lock .. ':s:' .. w
   if fair then
-    redis.call('LPOP', queue)
+    redis.call('LREM', queue, 1, w)
     redis.call('DEL', alive)
     redis.call('SET', lock, w, 'PX', ttl)
     redis.call('RPUSH', signal, fence(counter))
@@ -79,7 +93,12 @@ ACQUIRE = LuaScript(
     local fair = string.sub(mode, 1, 1) == 'f'
     local queue = lock .. ':q'
     local alive, signal = lock .. ':a:' .. token, lock .. ':s:' .. token
+    -- Reads: every key this script may write (see "Reads first").
     local holder = redis.call('GET', lock)
+    redis.call('EXISTS', queue, alive, signal)
+    local w, ttl, dead
+    if not holder and fair then w, ttl, dead = head(lock, queue, nil) end
+    -- Writes.
     if holder == token then
       -- Handed over while the caller was not listening (or a retried
       -- attempt): collect the token's fence, or draw a new one.
@@ -90,13 +109,10 @@ ACQUIRE = LuaScript(
       redis.call('LREM', queue, 0, token)
       return {1, f, 0}
     end
-    if not holder and fair then
+    if w and w ~= token then
       -- Free but with live waiters (the holder expired): the oldest goes first.
-      local w = head(lock, queue)
-      if w and w ~= token then
-        pass_on(lock, queue, KEYS[2], true)
-        holder = w
-      end
+      pass_on(lock, queue, KEYS[2], true, w, ttl, dead)
+      holder = w
     end
     if not holder then
       redis.call('SET', lock, token, 'NX', 'PX', ARGV[2])
@@ -126,19 +142,22 @@ RELEASE = LuaScript(
     --   then 'c' if the caller may be queued (a waiter giving up)
     -- Returns 1 if the token held the lock (now released), else 0.
     local lock, token, mode = KEYS[1], ARGV[1], ARGV[2]
-    local released = 0
-    if redis.call('GET', lock) == token then
-      redis.call('DEL', lock)
-      released = 1
-    end
-    if string.find(mode, 'c', 2, true) then
-      redis.call('LREM', lock .. ':q', 0, token)
+    local queue = lock .. ':q'
+    local leaving = string.find(mode, 'c', 2, true)
+    -- Reads: every key this script may write (see "Reads first").
+    local held = redis.call('GET', lock) == token
+    if leaving then redis.call('EXISTS', queue, lock .. ':a:' .. token, lock .. ':s:' .. token) end
+    local w, ttl, dead
+    if held then w, ttl, dead = head(lock, queue, token) end
+    -- Writes.
+    if leaving then
+      redis.call('LREM', queue, 0, token)
       redis.call('DEL', lock .. ':a:' .. token, lock .. ':s:' .. token)
     end
-    if released == 1 then
-      pass_on(lock, lock .. ':q', KEYS[2], string.sub(mode, 1, 1) == 'f')
-    end
-    return released
+    if not held then return 0 end
+    redis.call('DEL', lock)
+    pass_on(lock, queue, KEYS[2], string.sub(mode, 1, 1) == 'f', w, ttl, dead)
+    return 1
     """
 )
 """Release if the token holds the lock, and pass it on; idempotent."""
@@ -162,6 +181,7 @@ SETTLE = LuaScript(
     -- quorum's token, so every later quorum draws a larger one, and takes
     -- the caller out of this master's queue (a stale head would be woken
     -- in its place).  Returns 1.
+    redis.call('EXISTS', KEYS[1] .. ':q', KEYS[1] .. ':a:' .. ARGV[1], KEYS[1] .. ':s:' .. ARGV[1])
     local c = tonumber(redis.call('GET', KEYS[2]) or '0')
     if c < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
     redis.call('LREM', KEYS[1] .. ':q', 0, ARGV[1])

@@ -244,6 +244,21 @@ class RedisClusterProcesses(ClosedOnExit):
         s, t = clients[source.port], clients[target.port]
         t.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source.port])
         s.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target.port])
+        RedisClusterProcesses._finish(slot, source, target, clients, ids, batch, pause, between)
+
+    @staticmethod
+    def _finish(
+        slot: int,
+        source: RedisServer,
+        target: RedisServer,
+        clients: dict[int, redis.Redis],
+        ids: dict[int, str],
+        batch: int,
+        pause: float,
+        between: Callable[[int], None] | None,
+    ) -> None:
+        """Move a split slot's keys, then give it to *target* everywhere."""
+        s, t = clients[source.port], clients[target.port]
         split = False
         while keys := s.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
             s.execute_command(
@@ -260,6 +275,31 @@ class RedisClusterProcesses(ClosedOnExit):
         for port, other in clients.items():
             if port not in (target.port, source.port):
                 other.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target.port])
+
+    @contextmanager
+    def slot_split(self, slot: int, target: RedisServer) -> Iterator[RedisServer]:
+        """Hold *slot* split: ``MIGRATING`` on its owner (yielded), ``IMPORTING`` on *target*.
+
+        No key has moved yet, so a script whose declared keys are all on
+        the owner runs there, and stops at the first undeclared key that is
+        not.  On exit the keys move and *target* owns the slot.
+        """
+        primaries = self.primaries()
+        ids = {n.port: self.node_id(n) for n in primaries}
+        source = self.owner(slot)
+        clients = {n.port: n.client() for n in primaries}
+        try:
+            clients[target.port].execute_command(
+                "CLUSTER SETSLOT", slot, "IMPORTING", ids[source.port]
+            )
+            clients[source.port].execute_command(
+                "CLUSTER SETSLOT", slot, "MIGRATING", ids[target.port]
+            )
+            yield source
+            self._finish(slot, source, target, clients, ids, 100, 0.0, None)
+        finally:
+            for client in clients.values():
+                client.close()
 
     @contextmanager
     def losing_writes(self, replica: RedisServer, fault: str = "kill") -> Iterator[None]:
