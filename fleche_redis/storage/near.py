@@ -287,6 +287,12 @@ class TrackedNearCache(NearCache):
             self._floor = self._seq
             self._clear()
 
+    def tracking_ended(self) -> None:
+        """The listener gave up on the server: keep nothing, and subscribe again on the next read."""
+        self.tracking_stopped()
+        with self._locked():
+            self._watched = -1
+
     def invalidated(self, names: list[bytes] | None) -> None:
         """Redis says the keys *names* changed (``None``: every key, as after ``FLUSHALL``)."""
         with self._locked():

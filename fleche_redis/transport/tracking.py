@@ -49,6 +49,13 @@ PONG_TIMEOUT = 5.0
 RETRY_MIN, RETRY_MAX = 0.05, 1.0
 """Seconds between two attempts to connect again, doubling from the first to the second."""
 
+GIVE_UP = 30.0
+"""Seconds a listener keeps trying to reach a server that does not answer before its thread ends.
+
+Its subscribers hear ``tracking_ended`` and subscribe again on their next
+read, so a server that went away for good (a test's, a decommissioned one)
+leaves no thread behind knocking at its door every second."""
+
 
 class Subscriber(Protocol):
     """What a listener tells: tracking began, these keys changed (``None``: all), tracking stopped."""
@@ -58,6 +65,9 @@ class Subscriber(Protocol):
     def invalidated(self, names: list[bytes] | None) -> None: ...
 
     def tracking_stopped(self) -> None: ...
+
+    def tracking_ended(self) -> None:
+        """The listener gave up on its server (``GIVE_UP``); subscribe again to track anew."""
 
 
 def watch(slot: ClientSlot, prefixes: tuple[str, ...], subscriber: Subscriber) -> bool:
@@ -123,11 +133,12 @@ class Listener:
 
     def _run(self) -> None:
         delay = RETRY_MIN
+        down_since: float | None = None
         while self._subscribers:
             conn = None
             try:
                 conn = self._connect()
-                delay = RETRY_MIN
+                delay, down_since = RETRY_MIN, None
                 self._listen(conn)
             except redis.ResponseError as e:
                 # The server refuses tracking (an ACL without CLIENT, a prefix
@@ -146,6 +157,13 @@ class Listener:
                 self._went_down()
                 if conn is not None:
                     conn.disconnect()
+            now = time.monotonic()
+            down_since = now if down_since is None else down_since
+            if now - down_since > GIVE_UP:
+                logger.info("tracking for %s: no server for %.0fs, stopped", self.prefix, GIVE_UP)
+                self._stop()
+                self._tell("tracking_ended")
+                return
             self._pause.wait(delay)
             delay = min(2 * delay, RETRY_MAX)
         self._stop()

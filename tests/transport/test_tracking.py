@@ -7,7 +7,7 @@ import time
 import fakeredis
 import redis
 
-from fleche_redis import runtime
+from fleche_redis import CallRedis, runtime
 from fleche_redis.transport import redispy, tracking
 from fleche_redis.transport.connection import ClientSlot
 
@@ -56,6 +56,9 @@ class Heard:
     def tracking_stopped(self) -> None:
         self.events.append("stopped")
 
+    def tracking_ended(self) -> None:
+        self.events.append("ended")
+
 
 def wait_for(predicate, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
@@ -86,3 +89,33 @@ def test_a_listener_tells_its_subscribers(redis_server, namespace):
 def test_fakeredis_cannot_be_watched():
     slot = ClientSlot(lambda: fakeredis.FakeRedis())
     assert not tracking.watch(slot, ("x:",), Heard())
+
+
+def test_a_listener_whose_server_is_gone_ends_its_thread(fresh_server, namespace, monkeypatch):
+    """A server gone for good leaves no thread behind knocking every second."""
+    monkeypatch.setattr(tracking, "GIVE_UP", 0.5)
+    slot = ClientSlot(lambda: redis.Redis.from_url(fresh_server.url, socket_connect_timeout=1))
+    heard = Heard()
+    assert tracking.watch(slot, (f"{namespace}:",), heard)
+    wait_for(lambda: heard.events == ["started"])
+    listeners = runtime.per_process("tracking.listeners", dict).values()
+    listener = next(lst for lst in listeners if lst.prefix == f"{namespace}:")
+    fresh_server.kill()
+    wait_for(lambda: not listener._thread.is_alive(), timeout=10)
+    assert heard.events == ["started", "stopped", "ended"]
+    fresh_server.restart()  # back: subscribing again makes a new listener
+    assert tracking.watch(slot, (f"{namespace}:",), heard)
+    wait_for(lambda: heard.events[-1] == "started", timeout=10)
+
+
+def test_a_near_cache_tracks_again_once_its_server_is_back(fresh_server, namespace, monkeypatch):
+    monkeypatch.setattr(tracking, "GIVE_UP", 0.5)
+    calls = CallRedis(url=fresh_server.url, namespace=namespace)
+    near = calls.near
+    near._subscribed()
+    wait_for(lambda: near.state == "tracked")
+    fresh_server.kill()
+    wait_for(lambda: near.state != "tracked" and near._watched == -1, timeout=10)
+    fresh_server.restart()
+    near._subscribed()  # what the next read does
+    wait_for(lambda: near.state == "tracked", timeout=10)
