@@ -10,8 +10,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import redis
-
 from .. import runtime
 from ..runtime import fork_generation
 from ..storage.keys import lock_tag_end
@@ -172,7 +170,7 @@ class LockHolder:
         is reconfiguring (``TRYAGAIN``, ``ASK``, ``CLUSTERDOWN``, ...: the
         script did not run) is asked again, with backoff, for up to
         :attr:`RIDE` seconds, and so is one stopped at a key of a migrating
-        slot that is not on its node (:data:`NOT_HERE_YET`: it wrote nothing);
+        slot that is not on its node (``health.NOT_HERE_YET``: it wrote nothing);
         dropped connections are not (the script may have run), and stay the
         caller's to judge.
         """
@@ -189,18 +187,8 @@ class LockHolder:
         return replies
 
 
-NOT_HERE_YET = "Script attempted to access a non local key"
-"""How a node stops a script that touched a key of a migrating slot that is not on it.
-
-The lock scripts touch every key before they write one (``lua.py``), so a
-script stopped this way wrote nothing and is sent again, like ``TRYAGAIN``."""
-
-
 def _refused_for_now(reply: Any) -> bool:
-    return isinstance(reply, Exception) and (
-        passing(reply, fails_over=False)
-        or (isinstance(reply, redis.ResponseError) and NOT_HERE_YET in str(reply))
-    )
+    return isinstance(reply, Exception) and passing(reply, fails_over=False)
 
 
 def _slot(master: Any) -> ClientSlot:

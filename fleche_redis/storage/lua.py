@@ -6,6 +6,9 @@ lists it, the shard's references hash and its gc flag.  PUT writes the bytes
 and indexes them; INDEX is PUT without the write, for bytes that a plain
 ``SET`` put in just before (see ``RedisBackend._write``); both share
 ``_INDEX_ENTRY``.  EVICT removes an entry, its index entries and any chunks.
+Each reads every key it may write before its first write, so a slot
+migration that stops a script midway finds it wrote nothing
+(``transport.health.NOT_HERE_YET``).
 """
 
 from __future__ import annotations
@@ -108,14 +111,19 @@ EVICT = LuaScript(
     + """
     local bad = wrong(KEYS[1], 'string') or wrong(KEYS[2], 'zset') or wrong(KEYS[3], 'hash')
     if bad then return refuse(bad) end
-    redis.call('ZREM', KEYS[2], ARGV[1])
-    redis.call('HDEL', KEYS[3], ARGV[1])
+    -- The chunks' names come from the manifest: read them before the first
+    -- write (a key of a moving slot that is not here stops the script there).
+    local chunks = {}
     if redis.call('GETRANGE', KEYS[1], 0, #ARGV[2] - 1) == ARGV[2] then
       local count = tonumber(string.match(redis.call('GET', KEYS[1]), '^.-%s(%d+)', #ARGV[2]))
       for i = 0, count - 1 do
-        redis.call('DEL', KEYS[1] .. ':' .. i)
+        chunks[#chunks + 1] = KEYS[1] .. ':' .. i
+        redis.call('EXISTS', chunks[#chunks])
       end
     end
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('HDEL', KEYS[3], ARGV[1])
+    for _, chunk in ipairs(chunks) do redis.call('DEL', chunk) end
     return redis.call('DEL', KEYS[1])
     """
 )

@@ -295,8 +295,10 @@ class RedisClusterProcesses(ClosedOnExit):
             clients[source.port].execute_command(
                 "CLUSTER SETSLOT", slot, "MIGRATING", ids[target.port]
             )
-            yield source
-            self._finish(slot, source, target, clients, ids, 100, 0.0, None)
+            try:
+                yield source
+            finally:  # also when the test failed: the next one needs a whole slot
+                self._finish(slot, source, target, clients, ids, 100, 0.0, None)
         finally:
             for client in clients.values():
                 client.close()

@@ -57,6 +57,14 @@ CONNECTION_KINDS = ("ConnectionError", "TimeoutError")
 RECONFIGURING = ("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "MASTERDOWN", "LOADING", "READONLY")
 """Error replies of a server whose cluster or replication is changing under it."""
 
+NOT_HERE_YET = "Script attempted to access a non local key"
+"""How a node stops a script that touched a key of a migrating slot that is not on it.
+
+Every script of the package touches all the keys it may write before its
+first write (``storage/lua.py``, ``locks/lua.py``), and the rest declare
+every key they touch (refused before they run), so a script stopped this
+way wrote nothing and is sent again, like one refused with ``TRYAGAIN``."""
+
 _RECONFIGURING = (
     rx.ClusterError,
     rx.AskError,
@@ -84,7 +92,8 @@ def passing(exc: BaseException, *, fails_over: bool) -> bool:
     if isinstance(exc, _RECONFIGURING):
         return True
     if isinstance(exc, redis.ResponseError):
-        return str(exc).split(" ", 1)[0] in RECONFIGURING
+        text = str(exc)
+        return text.split(" ", 1)[0] in RECONFIGURING or NOT_HERE_YET in text
     if isinstance(exc, _NOT_PASSING):
         return False
     return fails_over and isinstance(
