@@ -105,9 +105,7 @@ def test_a_holder_resumed_after_its_ttl_cannot_overwrite_the_newer_record(
 
 def test_without_fencing_the_resumed_holder_overwrites(redis_server, namespace):
     """The control: the same race with records that carry no fence loses B's write."""
-    storage = lockworkers.UnfencedCallRedis(
-        url=redis_server.url, namespace=namespace, lock_ttl=TTL
-    )
+    storage = lockworkers.UnfencedCallRedis(url=redis_server.url, namespace=namespace, lock_ttl=TTL)
     key, a, b = _records(redis_server.url, namespace)
     a_outcome, b_outcome = _stale_holder_race(storage, a, b)
     assert b_outcome == ("saved", None)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import multiprocessing
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from fleche import fleche as memoize
 from fleche import state
 from fleche.caches import Cache, Rejected
+from redis.exceptions import ResponseError
 
-from fleche_redis import CallRedis, LockLost, PerKeyLockMixin, Redlock, ValueRedis
+from fleche_redis import CallRedis, LockLost, PerKeyLockMixin, Redlock, ValueRedis, lock_key
 from fleche_redis.storage.calls import write_fences
 from fleche_redis.testing.roundtrips import RoundTrips
 
@@ -173,3 +175,30 @@ def test_the_fence_of_a_lock_nested_in_another_is_put_back_after_it(redis_server
     assert DIGEST not in write_fences.held
     with Redlock(calls._lock_name(DIGEST), [url]) as lock:
         assert lock.fencing_token > inner  # one counter per slot: strictly increasing
+
+
+def _documented_counter_script():
+    """The fenced counter of docs/locks.md (Fencing), so the documented pattern is the tested one."""
+    text = (Path(__file__).parents[2] / "docs" / "locks.md").read_text()
+    section = text.split("### Fencing", 1)[1]
+    return section.split("```lua\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_fenced_counter_refuses_a_stale_holder(redis_server, namespace):
+    """The counter variant, with Redlock's own fencing tokens: A's lease runs out, B increments."""
+    r = redis_server.client()
+    incr = r.register_script(_documented_counter_script())
+    name, counter = lock_key("counter", namespace), f"{namespace}:{{counter}}:n"
+    a, b = Redlock(name, [redis_server.url], ttl=30), Redlock(name, [redis_server.url], ttl=30)
+    a.acquire()
+    r.delete(name)  # A's lease ran out while it was paused
+    with b:
+        newer = b.fencing_token
+        assert newer > a.fencing_token
+        assert incr(keys=[counter], args=[newer]) == 1
+    with pytest.raises(ResponseError, match="FENCED"):
+        incr(keys=[counter], args=[a.fencing_token])  # A resumes and increments
+    with pytest.raises(LockLost):
+        a.release()
+    assert int(r.hget(counter, "n")) == 1
+    assert int(r.hget(counter, "fence")) == newer
