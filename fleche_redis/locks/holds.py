@@ -260,7 +260,7 @@ class Hold:
         fence, digest = lock.fencing_token, self.digest
         if digest is None or fence is None:
             return
-        held = write_fences.held
+        held = write_fences().held
         if not again:
             self.outer_fence = held.get(digest)  # a lock of another storage, around this one
         held[digest] = fence
@@ -268,10 +268,11 @@ class Hold:
     def _unfence(self) -> None:
         digest = self.digest
         if digest is not None:
+            held = write_fences().held
             if self.outer_fence is None:
-                write_fences.held.pop(digest, None)
+                held.pop(digest, None)
             else:
-                write_fences.held[digest] = self.outer_fence
+                held[digest] = self.outer_fence
 
     # -- letting it go ----------------------------------------------------------------
 

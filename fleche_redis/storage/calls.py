@@ -16,6 +16,7 @@ from fleche.call import Call, DigestedCall, QueryCall
 from fleche.digest import Digest
 from redis.exceptions import ResponseError
 
+from .. import runtime
 from ..errors import LockLost, UnavailableMiss
 from ..transport import request
 from ..transport.redispy import Client
@@ -36,25 +37,32 @@ __all__ = ["IndexedCallsMixin", "write_fences", "stale_write"]
 
 
 class _WriteFences(threading.local):
-    """Per thread: digest -> fencing token of the per-key lock this thread holds on it.
-
-    Set by the lock's holder (``fleche_redis.locks.holds``), read by the
-    record write: a record written under the lock carries the token, and the
-    server refuses it if the record was written under a newer one (see
-    ``docs/locks.md``, Fencing).  A thread-local rather than an argument, so
-    a record written by a storage that is not itself locked (the ``calls`` of
-    a locked cache) still carries the fence of the lock around it.
-    """
+    """Per thread: digest -> fencing token of the per-key lock this thread holds on it."""
 
     def __init__(self) -> None:
         self.held: dict[str, int] = {}
 
 
-write_fences = _WriteFences()
+def write_fences() -> _WriteFences:
+    """This thread's fences: what its record writes carry (``.held``, digest -> token).
+
+    Set by the lock's holder (``fleche_redis.locks.holds``), read by the
+    record write: a record written under the lock carries the token, and the
+    server refuses it if the record was written under a newer one (see
+    ``docs/locks.md``, Fencing).  Per thread rather than an argument, so a
+    record written by a storage that is not itself locked (the ``calls`` of
+    a locked cache) still carries the fence of the lock around it; per
+    process, so a forked child never writes with its parent's locks.
+    """
+    return runtime.per_process("write-fences", _WriteFences)
 
 
 def stale_write(error: BaseException, digest: str) -> LockLost | None:
-    """*error* as :class:`LockLost` if it is the server's refusal of a stale fence, else ``None``."""
+    """*error* as :class:`LockLost` if it is the server's refusal of a stale fence, else ``None``.
+
+    Named by the record's digest: the write that was refused may not know
+    which lock (a locked cache's) it was made under.
+    """
     if isinstance(error, ResponseError) and str(error).startswith("FENCED"):
         return LockLost(f"record {digest} not written: {error}", name=digest)
     return None
@@ -119,11 +127,14 @@ class IndexedCallsMixin(_Host):
         if old and old ~= ARGV[5] then by_thousands('ZREM', old) end
         local fields = {'v', ARGV[1], 't', ARGV[5]}
         if ARGV[6] ~= '' then
-          fields[#fields + 1], fields[#fields + 2] = 'r', ARGV[6]
+          fields[5], fields[6] = 'r', ARGV[6]
         elseif old then
           redis.call('HDEL', KEYS[1], 'r')
         end
-        if fence ~= '' then fields[#fields + 1], fields[#fields + 2] = 'f', fence end
+        if fence ~= '' then
+          fields[#fields + 1] = 'f'
+          fields[#fields + 1] = fence
+        end
         -- HSET counts the fields it added: all of them means a new hash, with no ttl to drop.
         local added = redis.call('HSET', KEYS[1], unpack(fields))
         if tonumber(ARGV[3]) > 0 then
@@ -184,7 +195,7 @@ class IndexedCallsMixin(_Host):
 
     def _write(self, client: Client, key: Digest, data: Encoded, value: Any) -> None:
         layout = self.layout
-        fence = write_fences.held.get(key)
+        fence = write_fences().held.get(key)
         try:
             self.PUT_RECORD(
                 client,

@@ -75,6 +75,13 @@ class StopOnPickle:
         return isinstance(other, StopOnPickle)
 
 
+def report_fences(results) -> None:
+    """Report the fences this process's writes would carry."""
+    from fleche_redis.storage.calls import write_fences
+
+    results.put(dict(write_fences().held))
+
+
 def save_record(storage, record, results, stop: bool = False) -> None:
     """Save *record* through *storage* (stopping before the write if *stop*); report the outcome."""
     StopOnPickle.armed = stop

@@ -21,7 +21,13 @@ from fleche_redis import CallRedis, LockLost, PerKeyLockMixin, Redlock, ValueRed
 from fleche_redis.storage.calls import write_fences
 from fleche_redis.testing.roundtrips import RoundTrips
 
-from .lockworkers import LockedCache, LockedCallRedis, UnfencedCallRedis, save_record
+from .lockworkers import (
+    LockedCache,
+    LockedCallRedis,
+    UnfencedCallRedis,
+    report_fences,
+    save_record,
+)
 
 DIGEST = "3f" + "a9" * 31
 FORK = multiprocessing.get_context("fork")
@@ -34,11 +40,11 @@ class LockedValueRedis(PerKeyLockMixin, ValueRedis): ...
 def _put(calls, value, fence):
     """``calls.put(value, DIGEST)`` as a holder of *fence* would write it (``None``: no lock)."""
     if fence is not None:
-        write_fences.held[DIGEST] = fence
+        write_fences().held[DIGEST] = fence
     try:
         calls.put(value, DIGEST)
     finally:
-        write_fences.held.pop(DIGEST, None)
+        write_fences().held.pop(DIGEST, None)
 
 
 def _fence_of(calls, key=DIGEST):
@@ -129,7 +135,7 @@ def test_a_stale_holder_is_rejected_and_the_newer_record_stays(
         storage = LockedCallRedis(url=url, namespace=namespace, lock_urls=lock_urls)
     lock_server = r if composition == "LockedCallRedis" else fresh_server.client()
     with pytest.raises(Rejected), storage._operation_context(key):  # our release finds it lost
-        ours = write_fences.held[key]
+        ours = write_fences().held[key]
         lock_server.delete(storage._lock_name(key))  # our lease ran out
         _newer_holder_writes(storage, record, "newer")
         record.metadata["writer"] = "stale"
@@ -137,9 +143,10 @@ def test_a_stale_holder_is_rejected_and_the_newer_record_stays(
             storage.save(record)
     assert isinstance(err.value.__cause__, LockLost)
     assert "FENCED" in str(err.value.__cause__)
+    assert err.value.__cause__.name == key  # the record, whichever lock it was written under
     assert calls.load(key).metadata["writer"] == "newer"
     assert _fence_of(calls, key) > ours
-    assert key not in write_fences.held  # released: this thread's writes carry no fence
+    assert key not in write_fences().held  # released: this thread's writes carry no fence
 
 
 @pytest.mark.parametrize("locks_on", ["own", "other"])
@@ -167,12 +174,12 @@ def test_the_fence_of_a_lock_nested_in_another_is_put_back_after_it(redis_server
         ValueRedis(url=url, namespace=namespace), calls, lock_urls=(url,), lock_namespace=namespace
     )
     with cache._operation_context(DIGEST):
-        outer = write_fences.held[DIGEST]
+        outer = write_fences().held[DIGEST]
         with calls._operation_context(DIGEST):
-            inner = write_fences.held[DIGEST]
+            inner = write_fences().held[DIGEST]
             assert inner != outer
-        assert write_fences.held[DIGEST] == outer
-    assert DIGEST not in write_fences.held
+        assert write_fences().held[DIGEST] == outer
+    assert DIGEST not in write_fences().held
     with Redlock(calls._lock_name(DIGEST), [url]) as lock:
         assert lock.fencing_token > inner  # one counter per slot: strictly increasing
 
@@ -202,3 +209,15 @@ def test_the_documented_fenced_counter_refuses_a_stale_holder(redis_server, name
         a.release()
     assert int(r.hget(counter, "n")) == 1
     assert int(r.hget(counter, "fence")) == newer
+
+
+def test_a_forked_child_writes_without_its_parents_fences(redis_server, namespace):
+    """A child never holds its parent's locks (the registry starts empty there), nor their fences."""
+    calls = LockedCallRedis(url=redis_server.url, namespace=namespace)
+    results = FORK.Queue()
+    with calls._operation_context(DIGEST):
+        assert DIGEST in write_fences().held
+        child = FORK.Process(target=report_fences, args=(results,))
+        child.start()
+        child.join(20)
+    assert results.get(timeout=5) == {}
