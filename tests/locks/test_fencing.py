@@ -8,7 +8,6 @@ The same race across real processes, with SIGSTOP: ``tests/integration/test_fenc
 from __future__ import annotations
 
 import multiprocessing
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from fleche import state
 from fleche.caches import Cache, Rejected
 from redis.exceptions import ResponseError
 
-from fleche_redis import CallRedis, LockLost, PerKeyLockMixin, Redlock, ValueRedis, lock_key
+from fleche_redis import CallRedis, LockLost, Redlock, ValueRedis, lock_key
 from fleche_redis.storage.calls import write_fences
 from fleche_redis.testing.roundtrips import RoundTrips
 
@@ -31,10 +30,6 @@ from .lockworkers import (
 
 DIGEST = "3f" + "a9" * 31
 FORK = multiprocessing.get_context("fork")
-
-
-@dataclass(frozen=True)
-class LockedValueRedis(PerKeyLockMixin, ValueRedis): ...
 
 
 def _put(calls, value, fence):
@@ -81,13 +76,15 @@ def test_fences_compare_as_numbers_not_strings(connection):
     assert _fence_of(calls) == 1_764_000_000_000_002
 
 
-def test_unlocked_records_and_values_carry_no_fence(connection):
+def test_a_record_written_without_a_lock_carries_no_fence(connection):
     calls = CallRedis(**connection)
     calls.put({"plain": True}, DIGEST)
     assert _fence_of(calls) is None
-    values = LockedValueRedis(**connection)
-    values.save(b"v", DIGEST)  # content-addressed: a late write writes the same bytes
-    assert values.redis().type(values.layout.data(DIGEST)) == b"string"
+    locked = LockedCallRedis(**connection)
+    with locked._operation_context(DIGEST):
+        pass  # a fence is drawn and dropped: the next unlocked write carries none
+    calls.put({"plain": "again"}, DIGEST)
+    assert _fence_of(calls) is None
 
 
 @memoize
