@@ -21,6 +21,7 @@ from typing import Any
 from .. import runtime
 from ..errors import LockError, LockTimeout
 from ..metrics import StorageMetrics
+from ..storage.calls import write_fences
 from ..transport import request
 from ..transport.connection import ClientSlot, client_from_url
 from ..transport.request import Command
@@ -145,7 +146,7 @@ class Hold:
 
     __slots__ = (
         "settings", "name", "masters", "entry", "inner", "kl", "lock", "opened_by", "carried",
-        "lost",
+        "lost", "digest", "outer_fence",
     )  # fmt: skip
 
     def __init__(
@@ -155,6 +156,7 @@ class Hold:
         masters: tuple[ClientSlot, ...],
         entry: tuple[Any, str],
         inner: contextlib.AbstractContextManager[None],
+        digest: str | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -166,6 +168,8 @@ class Hold:
         self.opened_by: object = None  # the save() this hold was taken for
         self.carried = False  # a write sent the release already
         self.lost: LockError | None = None  # what that release found
+        self.digest = digest  # the record this lock fences (PerKeyLockMixin), or None
+        self.outer_fence: int | None = None  # another lock's fence on the digest, put back after
 
     def __enter__(self) -> None:
         self._acquire()
@@ -211,6 +215,7 @@ class Hold:
             kl.hold = self
             self.lock = lock
             self.opened_by = getattr(saving, "marker", None)
+            self._fence(lock)
         except BaseException:
             self._leave()
             raise
@@ -248,6 +253,26 @@ class Hold:
         assert self.kl is not None
         self.lock = self._acquire_redlock(self.kl, runtime.clock() + self.settings.timeout)
         self.carried = False
+        self._fence(self.lock, again=True)
+
+    def _fence(self, lock: Redlock, again: bool = False) -> None:
+        """Let this thread's writes of the fenced record carry *lock*'s fencing token."""
+        fence, digest = lock.fencing_token, self.digest
+        if digest is None or fence is None:
+            return
+        held = write_fences().held
+        if not again:
+            self.outer_fence = held.get(digest)  # a lock of another storage, around this one
+        held[digest] = fence
+
+    def _unfence(self) -> None:
+        digest = self.digest
+        if digest is not None:
+            held = write_fences().held
+            if self.outer_fence is None:
+                held.pop(digest, None)
+            else:
+                held[digest] = self.outer_fence
 
     # -- letting it go ----------------------------------------------------------------
 
@@ -258,6 +283,7 @@ class Hold:
             return
         assert kl is not None
         self.lock = None
+        self._unfence()
         try:
             self._release_redlock(kl, lock, failed)
         finally:

@@ -14,15 +14,17 @@ import contextlib
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 from fleche.caches import BaseCache, Rejected
 from fleche.digest import DIGEST_LENGTH
 from fleche.storage.base import AmbiguousDigestError, CallStorage, Intent, OperationContext
+from redis.exceptions import ResponseError
 
-from ..errors import LockError
+from ..errors import LockError, LockLost
 from ..metrics import StorageMetrics
 from ..storage.backend import RedisBackend
+from ..storage.calls import stale_write
 from ..storage.keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
 from ..transport import wire
 from ..transport.batch import Recorder
@@ -87,6 +89,9 @@ class _DistributedLocking(OperationContext):
     """Also lock ``load``/``contains``/``expand``/``shrink`` (for storages whose writes are not atomic)."""
 
     _lock_state: _LockState = field(init=False, repr=False, compare=False)
+
+    _fences_records: ClassVar[bool] = False
+    """Whether a record written under the lock carries its fencing token (one lock per entry)."""
 
     def __post_init__(self, *args: Any, **kwargs: Any) -> None:
         parent = getattr(super(), "__post_init__", None)
@@ -201,7 +206,9 @@ class _DistributedLocking(OperationContext):
             settings = self._lock_state.settings = Settings(
                 self.lock_ttl, self.lock_timeout, self._lock_metrics(), self._refuse
             )
-        return Hold(settings, name, masters, (servers, name), inner)
+        # A per-key lock's name ends with the digest it guards (see _lock_name).
+        digest = name.rpartition(":")[2] if self._fences_records else None
+        return Hold(settings, name, masters, (servers, name), inner, digest)
 
     # -- the last write carries the release ---------------------------------------
 
@@ -209,14 +216,19 @@ class _DistributedLocking(OperationContext):
         # fleche's saves (ValueMixin, CallMixin, CallRedis) end their hold with
         # the entry's write: a hold opened by this call may send its release
         # in the write's request (see _write).
-        if not self._carries_releases():
-            return super().save(*args, **kwargs)
-        outer = getattr(saving, "marker", None)
-        saving.marker = object()
+        # A record write refused for a stale fence raises LockLost: refused
+        # here as every lock failure is (Rejected in a call storage or cache).
         try:
-            return super().save(*args, **kwargs)
-        finally:
-            saving.marker = outer
+            if not self._carries_releases():
+                return super().save(*args, **kwargs)
+            outer = getattr(saving, "marker", None)
+            saving.marker = object()
+            try:
+                return super().save(*args, **kwargs)
+            finally:
+                saving.marker = outer
+        except LockLost as e:
+            self._refuse(e)
 
     def _write(self, client: Any, key: Any, data: bytes, value: Any) -> None:
         """RedisBackend's layout hook: the write, with the lock's release in its request when it ends a save."""
@@ -226,7 +238,13 @@ class _DistributedLocking(OperationContext):
             return
         recorder = Recorder(transactional=True)
         super()._write(recorder, key, data, value)  # type: ignore[misc]
-        hold.carry(client, recorder.commands, self._scripts())  # type: ignore[attr-defined]
+        try:
+            hold.carry(client, recorder.commands, self._scripts())  # type: ignore[attr-defined]
+        except ResponseError as e:
+            stale = stale_write(e, key)
+            if stale is None:
+                raise
+            raise stale from e
 
     def _saving_hold(self, client: Any, key: Any) -> Hold | None:
         """The hold whose release this write may carry: opened by the running ``save``, on this server."""
@@ -321,8 +339,12 @@ class PerKeyLockMixin(_DistributedLocking):
 
     The lock of entry ``3fa9...`` is ``team-a:{c.3f}:lock:3fa9...``, in the
     entry's hash slot.  See ``docs/locks.md`` for what is locked
-    and what happens when a lock cannot be had.
+    and what happens when a lock cannot be had.  A call record written
+    under the lock carries its fencing token, and Redis refuses it if a
+    newer holder wrote the record meanwhile (``docs/locks.md``, Fencing).
     """
+
+    _fences_records: ClassVar[bool] = True
 
     def _lock_name(self, key: Any) -> str | None:
         key = str(key)

@@ -8,13 +8,16 @@ server and check candidates with fleche's own ``matches``.  See
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fleche.call import Call, DigestedCall, QueryCall
 from fleche.digest import Digest
+from redis.exceptions import ResponseError
 
-from ..errors import UnavailableMiss
+from .. import runtime
+from ..errors import LockLost, UnavailableMiss
 from ..transport import request
 from ..transport.redispy import Client
 from ..transport.request import send
@@ -30,7 +33,39 @@ if TYPE_CHECKING:
 else:
     _Host = object
 
-__all__ = ["IndexedCallsMixin"]
+__all__ = ["IndexedCallsMixin", "write_fences", "stale_write"]
+
+
+class _WriteFences(threading.local):
+    """Per thread: digest -> fencing token of the per-key lock this thread holds on it."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, int] = {}
+
+
+def write_fences() -> _WriteFences:
+    """This thread's fences: what its record writes carry (``.held``, digest -> token).
+
+    Set by the lock's holder (``fleche_redis.locks.holds``), read by the
+    record write: a record written under the lock carries the token, and the
+    server refuses it if the record was written under a newer one (see
+    ``docs/locks.md``, Fencing).  Per thread rather than an argument, so a
+    record written by a storage that is not itself locked (the ``calls`` of
+    a locked cache) still carries the fence of the lock around it; per
+    process, so a forked child never writes with its parent's locks.
+    """
+    return runtime.per_process("write-fences", _WriteFences)
+
+
+def stale_write(error: BaseException, digest: str) -> LockLost | None:
+    """*error* as :class:`LockLost` if it is the server's refusal of a stale fence, else ``None``.
+
+    Named by the record's digest: the write that was refused may not know
+    which lock (a locked cache's) it was made under.
+    """
+    if isinstance(error, ResponseError) and str(error).startswith("FENCED"):
+        return LockLost(f"record {digest} not written: {error}", name=digest)
+    return None
 
 
 class IndexedCallsMixin(_Host):
@@ -53,8 +88,11 @@ class IndexedCallsMixin(_Host):
         -- KEYS[1] record hash, KEYS[2] index shard, KEYS[3] the shard's term set
         -- ARGV[1] encoded record, ARGV[2] digest (hex), ARGV[3] ttl in ms (0: none),
         -- ARGV[4] digest (32 raw bytes), ARGV[5] term ids (12 bytes each),
-        -- ARGV[6] the result's digest (hex; '' for a record without one)
-        -- Replaces the record and its index entries together; returns 1.  Term
+        -- ARGV[6] the result's digest (hex; '' for a record without one),
+        -- ARGV[7] the writer's fencing token ('': written under no lock)
+        -- Replaces the record and its index entries together; returns 1, or a
+        -- FENCED error (nothing written) if the record remembers (field 'f') a
+        -- fencing token above ARGV[7]: a newer lock holder wrote it.  Term
         -- members go in and out a thousand per command (one command for any
         -- real record): a command per term cost more than all the rest.  The
         -- result's digest, beside the pickled record (field 'r'), is what lets
@@ -77,6 +115,14 @@ class IndexedCallsMixin(_Host):
         end
         local bad = wrong(KEYS[1], 'hash') or wrong(KEYS[2], 'zset') or wrong(KEYS[3], 'zset')
         if bad then return refuse(bad) end
+        local fence = ARGV[7]
+        if fence ~= '' then
+          local seen = redis.call('HGET', KEYS[1], 'f')
+          if seen and tonumber(seen) > tonumber(fence) then
+            return redis.error_reply('FENCED the record was written under fencing token ' .. seen
+              .. ', above this write of token ' .. fence .. ' (its lock expired meanwhile)')
+          end
+        end
         local old = redis.call('HGET', KEYS[1], 't')
         if old and old ~= ARGV[5] then by_thousands('ZREM', old) end
         local fields = {'v', ARGV[1], 't', ARGV[5]}
@@ -84,6 +130,10 @@ class IndexedCallsMixin(_Host):
           fields[5], fields[6] = 'r', ARGV[6]
         elseif old then
           redis.call('HDEL', KEYS[1], 'r')
+        end
+        if fence ~= '' then
+          fields[#fields + 1] = 'f'
+          fields[#fields + 1] = fence
         end
         -- HSET counts the fields it added: all of them means a new hash, with no ttl to drop.
         local added = redis.call('HSET', KEYS[1], unpack(fields))
@@ -145,18 +195,28 @@ class IndexedCallsMixin(_Host):
 
     def _write(self, client: Client, key: Digest, data: Encoded, value: Any) -> None:
         layout = self.layout
-        self.PUT_RECORD(
-            client,
-            (layout.data(key), layout.index_of(key), layout.terms_of(key)),
-            (
-                bytes(data),
-                key,
-                self._ttl_ms(),
-                bytes.fromhex(key),
-                _terms_of(value),
-                _result_of(value),
-            ),
-        )
+        fence = write_fences().held.get(key)
+        try:
+            self.PUT_RECORD(
+                client,
+                (layout.data(key), layout.index_of(key), layout.terms_of(key)),
+                (
+                    bytes(data),
+                    key,
+                    self._ttl_ms(),
+                    bytes.fromhex(key),
+                    _terms_of(value),
+                    _result_of(value),
+                    "" if fence is None else fence,
+                ),
+            )
+        except ResponseError as e:
+            # Before the transport sees it: a stale holder's write is the
+            # lock's refusal, not a failure of Redis (no breaker, no retry).
+            stale = stale_write(e, key)
+            if stale is None:
+                raise
+            raise stale from e
 
     def _read(self, client: Client, key: Digest) -> bytes | None:
         return request.call(client, "HGET", self.layout.data(key), "v")

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 import redis
-from fleche.caches import Cache
+from fleche.caches import Cache, Rejected
 from fleche.storage import ValuePickleFile
 
 from fleche_redis import CallRedis, PerKeyLockMixin, Redlock, SerializingMixin, ValueRedis
@@ -46,6 +46,52 @@ class SerialPickle(SerializingMixin, ValuePickleFile): ...
 
 @dataclass(frozen=True)
 class LockedCache(PerKeyLockMixin, Cache): ...
+
+
+@dataclass(frozen=True)
+class UnfencedCallRedis(PerKeyLockMixin, CallRedis):
+    """The control of the fencing tests: locked as usual, but its records carry no fence."""
+
+    _fences_records = False
+
+
+class StopOnPickle:
+    """Metadata of a record that stops its process (SIGSTOP) while the record is encoded.
+
+    ``CallRedis.save`` encodes the record after taking the lock and before
+    writing it, so the pause falls between the acquisition and the write.
+    Armed in the one process that should stop (a class attribute, set there).
+    """
+
+    armed = False
+
+    def __reduce__(self):
+        if StopOnPickle.armed:
+            StopOnPickle.armed = False
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return (StopOnPickle, ())
+
+    def __eq__(self, other):
+        return isinstance(other, StopOnPickle)
+
+
+def report_fences(results) -> None:
+    """Report the fences this process's writes would carry."""
+    from fleche_redis.storage.calls import write_fences
+
+    results.put(dict(write_fences().held))
+
+
+def save_record(storage, record, results, stop: bool = False) -> None:
+    """Save *record* through *storage* (stopping before the write if *stop*); report the outcome."""
+    StopOnPickle.armed = stop
+    try:
+        storage.save(record)
+        results.put(("saved", None))
+    except Rejected as e:  # the lock's refusal, with the lock error as its cause
+        results.put(("rejected", repr(e.__cause__)))
+    except Exception as e:  # anything else is reported to the test, which shows it
+        results.put(("error", repr(e)))
 
 
 def increment(storage, url: str, counter: str, n: int, barrier, pause: float = 0.0) -> None:
