@@ -70,7 +70,7 @@ def send(
         return []
     if not wire.single_server(client):
         if replicas is not None:
-            return _cluster_acknowledged(client, commands, scripts, replicas, raise_errors)
+            return _cluster_acknowledged(client, commands, scripts, replicas)
         if not bundled:
             return _cluster(client, commands, scripts, ordered, raise_errors)
         # A batch's writes: one by one, in order, each routed to its node.
@@ -217,10 +217,14 @@ def _cluster_acknowledged(
     commands: Sequence[Command],
     scripts: Sequence[_scripts.LuaScript],
     replicas: Replicas,
-    raise_errors: bool,
 ) -> list[Any]:
     """*commands* on Redis Cluster, each run of consecutive ones for one primary sent to it
-    as one request that ends with ``WAIT``, on one of its connections; runs in order."""
+    as one request that ends with ``WAIT``, on one of its connections; runs in order.
+
+    ``WAIT`` counts what its own connection wrote, so a run cannot go through
+    the cluster client, which takes a connection per command; an error reply
+    is raised (a write's outcome must be known before the next run).
+    """
     runs: list[list[Command]] = []
     last = None
     for command in commands:
@@ -232,7 +236,7 @@ def _cluster_acknowledged(
         last = node
     replies: list[Any] = []
     for run in runs:
-        replies += _on_primary(client, run, scripts, replicas, raise_errors)
+        replies += _on_primary(client, run, scripts, replicas)
     return replies
 
 
@@ -241,27 +245,19 @@ def _on_primary(
     run: list[Command],
     scripts: Sequence[_scripts.LuaScript],
     replicas: Replicas,
-    raise_errors: bool,
 ) -> list[Any]:
     """*run* and its ``WAIT`` on the primary that serves it (see :func:`_cluster_acknowledged`)."""
     for _ in range(_REROUTES):
         node = redispy.primary_client(client, run[0])
         try:
-            replies = send(
-                node, run, scripts=scripts, reload="eval", raise_errors=False, replicas=replicas
-            )
-        except (ConnectionError, RedisTimeout):
-            replies = None  # a primary gone (failing over): the cluster client finds its successor
-        if replies is not None and not any(isinstance(r, MovedError) for r in replies):
-            if raise_errors:
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        raise reply  # ASK (a slot migrating) included: the channel rides it out
-            return replies
-        # The slot map is stale: the cluster client learns the new one by
-        # routing a command itself (raising while no primary serves the slot:
-        # the channel rides that out); every write is safe to repeat.
-        _cluster(client, run[:1], scripts, ordered=True)
+            return send(node, run, scripts=scripts, reload="eval", replicas=replicas)
+        except (ConnectionError, RedisTimeout, MovedError):
+            # The slot map is stale (a primary gone, a slot moved): the cluster
+            # client learns the new one by routing a command itself (raising
+            # while no primary serves the slot: the channel rides that out);
+            # every write is safe to repeat.  Other errors (ASK and TRYAGAIN
+            # while a slot migrates) are the channel's to ride out.
+            _cluster(client, run[:1], scripts, ordered=True)
     raise TryAgainError(f"the slot of a {run[0][0]} moved {_REROUTES} times while it was written")
 
 
