@@ -190,3 +190,19 @@ def test_the_cache_setting_is_its_storages(pair, namespace):
         assert square(5) == {"x": 5, "square": 25}  # refused (one replica), returned
     with pytest.raises(NotReplicated):
         cache.values.save(1, DIGEST)
+
+
+def test_through_sentinel_the_primary_it_names_waits(fresh_sentinel, namespace):
+    """Sentinel's pool is a single server's: WAIT goes in the write's request on its connection."""
+    wait_until(lambda: acknowledging(fresh_sentinel.primary), 20, "the replica did not acknowledge")
+    values = ValueRedis(url=fresh_sentinel.url, namespace=namespace, wait_replicas=1)
+    values.save("connects and loads the script", "cd" * 32)
+    with RoundTrips() as trips:
+        values.save([1, 2, 3], DIGEST)
+    assert trips.count == 1 and trips.commands == [b"EVALSHA"]
+    with fresh_sentinel.replica.client() as r:
+        assert r.exists(values.layout.data(DIGEST)) == 1
+    with pytest.raises(NotReplicated):
+        ValueRedis(
+            url=fresh_sentinel.url, namespace=namespace, wait_replicas=2, wait_replicas_timeout=0.1
+        ).save(1, DIGEST)
