@@ -16,6 +16,7 @@ __all__ = [
     "StorageUnavailable",
     "UnavailableMiss",
     "SaveRefused",
+    "NotReplicated",
     "InvalidDigestError",
     "UndecodableEntry",
     "SaveError",
@@ -73,6 +74,26 @@ class SaveRefused(SaveError, FlecheRedisError):
     With ``on_error="miss"`` every write that fails in Redis is one
     (``__cause__`` is the :class:`RedisStorageError`).
     """
+
+
+class NotReplicated(SaveError, FlecheRedisError):
+    """Fewer replicas than ``wait_replicas`` acknowledged a write within its timeout.
+
+    The write is on the primary and readers see it, but a failover before
+    the replicas catch up may lose it: it is not durable as asked.  Never
+    turned into a miss or a silent success, whatever ``on_error`` says.
+    ``acknowledged`` and ``wanted`` are the replica counts (``WAIT``'s reply
+    and the setting); ``server`` is the primary that took the write.
+    """
+
+    # Defaults keep the exception picklable (see RedisStorageError).
+    def __init__(
+        self, message: str, *, acknowledged: int = 0, wanted: int = 0, server: str = "?"
+    ) -> None:
+        super().__init__(message)
+        self.acknowledged = acknowledged
+        self.wanted = wanted
+        self.server = server
 
 
 # -- locks ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ..admin import maintenance
 from ..storage.backend import CallRedis, RedisBackend, ValueRedis
 from ..storage.codec import UndecodableEntry
 from ..storage.near import DEFAULT_BYTES, check_size
-from ..transport import wire
+from ..transport import replicas, wire
 from ..transport.batch import Step, write_batch
 from ..transport.health import Bursts, kind_of
 from . import results, singleflight
@@ -106,6 +106,13 @@ class RedisCache(Cache):
             storages with this bound.  ``None`` (the default) keeps the
             storages' own setting; ``0`` turns the near cache off.  See
             ``docs/near-cache.md``.
+        wait_replicas: replicas that must acknowledge each commit (``WAIT``,
+            in the commit's own request) within *wait_replicas_timeout*
+            seconds; the cache uses copies of its Redis storages with these
+            settings.  ``None`` (the default) keeps the storages' own (whose
+            default, 0, waits for none).  A commit too few acknowledged is
+            refused as any other: the call returns its result uncached (see
+            ``docs/cache.md``, Durability).
     """
 
     single_flight: bool = field(default=True, kw_only=True)
@@ -114,17 +121,28 @@ class RedisCache(Cache):
     wait_timeout: float = field(default=600.0, kw_only=True)
     write_behind: bool = field(default=False, kw_only=True)
     near_cache_bytes: int | None = field(default=None, kw_only=True)
+    wait_replicas: int | None = field(default=None, kw_only=True)
+    wait_replicas_timeout: float | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
-        size = self.near_cache_bytes
-        if size is not None:
-            check_size(size)
-            # The storages own their near caches; the simplest coherent rule is
-            # that the cache's setting is theirs (copies, as storages are frozen).
-            for name in ("values", "calls"):
-                storage = getattr(self, name)
-                if isinstance(storage, RedisBackend) and storage.near_cache_bytes != size:
-                    object.__setattr__(self, name, storage.with_near_cache_bytes(size))
+        if self.near_cache_bytes is not None:
+            check_size(self.near_cache_bytes)
+        count, timeout = self.wait_replicas, self.wait_replicas_timeout
+        replicas.check(
+            0 if count is None else count, replicas.DEFAULT_TIMEOUT if timeout is None else timeout
+        )
+        # The storages own their near caches and their writes; the simplest
+        # coherent rule is that the cache's settings are theirs (copies, as
+        # storages are frozen).
+        names = ("near_cache_bytes", "wait_replicas", "wait_replicas_timeout")
+        settings = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        for name in ("values", "calls"):
+            storage = getattr(self, name)
+            if not isinstance(storage, RedisBackend):
+                continue
+            changes = {n: v for n, v in settings.items() if getattr(storage, n) != v}
+            if changes:
+                object.__setattr__(self, name, storage.replaced(**changes))
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:  # a mixin's, in a subclass: it sees the final storages
             parent()
@@ -384,17 +402,23 @@ def redis_cache(
     wait_timeout: float = 600.0,
     write_behind: bool = False,
     near_cache_bytes: int = DEFAULT_BYTES,
+    wait_replicas: int = 0,
+    wait_replicas_timeout: float = replicas.DEFAULT_TIMEOUT,
     **storage_options: Any,
 ) -> RedisCache:
     """A ready :class:`RedisCache` over a ``ValueRedis`` and a ``CallRedis`` in *namespace*.
 
     *storage_options* go to both storages (``secret_key``, ``compress``,
     ``ttl``, ``on_error``, ...); *url* defaults to the storages' default.
-    *near_cache_bytes* bounds each storage's near cache (0: off).
+    *near_cache_bytes* bounds each storage's near cache (0: off);
+    *wait_replicas* replicas must acknowledge every commit within
+    *wait_replicas_timeout* seconds (0: none; see ``docs/cache.md``).
     """
     if url is not None:
         storage_options["url"] = url
     storage_options["near_cache_bytes"] = near_cache_bytes
+    storage_options["wait_replicas"] = wait_replicas
+    storage_options["wait_replicas_timeout"] = wait_replicas_timeout
     return RedisCache(
         ValueRedis(namespace=namespace, **storage_options),
         CallRedis(namespace=namespace, **storage_options),
@@ -404,4 +428,6 @@ def redis_cache(
         wait_timeout=wait_timeout,
         write_behind=write_behind,
         near_cache_bytes=near_cache_bytes,
+        wait_replicas=wait_replicas,
+        wait_replicas_timeout=wait_replicas_timeout,
     )

@@ -20,10 +20,11 @@ from fleche.storage.destructuring import DestructuringMixin, Digested
 from ..errors import SaveRefused, UnavailableMiss
 from ..metrics import StorageMetrics
 from ..transport import wire
-from ..transport.batch import Recorder, active_batch
+from ..transport.batch import Recorder, active_batch, write_batch
 from ..transport.channel import Channel
 from ..transport.connection import ClientSlot, check_url, redact_url, shared_slot, url_from_client
-from ..transport.health import POLICIES, Breaker
+from ..transport.health import Breaker
+from ..transport.replicas import DEFAULT_TIMEOUT, Replicas
 from ..transport.request import Command, call, send
 from ..transport.scripts import LuaScript
 from . import check, chunks, config, nested, snapshot
@@ -79,6 +80,12 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
             ``docs/transport.md``).  ``0`` turns retrying off.
         near_cache_bytes: bound of the near cache, the entries this process
             read lately (0: off); see ``docs/near-cache.md``.
+        wait_replicas: replicas that must acknowledge each write (``WAIT``, in
+            the write's own request) before a save returns; fewer within
+            *wait_replicas_timeout* seconds raise
+            :class:`~fleche_redis.errors.NotReplicated`.  ``0`` (the default)
+            waits for none: a failover can lose writes younger than the
+            replication lag.  See ``docs/storage.md`` (Durability).
     """
 
     keyspace: ClassVar[str] = "kv"
@@ -111,6 +118,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
     failover_wait: float = 5.0
     chunk_size: int = 32 * 2**20
     near_cache_bytes: int = DEFAULT_BYTES
+    wait_replicas: int = 0
+    wait_replicas_timeout: float = DEFAULT_TIMEOUT
 
     server: str = field(init=False, compare=False)
     """The URL with its password redacted: safe for repr, logs and errors."""
@@ -148,12 +157,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         )
         set_(self, "layout", KeyLayout(self.namespace, self.keyspace))
         set_(self, "server", redact_url(self.url))
-        if self.ttl is not None and not self.ttl > 0:
-            raise ValueError(f"ttl must be a positive number of seconds or None, not {self.ttl!r}")
-        if not self.failover_wait >= 0:
-            raise ValueError(f"failover_wait must be >= 0 seconds, not {self.failover_wait!r}")
-        if self.on_error not in POLICIES:
-            raise ValueError(f"on_error must be one of {POLICIES}, not {self.on_error!r}")
+        config.check(self)
         url, options = self.url, self._client_options()
         if self.client is not None:
             slot = ClientSlot(lambda: self.client, given=self.client)
@@ -176,13 +180,16 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
                 self.server,
                 self.namespace,
                 failover_wait=self.failover_wait,
+                replicas=Replicas(self.wait_replicas, self.wait_replicas_timeout)
+                if self.wait_replicas
+                else None,
             ),
         )
 
-    def with_near_cache_bytes(self, size: int) -> RedisBackend:
-        """A copy of this storage with a near cache of *size* bytes."""
+    def replaced(self, **changes: Any) -> RedisBackend:
+        """A copy of this storage with the fields in *changes* changed (storages are frozen)."""
         kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        return _restore(type(self), {**kwargs, "near_cache_bytes": size}, self._secret_explicit)
+        return _restore(type(self), {**kwargs, **changes}, self._secret_explicit)
 
     def _client_options(self) -> dict[str, Any]:
         return config.client_options(self.socket_timeout, self.connect_timeout, self.retries)
@@ -219,6 +226,10 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         key = check_digest(key)
         data = self.codec.encode(value)
         batch = active_batch()
+        if batch is None and self.channel.replicas is not None:
+            # A durable write's WAIT joins its request where requests are shaped.
+            with write_batch():
+                return self.put(value, key)
         if batch is not None:
             batch.add(self, lambda client: self._write(client, key, data, value), self._scripts())
             batch.encoded[(id(self), key)] = data

@@ -12,7 +12,17 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-__all__ = ["NO_ADDRESS", "TUNING", "client_options", "refuse_decoding_client", "describe"]
+from ..transport import replicas
+from ..transport.health import POLICIES
+
+__all__ = [
+    "NO_ADDRESS",
+    "TUNING",
+    "check",
+    "client_options",
+    "refuse_decoding_client",
+    "describe",
+]
 
 NO_ADDRESS = "client://"
 """The ``url`` of a storage built on a client that has no address (in-process fakeredis)."""
@@ -29,8 +39,22 @@ TUNING = (
     "breaker_cooldown",
     "failover_wait",
     "near_cache_bytes",
+    "wait_replicas",
+    "wait_replicas_timeout",
 )
 """Fields written by ``to_config`` only when they differ from their default."""
+
+
+def check(storage: Any) -> None:
+    """Raise ``ValueError`` for a storage option out of its range."""
+    ttl, failover_wait, on_error = storage.ttl, storage.failover_wait, storage.on_error
+    if ttl is not None and not ttl > 0:
+        raise ValueError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
+    if not failover_wait >= 0:
+        raise ValueError(f"failover_wait must be >= 0 seconds, not {failover_wait!r}")
+    if on_error not in POLICIES:
+        raise ValueError(f"on_error must be one of {POLICIES}, not {on_error!r}")
+    replicas.check(storage.wait_replicas, storage.wait_replicas_timeout, storage.socket_timeout)
 
 
 def client_options(

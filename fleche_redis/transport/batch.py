@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import NoScriptError, RedisError
 
+from ..errors import NotReplicated
 from . import request, wire
 from .gather import Gather
 from .redispy import Client
+from .replicas import Replicas
 from .scripts import LuaScript
 
 if TYPE_CHECKING:
@@ -97,15 +99,23 @@ class WriteBatch:
 
 def _send(group: list[Step], behind: Behind | None) -> None:
     owner = group[0][0]
-    if len(group) == 1 and behind is None:
+    replicas = _strongest(group)
+    if len(group) == 1 and behind is None and replicas is None:
         owner.channel.run("put", group[0][1])
         return
     recorder = Recorder(transactional=wire.single_server(owner.redis()))
     for _, step, _ in group:
         step(recorder)
-    sent = Request(owner, recorder.commands, {s.sha: s for _, _, ss in group for s in ss})
+    scripts = {s.sha: s for _, _, ss in group for s in ss}
+    sent = Request(owner, recorder.commands, scripts, replicas)
     if behind is None or not owner.channel.run("put", sent.post, behind):
         owner.channel.run("put", sent.send)
+
+
+def _strongest(group: list[Step]) -> Replicas | None:
+    """The most replicas any storage of *group* wants its writes acknowledged by, if any."""
+    asked = [s.channel.replicas for s, _, _ in group if s.channel.replicas is not None]
+    return max(asked, key=lambda r: (r.count, r.timeout)) if asked else None
 
 
 @dataclass
@@ -116,15 +126,20 @@ class Request:
     commands (an entry's bytes written with ``SET``, chunks) go first, the
     whole wrapped in ``MULTI``/``EXEC``: it all runs, or (refused while
     queued, e.g. ``OOM``) none of it does.  Elsewhere (Cluster) the commands
-    run one by one, in order.
+    run one by one, in order.  This is where every write that stores a
+    save or a commit is sent, so where *replicas* (the storages'
+    ``wait_replicas``) makes it end with ``WAIT`` (see :mod:`.replicas`).
     """
 
     owner: RedisBackend
     commands: list[tuple[Any, ...]]
     scripts: dict[str, LuaScript]
+    replicas: Replicas | None = None
 
     def send(self, client: Client) -> list[Any]:
-        return request.send(client, self.commands, scripts=self._scripts(), bundled=True)
+        return request.send(
+            client, self.commands, scripts=self._scripts(), bundled=True, replicas=self.replicas
+        )
 
     def post(self, client: Client, behind: Behind) -> bool:
         """Write the request without waiting; ``False`` where it cannot be posted (then send it)."""
@@ -138,6 +153,7 @@ class Request:
             lambda outcome: self._settle(outcome, behind),
             scripts=self._scripts(),
             bundled=True,
+            replicas=self.replicas,
         )
 
     def _scripts(self) -> list[LuaScript]:
@@ -155,6 +171,8 @@ class Request:
                 behind.failed(e)
             return
         for reply in outcome:
+            if isinstance(reply, NotReplicated):
+                owner.channel.metrics.errors += 1  # as Channel.run counts it
             if isinstance(reply, Exception):
                 behind.failed(
                     owner.channel.failed("put", reply) if isinstance(reply, RedisError) else reply

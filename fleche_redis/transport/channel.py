@@ -18,11 +18,18 @@ import redis
 from redis.exceptions import ClusterDownError, RedisClusterException
 
 from .. import runtime
-from ..errors import RedisStorageError, SaveRefused, StorageUnavailable, UnavailableMiss
+from ..errors import (
+    NotReplicated,
+    RedisStorageError,
+    SaveRefused,
+    StorageUnavailable,
+    UnavailableMiss,
+)
 from ..metrics import StorageMetrics
 from . import wire
 from .connection import ClientSlot, fails_over
 from .health import Backoff, Breaker, describe, passing
+from .replicas import Replicas
 
 __all__ = ["Channel", "REPEATABLE", "WRITES"]
 
@@ -68,6 +75,9 @@ class Channel:
     namespace: str
     failover_wait: float = 0.0
     """Seconds a failover or slot migration is ridden through by retrying (see :meth:`run`)."""
+    replicas: Replicas | None = None
+    """Replicas that must acknowledge a write before it counts as stored (``wait_replicas``);
+    the write's request ends with ``WAIT`` (see :class:`.batch.Request`)."""
 
     def client(self) -> Any:
         """This process's client (built on first use, rebuilt after ``fork``)."""
@@ -91,6 +101,9 @@ class Channel:
             result = request(client, *args)
         except _FAILURES as e:
             result = self.ride(operation, e, client, request, *args)
+        except NotReplicated:
+            counts.errors += 1  # stored on the primary: no fault of its, so not the breaker's
+            raise
         if breaker.failures:
             breaker.succeeded()
         return result

@@ -323,3 +323,15 @@ def read_push(conn: Any) -> Any:
 def wait_readable(conn: Any, timeout: float) -> bool:
     """Whether a reply arrives on *conn* within *timeout* seconds."""
     return bool(conn.can_read(timeout=timeout))
+
+
+def primary_client(cluster: Any, command: tuple[Any, ...]) -> Client:
+    """The plain client of the primary that serves *command*'s keys, by *cluster*'s slot map.
+
+    For a request that must reach one primary on one connection
+    (a write and its ``WAIT``); routing by redis-py's own key rules.
+    """
+    slot = cluster.determine_slot(*command)
+    node = cluster.nodes_manager.get_node_from_slot(slot)
+    client: Client = cluster.get_redis_connection(node)
+    return client

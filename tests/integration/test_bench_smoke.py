@@ -32,3 +32,4 @@ def test_every_benchmark_runs_in_smoke_mode():
     assert "SMOKE sizes" in done.stdout
     assert "| fleche-redis RedisCache (single flight) |" in done.stdout
     assert "| ValueRedis.get |" in done.stdout and "RedisCache miss / Cache miss" in done.stdout
+    assert "| miss, wait_replicas=0 | miss, wait_replicas=1 |" in done.stdout

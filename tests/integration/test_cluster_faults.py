@@ -10,8 +10,10 @@ clean afterwards (issue #15, items 1 and 2).
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 from fleche.call import DigestedCall
@@ -22,6 +24,7 @@ from fleche_redis import (
     CallRedis,
     LockLost,
     LockUnavailable,
+    NotReplicated,
     RedisCache,
     Redlock,
     StorageUnavailable,
@@ -29,7 +32,9 @@ from fleche_redis import (
 )
 from fleche_redis.storage.keys import SHARDS
 from fleche_redis.testing import RedisClusterProcesses
+from fleche_redis.testing.groups import wait_until
 
+from . import faultworkers
 from .faults import check, workload
 
 pytestmark = pytest.mark.cluster
@@ -116,6 +121,110 @@ def test_workload_rides_through_a_primary_killed(cluster, namespace, tmp_path, c
         print(f"\nkill -9: promoted after {took:.1f} s: {totals}")
     assert promoted.port != victim.port and not victim.running
     assert totals["retries"] > 0  # the failover was met, and ridden through
+
+
+def memoized_through(cluster, namespace: str, options: dict, fault) -> tuple[list, list[int]]:
+    """Two workers store 300 results each (20 ms apart) while *fault()* runs; then the
+    workers' reports and the inputs a fresh process had to compute again."""
+    spawn = multiprocessing.get_context("spawn")
+    url, shares = cluster.url, [list(range(0, 300)), list(range(300, 600))]
+    with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+        runs = [
+            pool.submit(faultworkers.memoize_each, url, namespace, xs, 0.02, options)
+            for xs in shares
+        ]
+        calls = CallRedis(url=url, namespace=namespace)
+        wait_until(lambda: calls.count() >= 40, 60, "the workers stored nothing")
+        left = 600 - calls.count()
+        fault()
+        results = [run.result(timeout=300) for run in runs]
+    assert left > 100, "the fault came after the workers were nearly done"
+    assert all(r["errors"] == [] and r["wrong"] == [] for r in results), results
+    assert sum(r["computed"] for r in results) == 600
+    with ProcessPoolExecutor(1, mp_context=spawn) as fresh:
+        again = fresh.submit(faultworkers.recompute, url, namespace, list(range(600)))
+        return results, again.result(timeout=300)
+
+
+def test_replica_acknowledged_results_survive_a_primary_killed(cluster, namespace, capsys):
+    """Issue #15 item 3: with ``wait_replicas=1`` a commit returns once the primary's replica
+    has it, so the replica promoted when the primary dies has every result a worker was told
+    was stored; a fresh process then computes none of the 600 again."""
+    victim = cluster.primaries()[0]
+
+    def kill() -> None:
+        cluster.kill(victim)
+        victim.restart()  # it rejoins as the promoted node's replica: acknowledgements resume
+
+    options = {**RIDE, "wait_replicas": 1, "wait_replicas_timeout": 1.0}
+    results, again = memoized_through(cluster, namespace, options, kill)
+    with capsys.disabled():
+        refused = sum(len(r["refused"]) for r in results)
+        print(f"\nwait_replicas=1, kill -9: {refused} commits refused, {len(again)} recomputed")
+    assert again == []
+
+
+@pytest.mark.parametrize("wanted", [0, 1])
+def test_a_failover_that_loses_writes_loses_no_acknowledged_result(
+    cluster, namespace, capsys, wanted
+):
+    """The replica is cut off for 1.5 s under load, then its primary is killed and it is
+    promoted without the writes of those seconds.  With the default every result committed
+    then was acknowledged, and some are lost (the loss window, made wide); with
+    ``wait_replicas=1`` those commits were refused (``NotReplicated``: returned uncached),
+    and every result a worker was told was stored is found."""
+    victim = cluster.primaries()[0]
+    replica = cluster.replicas_of(victim)[0]
+
+    def lose_writes() -> None:
+        with cluster.losing_writes(replica):
+            time.sleep(1.5)
+        victim.restart()
+
+    options = {**RIDE, "wait_replicas": wanted, "wait_replicas_timeout": 0.3}
+    results, again = memoized_through(cluster, namespace, options, lose_writes)
+    refused = {x for r in results for x in r["refused"]}
+    lost = sorted(set(again) - refused)
+    with capsys.disabled():
+        print(
+            f"\nwait_replicas={wanted}, writes lost in a failover: {len(refused)} commits "
+            f"refused, {len(again)} recomputed, {len(lost)} of them acknowledged"
+        )
+    if wanted:
+        assert refused and lost == []
+    else:
+        assert not refused and lost  # acknowledged, then lost: what wait_replicas prevents
+
+
+def acknowledging(cluster: RedisClusterProcesses, primary) -> bool:
+    """Whether *primary*'s replica acknowledges a write at once (its first acknowledgements
+    after the initial sync can take a second)."""
+    served = set(cluster.slots_of(primary))
+    key = next(f"warm-{i}" for i in range(100_000) if key_slot(f"warm-{i}".encode()) in served)
+    with primary.client() as p:
+        p.set(key, 1)
+        return bool(p.wait(1, 2000) >= 1)
+
+
+def test_each_primary_waits_for_its_own_replica(cluster, namespace):
+    """On Cluster the WAIT goes to the primary that took the write, on the same connection."""
+    primaries = cluster.primaries()
+    wait_until(lambda: all(acknowledging(cluster, p) for p in primaries), 20, "no acknowledgement")
+    values = ValueRedis(url=cluster.url, namespace=namespace, wait_replicas=1, **RIDE)
+    keys = [values.save(i) for i in range(30)]  # every primary takes some
+    owners = {cluster.owner(key_slot(values.layout.data(k).encode())).port for k in keys}
+    assert len(owners) == 3
+    for key in keys:
+        data = values.layout.data(key)
+        replica = cluster.replicas_of(cluster.owner(key_slot(data.encode())))[0]
+        with replica.client() as r:
+            assert r.execute_command("READONLY") and r.exists(data) == 1
+    too_many = ValueRedis(
+        url=cluster.url, namespace=namespace, wait_replicas=2, wait_replicas_timeout=0.2
+    )
+    with pytest.raises(NotReplicated) as raised:
+        too_many.save("x")
+    assert (raised.value.acknowledged, raised.value.wanted) == (1, 2)
 
 
 @pytest.mark.slow

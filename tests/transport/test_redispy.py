@@ -250,3 +250,23 @@ def test_connect_once_makes_one_attempt_and_keeps_the_policy():
         redispy.connect_once(conn)
     assert len(attempts) == 1, changed("Connection.connect", "it retries by another policy")
     assert conn.retry is own  # the connection's own policy is back
+
+
+def test_a_cluster_names_the_plain_client_of_a_commands_primary(redis_cluster):
+    """``primary_client``: ``determine_slot``, ``nodes_manager.get_node_from_slot`` and
+    ``get_redis_connection`` give the primary's own client, one per node (WAIT needs it)."""
+    cluster = client_from_url(redis_cluster.url)
+    try:
+        for command in (("SET", "a", 1), ("EVALSHA", "0" * 40, 2, "{b}1", "{b}2", "arg")):
+            node = redispy.primary_client(cluster, command)
+            assert isinstance(node, redis.Redis) and redispy.pool_of(node) is not None, changed(
+                "RedisCluster.get_redis_connection", f"it returned {type(node).__name__}"
+            )
+            expected = cluster.get_node_from_key(command[1] if command[0] == "SET" else "{b}1")
+            assert node is cluster.get_redis_connection(expected), changed(
+                "RedisCluster.determine_slot", "it routes the command elsewhere"
+            )
+            assert redispy.primary_client(cluster, command) is node  # runs group by identity
+            assert node.execute_command("ROLE")[0] == b"master"
+    finally:
+        cluster.close()
