@@ -2,8 +2,8 @@
 
 Every storage owns one :class:`StorageMetrics` (``storage.metrics()``);
 counters are process-local and lock-free.  :func:`add_exporter` and
-:func:`prometheus_collector` export snapshots; the README's Observability
-section shows the fields.
+:func:`prometheus_collector` export snapshots; docs/observability.md
+shows the fields.
 """
 
 from __future__ import annotations

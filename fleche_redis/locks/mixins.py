@@ -115,7 +115,7 @@ class _DistributedLocking(OperationContext):
         """The lock fields as TOML-safe configuration.
 
         For the ``to_config`` of a composition registered with
-        ``fleche.storage.register_storage`` (see the README)::
+        ``fleche.storage.register_storage`` (see docs/locks.md)::
 
             def to_config(self):
                 return {**super().to_config(), **self.lock_config(), "type": "redis-locked"}

@@ -414,7 +414,7 @@ def test_records_are_not_served_while_the_server_is_gone(fresh_server, namespace
 
 
 def test_a_user_confined_to_its_namespace_is_tracked(redis_server, namespace):
-    # The README's ACL: keys and channels of the namespace only, nothing dangerous.
+    # The ACL of docs/security.md: keys and channels of the namespace only, nothing dangerous.
     user = f"u-{namespace}"[:60]
     redis_server.client().execute_command(
         "ACL", "SETUSER", user, "reset", "on", ">s3cret-pw",
