@@ -95,6 +95,7 @@ class StorageMetrics:
         "namespace",
         *COUNTERS,
         "next_check",
+        "unsigned_network",
         "_breaker",
         "_near",
         "_last_report",
@@ -114,6 +115,8 @@ class StorageMetrics:
         self.lock_acquires = self.lock_waits = self.lock_failures = 0
         self.lock_wait_seconds = 0.0
         self.next_check = CHECK_EVERY
+        # Entries unsigned on a server beyond this host (see storage/exposure.py).
+        self.unsigned_network = False
         self._last_report = time.monotonic()
         with _registry_lock:
             _live.add(self)
@@ -129,6 +132,7 @@ class StorageMetrics:
             "server": self.server,
             "namespace": self.namespace,
             "pid": os.getpid(),
+            "unsigned_network": self.unsigned_network,
         }
         for name in COUNTERS:
             snap[name] = getattr(self, name)

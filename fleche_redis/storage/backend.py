@@ -27,7 +27,7 @@ from ..transport.health import Breaker
 from ..transport.replicas import DEFAULT_TIMEOUT, Replicas
 from ..transport.request import Command, call, send
 from ..transport.scripts import LuaScript
-from . import check, chunks, config, nested, snapshot
+from . import check, chunks, config, exposure, nested, snapshot
 from . import lua as entry_lua
 from .calls import IndexedCallsMixin
 from .codec import Codec, Encoded
@@ -169,6 +169,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         breaker = Breaker(self.breaker_threshold, self.breaker_cooldown, self.server)
         # Process-local: rebuilt by __post_init__ wherever the storage is unpickled.
         metrics = StorageMetrics(type(self).__name__, self.server, self.namespace, breaker, near)
+        metrics.unsigned_network = exposure.check(url, self.server, self.namespace, bool(keys))
         set_(
             self,
             "channel",
