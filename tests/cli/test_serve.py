@@ -14,6 +14,7 @@ from pathlib import Path
 import fakeredis
 import fleche
 import pytest
+import redis
 from fleche.security import normalize_secret_key
 
 from fleche_redis import ValueRedis, cli, redis_cache
@@ -29,6 +30,12 @@ def _exports(text: str) -> dict[str, str]:
 
 def _pid(directory: Path) -> int:
     return int((directory / "redis-server.pid").read_text())
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or one that exited and waits to be reaped (by init, after --detach)."""
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
+    return state.stdout.strip()[:1] in ("", "Z")
 
 
 def _args_of(pid: int) -> str:
@@ -129,8 +136,37 @@ def test_detach_writes_a_pidfile_and_stop_stops_it(tmp_path):
     stop = [*CLI, "serve", "--dir", str(directory), "--stop"]
     stopped = subprocess.run(stop, capture_output=True, text=True, timeout=30)
     assert stopped.returncode == 0, stopped.stderr
-    assert not pidfile.exists() and _args_of(pid) == ""
+    assert not pidfile.exists() and _gone(pid)
     assert subprocess.run(stop, capture_output=True, text=True, timeout=30).returncode == 1
+
+
+@pytest.mark.server
+def test_a_full_server_removes_nothing(tmp_path, monkeypatch):
+    """noeviction: when memory is full, locks and leases (keys with a TTL) and entries stay."""
+    directory = tmp_path / "d"
+    start = [*CLI, "serve", "--dir", str(directory), "--detach"]
+    started = subprocess.run(start, capture_output=True, text=True, timeout=30)
+    assert started.returncode == 0, started.stderr
+    url = _exports(started.stdout)["REDIS_URL"]
+    monkeypatch.setenv("FLECHE_SECRET_KEY", _exports(started.stdout)["FLECHE_SECRET_KEY"])
+    cache = redis_cache(url=url, namespace="full", on_error="miss", near_cache_bytes=0)
+    client = redis.Redis.from_url(url)
+    try:
+        with fleche.cache(cache):
+            assert [square(x)["square"] for x in range(4)] == [0, 1, 4, 9]
+        client.set("held-lock", "token", px=600_000)  # what a lock or a lease looks like
+        before = sorted(client.keys("*"))
+        client.config_set("maxmemory", client.info("memory")["used_memory"] - 1)
+        with fleche.cache(cache):  # the server refuses; the calls run uncached
+            assert [square(x, "full")["square"] for x in range(4, 40)] == [
+                x * x for x in range(4, 40)
+            ]
+        assert sorted(client.keys("*")) == before
+    finally:
+        client.close()
+        cache.values.close()
+        cache.calls.close()
+        subprocess.run([*CLI, "serve", "--dir", str(directory), "--stop"], timeout=30)
 
 
 @pytest.mark.server
@@ -188,6 +224,7 @@ def test_the_server_extras_binary_is_found(monkeypatch, tmp_path):
     monkeypatch.delenv("FLECHE_REDIS_SERVER", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert served._extra_binary() is None  # not executable: not a server
+    with pytest.raises(CliError):  # not executable: not a server
+        served.server_binary()
     binary.chmod(0o755)
     assert served.server_binary() == str(binary)
