@@ -62,10 +62,10 @@ def serve_command(args: argparse.Namespace) -> int:
             f"a server already runs from {directory} (pid {pid}); "
             f"stop it with: fleche-redis serve --dir {shlex.quote(str(directory))} --stop"
         )
+    binary = server_binary()  # before writing anything: a first start stays a first start
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     key, new_key = config.secret_key()
     config.write(key)
-    binary = server_binary()
     with _stop_signals_interrupt():
         process = _launch(config, binary)
         try:

@@ -61,9 +61,9 @@ class Foreground:
             if "FLECHE_SECRET_KEY" in line or line.startswith(". "):
                 break
 
-    def interrupt(self) -> str:
-        """Ctrl-C; returns what it said on stderr."""
-        self.process.send_signal(signal.SIGINT)
+    def interrupt(self, signum: int = signal.SIGINT) -> str:
+        """Ctrl-C (or *signum*); returns what it said on stderr."""
+        self.process.send_signal(signum)
         stdout, stderr = self.process.communicate(timeout=30)
         self.stdout += stdout
         assert self.process.returncode == 0, stderr
@@ -111,7 +111,7 @@ def test_results_outlive_a_restart_and_the_password_stays_hidden(tmp_path, monke
     assert again.stdout.strip() == f". {directory / 'fleche.env'}"
     assert _exports((directory / "fleche.env").read_text()) == exports
     assert _workload(url, "after the restart") == (0, results)  # every result came back
-    said += again.interrupt()
+    said += again.interrupt(signal.SIGTERM)  # as a batch system stops a job
 
     assert password not in said and password not in again.stdout
     assert password not in (directory / "redis.log").read_text()
@@ -213,6 +213,7 @@ def test_no_server_binary_names_both_ways(monkeypatch, tmp_path):
         served.server_binary()
     assert "redis-server" in str(info.value) and "fleche-redis[server]" in str(info.value)
     assert cli.main(["serve", "--dir", str(tmp_path / "d")]) == 2
+    assert not (tmp_path / "d").exists()  # nothing written: the next start is still the first
 
 
 def test_the_server_extras_binary_is_found(monkeypatch, tmp_path):
