@@ -20,6 +20,7 @@ from fleche.security import normalize_secret_key
 from fleche_redis import ValueRedis, cli, redis_cache
 from fleche_redis.cli import served
 from fleche_redis.cli.errors import CliError
+from fleche_redis.testing import redis_server_binary
 
 CLI = [sys.executable, "-m", "fleche_redis"]
 
@@ -103,7 +104,8 @@ def test_results_outlive_a_restart_and_the_password_stays_hidden(tmp_path, monke
     assert computed == 8 and results == [x * x for x in range(8)]
 
     redis_pid = _pid(directory)
-    assert password not in _args_of(redis_pid) and password not in _args_of(server.process.pid)
+    shown = _args_of(redis_pid) + _args_of(server.process.pid)
+    assert "redis" in shown and "serve" in shown and password not in shown
     said = server.interrupt()
     assert "stopped" in said and not (directory / "redis-server.pid").exists()
 
@@ -120,7 +122,13 @@ def test_results_outlive_a_restart_and_the_password_stays_hidden(tmp_path, monke
 
 
 @pytest.mark.server
-def test_detach_writes_a_pidfile_and_stop_stops_it(tmp_path):
+def test_detach_writes_a_pidfile_and_stop_stops_it(tmp_path, monkeypatch):
+    # redis-server hides its arguments behind its process title, so ps cannot tell
+    # whether the password was one: a wrapper records them and runs the real server.
+    wrapper, seen = tmp_path / "redis-server", tmp_path / "argv"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" > {seen}\nexec {redis_server_binary()} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("FLECHE_REDIS_SERVER", str(wrapper))
     directory, pidfile = tmp_path / "d", tmp_path / "serve.pid"
     start = [*CLI, "serve", "--dir", str(directory), "--detach", "--pidfile", str(pidfile)]
     started = subprocess.run(start, capture_output=True, text=True, timeout=30)
@@ -128,7 +136,8 @@ def test_detach_writes_a_pidfile_and_stop_stops_it(tmp_path):
     pid = int(pidfile.read_text())
     assert "redis" in _args_of(pid)
     url = _exports(started.stdout)["REDIS_URL"]
-    assert "127.0.0.1" in url and "***" in started.stderr
+    assert "127.0.0.1" in url and "***" in started.stderr and url not in started.stderr
+    assert seen.read_text().split() == [str(directory / "redis.conf")]
 
     twice = subprocess.run(start, capture_output=True, text=True, timeout=30)
     assert twice.returncode == 2 and f"already runs from {directory} (pid {pid})" in twice.stderr
