@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from .acl import acl_command
 from .connect import DEFAULT_NAMESPACE
 from .maintenance import gc_command, repair_command, verify_command
 from .run import bench_command, demo_command
@@ -121,6 +122,15 @@ def _add_serve(command: Adder) -> None:
         "REDIS_URL and FLECHE_SECRET_KEY. Later starts on DIR reuse its password and port."
     )
     command("keygen", keygen_command, "print a new FLECHE_SECRET_KEY (32 random bytes, hex)")
+    acl = command(
+        "acl",
+        acl_command,
+        "a Redis user confined to --namespace, with a generated password: its ACL line and URL",
+    )
+    acl.add_argument("--user", help="the user's name (default: the namespace)")
+    acl.add_argument(
+        "--apply", action="store_true", help="create it now, on --url (an administrator's)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
