@@ -49,6 +49,10 @@ from fleche_redis.testing.roundtrips import RoundTrips
 FUNCTIONS = 100
 PIPELINE = 1000
 SAMPLED_SHARDS = 16
+USAGE_BATCH = 64
+"""Keys per ``MEMORY USAGE`` request: a whole 1M store's index in one outlasts a socket timeout."""
+TIMEOUT = 600.0
+"""Socket timeout of the benchmark's own clients: one command on a big store may take seconds."""
 CPU_RESOLUTION = 0.005
 """Seconds of Redis CPU below which a figure is noise (the sampler's ``INFO`` requests)."""
 
@@ -104,10 +108,14 @@ def fill(values: ValueRedis, calls: CallRedis, n: int, floats: int) -> float:
 
 
 def _usage(client: Any, keys: list[str]) -> int:
-    pipe = client.pipeline(transaction=False)
-    for k in keys:
-        pipe.memory_usage(k, samples=0)
-    return sum(size or 0 for size in pipe.execute())
+    """Bytes of *keys*, every element counted (``SAMPLES 0``), a group of keys per request."""
+    total = 0
+    for start in range(0, len(keys), USAGE_BATCH):
+        pipe = client.pipeline(transaction=False)
+        for k in keys[start : start + USAGE_BATCH]:
+            pipe.memory_usage(k, samples=0)
+        total += sum(size or 0 for size in pipe.execute())
+    return total
 
 
 def _timed(op, reps: int) -> float:
@@ -141,7 +149,7 @@ def observe(url: str, op: Callable[[], Any]) -> tuple[Any, Observed]:
     Redis runs commands on one thread, so its main-thread CPU time is how
     much of a server an operation takes from everyone else.
     """
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=TIMEOUT)
     base, peak, done = client.info("memory")["used_memory"], [0], threading.Event()
 
     def sample() -> None:
@@ -165,7 +173,7 @@ def observe(url: str, op: Callable[[], Any]) -> tuple[Any, Observed]:
 
 def persist(server: RedisServer) -> tuple[int, float, float]:
     """``BGSAVE`` once: (RDB file bytes, fork milliseconds, seconds until the file was written)."""
-    client = server.client()
+    client = server.client(socket_timeout=TIMEOUT)
     start = time.perf_counter()
     client.bgsave()
     while client.info("persistence")["rdb_bgsave_in_progress"]:
@@ -219,7 +227,7 @@ def memory(client: Any, values: ValueRedis, calls: CallRedis, n: int) -> dict[st
 def measure(server: RedisServer, n: int, floats: int, reps: int) -> dict[str, Any]:
     url, ns = server.url, f"size{n}"
     values, calls = ValueRedis(url=url, namespace=ns), CallRedis(url=url, namespace=ns)
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=TIMEOUT)
     while client.info("memory")["lazyfree_pending_objects"]:  # the last size, freed
         time.sleep(0.1)
     client.execute_command("MEMORY", "PURGE")
@@ -338,7 +346,7 @@ def table(rows: list[dict[str, Any]], floats: int, machine: str) -> str:
 
 def machine(server: RedisServer) -> str:
     """The line that says where the figures come from."""
-    client = server.client()
+    client = server.client(socket_timeout=TIMEOUT)
     version = client.info("server")["redis_version"]
     allocator = client.info("memory")["mem_allocator"]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
