@@ -15,7 +15,7 @@ the storages' own scripts, pipelined, into a private redis-server; then:
 
 The sizing page (``docs/sizing.md``) extrapolates from these figures.
 
-    python benchmarks/bench_sizing.py                   # 1k, 100k, 1M calls (about 10 minutes)
+    python benchmarks/bench_sizing.py                   # 1k, 100k, 1M calls (about 20 minutes, 5 GiB of RAM)
     python benchmarks/bench_sizing.py --sizes 1000 20000
     python benchmarks/bench_sizing.py --smoke           # tiny, only checks that it runs
 
