@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 def test_every_benchmark_runs_in_smoke_mode():
     names = sorted(p.stem.removeprefix("bench_") for p in BENCHMARKS.glob("bench_*.py"))
-    assert {"cache", "large", "locks", "scale", "singleflight"} <= set(names)
+    assert {"cache", "large", "locks", "scale", "singleflight", "sizing"} <= set(names)
     done = subprocess.run(
         [sys.executable, "-m", "fleche_redis", "bench", "--dir", str(BENCHMARKS)],
         capture_output=True,
@@ -33,3 +33,4 @@ def test_every_benchmark_runs_in_smoke_mode():
     assert "| fleche-redis RedisCache (single flight) |" in done.stdout
     assert "| ValueRedis.get |" in done.stdout and "RedisCache miss / Cache miss" in done.stdout
     assert "| miss, wait_replicas=0 | miss, wait_replicas=1 |" in done.stdout
+    assert "| calls | Redis memory per call |" in done.stdout
