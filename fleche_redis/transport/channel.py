@@ -98,11 +98,14 @@ class Channel:
             counts.check()
         client = self.slot.get()
         try:
-            result = request(client, *args)
-        except _FAILURES as e:
-            result = self.ride(operation, e, client, request, *args)
+            try:
+                result = request(client, *args)
+            except _FAILURES as e:
+                result = self.ride(operation, e, client, request, *args)
         except NotReplicated:
-            counts.errors += 1  # stored on the primary: no fault of its, so not the breaker's
+            # Stored on the primary: no fault of its, so not the breaker's; an
+            # error all the same, whether the first attempt or a retry met it.
+            counts.errors += 1
             raise
         if breaker.failures:
             breaker.succeeded()
