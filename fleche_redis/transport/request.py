@@ -255,8 +255,12 @@ def _on_primary(
             # The slot map is stale (a primary gone, a slot moved): the cluster
             # client learns the new one by routing a command itself (raising
             # while no primary serves the slot: the channel rides that out);
-            # every write is safe to repeat.  Other errors (ASK and TRYAGAIN
-            # while a slot migrates) are the channel's to ride out.
+            # every write is safe to repeat.  That routed write goes without
+            # WAIT, so the run is sent again with it: each script of a commit
+            # writes (and so replicates) again when repeated, and a replica
+            # that acknowledges the repeat has everything before it on that
+            # primary, the routed write included.  Other errors (ASK and
+            # TRYAGAIN while a slot migrates) are the channel's to ride out.
             _cluster(client, run[:1], scripts, ordered=True)
     raise TryAgainError(f"the slot of a {run[0][0]} moved {_REROUTES} times while it was written")
 
