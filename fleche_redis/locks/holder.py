@@ -103,6 +103,7 @@ class LockHolder:
         self._pending: set[int] = set()
         self._fence: int | None = None
         self._valid_until = 0.0
+        self._taken_at = 0.0  # when the lock was last won: a LockLost says how long it was held
         self._lost = False
         self._contended = False
         self._generation = fork_generation()

@@ -195,6 +195,7 @@ class Redlock(LockHolder):
             self._held = True
             self._fence = fence
             self._valid_until = start + self.ttl - drift
+            self._taken_at = runtime.clock()
             self._pending = set(range(len(self.masters)))
         if self.auto_renew:
             self._renewer().watch(self, self.ttl * self.RENEW_EVERY)
@@ -319,11 +320,14 @@ class Redlock(LockHolder):
             # Only a first attempt can tell: a retry finds the key gone when
             # the earlier attempt's reply was lost after it ran.
             still_ours = sum(1 for i in confirmed if replies[i] == 1) + len(self._pending)
+            found = "a renewal had found it gone" if lost else "the release found it gone"
             lost = lost or (first and still_ours < self.quorum)
+            held = runtime.clock() - self._taken_at
             self._forget()
         if lost:
             raise LockLost(
-                f"{self.name}: the lock had expired or passed to another holder before release",
+                f"{self.name}: the lock had expired or passed to another holder before release "
+                f"({found}; held {held:.2f} s, ttl {self.ttl:g} s)",
                 name=self.name,
             )
 

@@ -129,8 +129,20 @@ def test_watchdog_renews_on_schedule_and_detects_loss(master, namespace, clock, 
     manual_watchdog.tick()
     assert lock.lost and not lock.held
     assert not manual_watchdog.watching(lock)
-    with pytest.raises(LockLost):
+    with pytest.raises(LockLost, match=r"a renewal had found it gone; held 2\.02 s, ttl 3 s"):
         lock.release()
+
+
+def test_lock_lost_says_how_long_it_was_held(master, namespace, clock, manual_watchdog):
+    """A release that finds the lock gone says so, with the hold's length against the ttl:
+    a hold longer than the ttl (a paused holder) reads differently from a short one."""
+    lock = Redlock(lock_key("x", namespace), [master], ttl=3, watchdog=manual_watchdog)
+    lock.acquire()
+    clock.advance(0.25)
+    _client(master).set(lock.name, "another holder")
+    with pytest.raises(LockLost, match=r"the release found it gone; held 0\.25 s, ttl 3 s"):
+        lock.release()
+    assert _client(master).get(lock.name) == b"another holder"
 
 
 def test_release_stops_renewal(master, namespace, clock, manual_watchdog):
