@@ -21,8 +21,8 @@ from typing import Any
 
 import redis
 
-from ..transport.connection import client_from_url, redact_url
-from .connect import namespace_of, url_of
+from ..transport.connection import check_url, client_from_url, redact_url
+from .connect import bad_url, namespace_of, url_of
 from .errors import EXIT_OK, CliError, explain
 
 __all__ = ["acl_command", "rules", "user_url"]
@@ -50,6 +50,10 @@ def acl_command(args: argparse.Namespace) -> int:
     if any(c.isspace() for c in user):
         raise CliError(f"a user name cannot hold spaces: {user!r}")
     url = url_of(args)
+    try:
+        check_url(url)  # printed with the user in it: it must be one a storage takes
+    except ValueError as e:
+        raise bad_url(url, e) from None
     password = secrets.token_urlsafe(24)  # URL-safe: no escaping in the URL below
     setuser = ["ACL", "SETUSER", user, *rules(namespace, password)]
     if args.apply:
@@ -75,7 +79,7 @@ def _apply(url: str, user: str, password: str, setuser: list[str]) -> None:
             client.execute_command(*setuser)
         client.execute_command("AUTH", user, password)  # the user exists and can log in
     except (ValueError, TypeError, IndexError) as e:
-        raise CliError(f"invalid Redis URL {redact_url(url)!r}: {e}") from None
+        raise bad_url(url, e) from None
     except redis.RedisError as e:
         raise CliError(explain(e, redact_url(url))) from None
     finally:

@@ -10,6 +10,7 @@ import redis
 
 from ..errors import FlecheRedisError
 from ..storage.keys import check_namespace
+from ..transport.connection import URL_SCHEMES
 from .errors import EXIT_FOUND, CliError, explain
 
 __all__ = [
@@ -23,7 +24,7 @@ __all__ = [
 ]
 
 DEFAULT_NAMESPACE = "fleche"
-SCHEMES = "redis://, rediss://, unix://, redis+cluster://, redis+sentinel://"
+SCHEMES = URL_SCHEMES
 
 
 def url_of(args: argparse.Namespace) -> str:
@@ -44,6 +45,16 @@ def namespace_of(args: argparse.Namespace) -> str:
         raise CliError(str(e)) from None
 
 
+def bad_url(url: str, error: Exception) -> CliError:
+    """The command line's one-line error for a URL *error* refused (ours, redis-py's or urllib's)."""
+    from ..transport.connection import redact_url
+
+    message = str(error)
+    if not message.startswith("invalid Redis URL"):
+        message = f"invalid Redis URL {redact_url(url)!r}: {message} (use {SCHEMES})"
+    return CliError(message)
+
+
 def storages(url: str, namespace: str) -> tuple[Any, Any]:
     from ..storage.backend import CallRedis, ValueRedis
     from ..transport.connection import client_from_url, redact_url
@@ -51,7 +62,7 @@ def storages(url: str, namespace: str) -> tuple[Any, Any]:
     try:
         client_from_url(url).close()  # parses the URL; connects lazily, so nothing is sent
     except (ValueError, TypeError, IndexError) as e:
-        raise CliError(f"invalid Redis URL {redact_url(url)!r}: {e} (use {SCHEMES})") from None
+        raise bad_url(url, e) from None
     except redis.RedisError as e:
         raise CliError(explain(e, redact_url(url))) from None
     # A command line fails fast: no retry, and a breaker that never opens.

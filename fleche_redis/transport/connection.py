@@ -44,14 +44,32 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{hosts}{slash}{tail}"
 
 
-def check_url(url: str) -> str:
-    """Return *url*, or raise ``ValueError`` for a database that is not a number.
+URL_SCHEMES = "redis://, rediss://, unix://, redis+cluster://, redis+sentinel://"
+"""The URL forms a storage takes (and ``rediss+cluster://``, ``rediss+sentinel://``)."""
 
-    redis-py reads ``redis://host/abc`` as database 0 without a word; a
-    cache silently shared with whatever lives in database 0 is worse than an
-    error at construction.
+_SCHEMES = {"redis", "rediss", "unix", *_CLUSTER_SCHEMES, *_SENTINEL_SCHEMES}
+
+
+def check_url(url: str) -> str:
+    """Return *url*, or raise ``ValueError`` for a URL no storage can use.
+
+    A missing or unknown scheme names the forms there are.  redis-py reads
+    ``redis://host/abc`` as database 0 without a word; a cache silently
+    shared with whatever lives in database 0 is worse than an error at
+    construction.
     """
+    if "://" not in url:
+        guess = f"redis://{url}" if "/" in url else f"redis://{url}/0"
+        raise ValueError(
+            f"invalid Redis URL {redact_url(url)!r}: it has no scheme "
+            f"(did you mean {redact_url(guess)!r}? use {URL_SCHEMES})"
+        )
     parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES:
+        raise ValueError(
+            f"invalid Redis URL {redact_url(url)!r}: unknown scheme {parts.scheme!r} "
+            f"(use {URL_SCHEMES})"
+        )
     segments = [s for s in parts.path.split("/") if s]
     if parts.scheme in _SENTINEL_SCHEMES:
         segments = segments[1:]  # the service name comes first
@@ -84,13 +102,12 @@ def client_from_url(url: str, **options: Any) -> redis.Redis | redis.RedisCluste
     """
     check_url(url)
     options = {**options, "decode_responses": False}
-    parts = urlsplit(url)
-    # redis-py lets URL query options override keyword arguments.
-    query = "&".join(
-        q for q in parts.query.split("&") if q and not q.startswith("decode_responses=")
-    )
-    url = urlunsplit(parts._replace(query=query))
-    scheme = parts.scheme
+    # redis-py lets URL query options override keyword arguments.  Cut by
+    # hand: urlunsplit would write unix:///path back as unix:/path.
+    base, _, query = url.partition("?")
+    kept = "&".join(q for q in query.split("&") if q and not q.startswith("decode_responses="))
+    url = f"{base}?{kept}" if kept else base
+    scheme = urlsplit(url).scheme
     if scheme in _CLUSTER_SCHEMES:
         return _cluster_from_url(url, **options)
     if scheme in _SENTINEL_SCHEMES:
