@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 
 from fleche.call import DigestedCall
 from fleche.digest import Digest
-from fleche.security import get_secret_key, normalize_secret_key
 from fleche.storage.base import CallMixin, StorageBackend, ValueMixin, register_storage
 from fleche.storage.destructuring import DestructuringMixin, Digested
 
@@ -34,6 +33,7 @@ from .codec import Codec, Encoded
 from .index import PrefixIndexMixin
 from .keys import InvalidDigestError, KeyLayout, check_digest, check_namespace
 from .near import DEFAULT_BYTES, NearCache, NearRecordsMixin, check_size, near_cache
+from .signing import signing_keys
 
 __all__ = ["RedisBackend", "ValueRedis", "CallRedis", "DEFAULT_URL"]
 
@@ -147,8 +147,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
                     url_from_client(self.client, with_password=False) or config.NO_ADDRESS,
                 )
         explicit = bool(self.secret_key)
-        keys = normalize_secret_key(self.secret_key) if explicit else get_secret_key()
-        set_(self, "secret_key", tuple(keys))
+        keys = signing_keys(self.secret_key)
+        set_(self, "secret_key", keys)
         set_(self, "_secret_explicit", explicit)
         set_(
             self,

@@ -52,6 +52,12 @@ def check(storage: Any) -> None:
         raise ValueError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
     if not failover_wait >= 0:
         raise ValueError(f"failover_wait must be >= 0 seconds, not {failover_wait!r}")
+    for name in ("socket_timeout", "connect_timeout"):
+        seconds = getattr(storage, name)
+        if seconds is not None and not seconds > 0:
+            raise ValueError(
+                f"{name} must be a positive number of seconds or None, not {seconds!r}"
+            )
     if on_error not in POLICIES:
         raise ValueError(f"on_error must be one of {POLICIES}, not {on_error!r}")
     replicas.check(storage.wait_replicas, storage.wait_replicas_timeout, storage.socket_timeout)

@@ -58,6 +58,8 @@ def check_url(url: str) -> str:
     shared with whatever lives in database 0 is worse than an error at
     construction.
     """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a string such as 'redis://host:6379/0', not {url!r}")
     if "://" not in url:
         guess = f"redis://{url}" if "/" in url else f"redis://{url}/0"
         raise ValueError(
