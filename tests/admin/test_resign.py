@@ -28,7 +28,8 @@ def where(request, namespace):
 
 def cache(where, key, **options):
     return Cache(
-        ValueRedis(secret_key=key, **where, **options), CallRedis(secret_key=key, **where, **options)
+        ValueRedis(secret_key=key, **where, **options),
+        CallRedis(secret_key=key, **where, **options),
     )
 
 
