@@ -247,9 +247,9 @@ def _record_terms(
         if data is None:
             continue
         try:
-            if storage.codec.signed_by(data, key=key):
-                report.old_key += 1  # verified anyway: a few HMACs, no read more
             record = storage.codec.decode(data, key=key)
+            if storage.codec.signed_by(data, key=key):
+                report.old_key += 1  # an HMAC or two more, and no read
         except UndecodableEntry:
             report.undecodable += 1
             continue

@@ -12,14 +12,13 @@ nothing is unpickled before its signature verifies.  Layout:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
 import pickle
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -142,22 +141,6 @@ class _CompressionError(Exception):
 
 class _CorruptFrame(Exception):
     pass
-
-
-@contextlib.contextmanager
-def _refusals(key: str) -> Iterator[None]:
-    """Every way an entry fails to open before it is unpickled, as a logged miss (:class:`UndecodableEntry`)."""
-    try:
-        yield
-    except SignatureError as e:
-        logger.warning("entry %s failed signature verification (%s); treating it as a miss", key, e)
-        raise UndecodableEntry(key, "signature verification failed") from None
-    except _CorruptFrame as e:
-        logger.warning("entry %s is not a valid framed entry (%s); treating it as a miss", key, e)
-        raise UndecodableEntry(key, "corrupt framed entry") from None
-    except Exception as e:
-        logger.warning("entry %s is not valid compressed data (%s); treating it as a miss", key, e)
-        raise UndecodableEntry(key, "corrupt compressed data") from None
 
 
 @dataclass(frozen=True)
@@ -326,8 +309,17 @@ class Codec:
                 buffers.append(part)
         return stream, buffers
 
-    def _signed(self, data: bytes | bytearray) -> tuple[int, Callable[[], bytes]]:
-        """Which key signed *data* (see :meth:`_key_index`), and how to sign it with the first instead."""
+    def _signed(self, data: bytes | bytearray, key: str) -> tuple[int, Callable[[], bytes]]:
+        """Which key signed *data* (see :meth:`_key_index`), and how to sign it with the first instead.
+
+        Whatever fails is :class:`UndecodableEntry`, not logged: maintenance counts them.
+        """
+        try:
+            return self._signed_as(data)
+        except Exception as e:
+            raise UndecodableEntry(key, f"not verified ({type(e).__name__}: {e})") from None
+
+    def _signed_as(self, data: bytes | bytearray) -> tuple[int, Callable[[], bytes]]:
         if data[:1] == FRAMED[:1]:
             view = memoryview(data)
             end = self._frame(view)[3]
@@ -357,8 +349,7 @@ class Codec:
         """
         if not self.secret_key:
             return 0
-        with _refusals(key):
-            return self._signed(data)[0]
+        return self._signed(data, key)[0]
 
     def resigned(self, data: bytes | bytearray, *, key: str = "?") -> bytes | None:
         """*data* signed with the first key, or ``None`` when it already is (or nothing is signed).
@@ -371,9 +362,8 @@ class Codec:
         """
         if not self.secret_key:
             return None
-        with _refusals(key):
-            index, again = self._signed(data)
-            return again() if index else None
+        index, again = self._signed(data, key)
+        return again() if index else None
 
     def decode(self, data: bytes | bytearray, *, key: str = "?") -> Any:
         """Verify and deserialize; a refusal is :class:`UndecodableEntry`.
@@ -381,11 +371,26 @@ class Codec:
         A ``bytearray`` is given away: arrays in the value may be built on its
         memory (no copy), so a caller that keeps the bytes passes ``bytes``.
         """
-        with _refusals(key):
+        try:
             if data[:1] == FRAMED[:1]:
                 stream, buffers = self._unframed(data)
             else:
                 stream, buffers = self._verified(self._decompress(data)), []
+        except SignatureError as e:
+            logger.warning(
+                "entry %s failed signature verification (%s); treating it as a miss", key, e
+            )
+            raise UndecodableEntry(key, "signature verification failed") from None
+        except _CorruptFrame as e:
+            logger.warning(
+                "entry %s is not a valid framed entry (%s); treating it as a miss", key, e
+            )
+            raise UndecodableEntry(key, "corrupt framed entry") from None
+        except Exception as e:
+            logger.warning(
+                "entry %s is not valid compressed data (%s); treating it as a miss", key, e
+            )
+            raise UndecodableEntry(key, "corrupt compressed data") from None
         try:
             return self.loads(stream, buffers)
         except Exception as e:
