@@ -1,4 +1,4 @@
-"""Whole-store work at scale: verify, repair, garbage-collect, transform, redigest.
+"""Whole-store work at scale: verify, repair, garbage-collect, transform, redigest, resign.
 
 The public face of maintenance (``fleche_redis.maintenance``).  The work is
 done in the storage layer, where the storages' own ``verify``, ``repair``
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..storage.check import Report, repair, verify
 from ..storage.collect import GcAlreadyRunning, gc, redigest
+from ..storage.resign import Resigned, resign
 from ..storage.scan import Progress
 from ..storage.snapshot import transform
 
@@ -20,6 +21,8 @@ __all__ = [
     "gc",
     "transform",
     "redigest",
+    "resign",
+    "Resigned",
     "Progress",
     "GcAlreadyRunning",
 ]

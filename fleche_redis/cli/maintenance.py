@@ -1,4 +1,4 @@
-"""The maintenance commands: gc, and verify/repair of index and data."""
+"""The maintenance commands: gc, verify/repair of index and data, and resign after a key rotation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .connect import open_cache
 from .errors import EXIT_FOUND, EXIT_OK, CliError
 from .output import emit, progress_bar
 
-__all__ = ["gc_command", "verify_command", "repair_command"]
+__all__ = ["gc_command", "verify_command", "repair_command", "resign_command"]
 
 
 def gc_command(args: argparse.Namespace) -> int:
@@ -67,6 +67,8 @@ def _check(args: argparse.Namespace, fix: bool) -> int:
                     yield f"  {p}, e.g. " + ", ".join(r.examples.get(p, []))
             if r.undecodable:
                 yield f"  {r.undecodable:,} undecodable entries left in place"
+        if old := sum(r.old_key for r in reports):
+            yield f"{old:,} call record(s) signed by an old key: `fleche-redis resign` re-signs them"
         if not ok and not fix:
             yield "run `fleche-redis repair` to fix these"
 
@@ -80,3 +82,43 @@ def verify_command(args: argparse.Namespace) -> int:
 
 def repair_command(args: argparse.Namespace) -> int:
     return _check(args, fix=True)
+
+
+def resign_command(args: argparse.Namespace) -> int:
+    """Exit 1 after ``--dry-run`` while an old key still signs something: the old key must stay."""
+    from ..admin.maintenance import resign
+
+    cache = open_cache(args)
+    started = time.monotonic()
+    try:
+        with progress_bar(args) as bar:
+            reports = [
+                resign(store, dry_run=args.dry_run, progress=bar)
+                for store in (cache.values, cache.calls)
+            ]
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    seconds = time.monotonic() - started
+    old = sum(r.old_key for r in reports)
+    data = {"dry_run": args.dry_run, "old_key": old, "reports": [r.to_dict() for r in reports]}
+
+    def text() -> Iterator[str]:
+        for r in reports:
+            line = f"{r.storage}: {r.entries:,} entries, {r.old_key:,} signed by an old key"
+            if not args.dry_run:
+                line += f", {r.resigned:,} re-signed"
+            yield line
+            if r.changed:
+                yield f"  {r.changed:,} changed meanwhile and left as they are: run resign again"
+            if r.undecodable:
+                yield f"  {r.undecodable:,} entries no key verifies, left in place"
+        yield f"({seconds:.1f} s)"
+        if args.dry_run:
+            yield (
+                "the old key(s) can be dropped"
+                if not old
+                else "keep the old key(s): run `fleche-redis resign` first"
+            )
+
+    emit(args, data, text)
+    return EXIT_FOUND if args.dry_run and old else EXIT_OK

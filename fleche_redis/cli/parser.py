@@ -8,7 +8,7 @@ from typing import Any
 
 from .acl import acl_command
 from .connect import DEFAULT_NAMESPACE
-from .maintenance import gc_command, repair_command, verify_command
+from .maintenance import gc_command, repair_command, resign_command, verify_command
 from .run import bench_command, demo_command
 from .serve import keygen_command, serve_command
 from .served import POLICIES
@@ -91,6 +91,17 @@ def _add_maintenance_commands(command: Adder, as_json: argparse.ArgumentParser) 
     command("gc", gc_command, "evict values no call record uses", as_json)
     command("verify", verify_command, "check index and data agree", as_json)
     command("repair", repair_command, "fix what verify finds", as_json)
+    resign = command(
+        "resign",
+        resign_command,
+        "sign every entry an old key signed with the first key of FLECHE_SECRET_KEY (new:old)",
+        as_json,
+    )
+    resign.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only count them; exit 1 while there are any (the old key must stay)",
+    )
 
 
 def _add_bench(command: Adder) -> None:

@@ -49,6 +49,9 @@ class Report:
     """Chunks of big entries whose manifest is gone (a writer died mid-write): wasted memory."""
     undecodable: int = 0
     """Entries that fail signature verification or decoding (left in place)."""
+    old_key: int = 0
+    """Call records signed by a key after the first (before a rotation): not a problem, but
+    ``resign`` must sign them with the first key before the old one is dropped."""
     wrong_type: int = 0
     """Keys of the layout holding another Redis type (a foreign key): every command on them fails."""
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -83,6 +86,7 @@ class Report:
             "stale_references": self.stale_references,
             "orphan_chunks": self.orphan_chunks,
             "undecodable": self.undecodable,
+            "old_key": self.old_key,
             "wrong_type": self.wrong_type,
             "examples": self.examples,
         }
@@ -244,6 +248,8 @@ def _record_terms(
             continue
         try:
             record = storage.codec.decode(data, key=key)
+            if storage.codec.signed_by(data, key=key):
+                report.old_key += 1  # an HMAC or two more, and no read
         except UndecodableEntry:
             report.undecodable += 1
             continue

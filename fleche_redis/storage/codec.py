@@ -218,38 +218,59 @@ class Codec:
         mac = hmac.new(self.secret_key[0] if key is None else key, stream, hashlib.sha256)
         return mac.hexdigest().encode("ascii")
 
-    def _decompress(self, data: bytes | bytearray) -> bytes | bytearray:
+    def _key_index(self, body: Any, tag: bytes, *, hexed: bool) -> int:
+        """The index in ``secret_key`` of the key whose HMAC of *body* is *tag*.
+
+        0 is the key that signs; a later one is kept only to read entries
+        signed before a rotation (fleche's ``new:old``).
+        """
+        for index, key in enumerate(self.secret_key):
+            mac = hmac.new(key, body, hashlib.sha256)
+            expected = mac.hexdigest().encode("ascii") if hexed else mac.digest()
+            if hmac.compare_digest(expected, tag):
+                return index
+        raise SignatureError("Invalid signature")
+
+    def _compressor_of(self, data: bytes | bytearray) -> Compressor | None:
+        """The compressor whose magic *data* starts with; ``None`` for a pickle (signed or not)."""
         if data[:1] == b"\x80":
-            return data  # a pickle (signed or not); no compressor's magic starts so
+            return None  # no compressor's magic starts so
         head = bytes(data[:4])
         for reader in self.readers:
             if head.startswith(reader.magic):
-                return reader.decompress(bytes(data))  # the same object when bytes
-        if head[:1] not in (b"\x80", b""):
+                return reader
+        if head:
             # Compressed by a compressor this process lacks (or not ours at all).
             names = [r.name for r in self.readers]
             raise _CompressionError(f"unknown encoding {head!r} (readable: {names})")
-        return data
+        return None
+
+    def _decompress(self, data: bytes | bytearray) -> bytes | bytearray:
+        compressor = self._compressor_of(data)
+        # decompress returns the same object when given bytes
+        return data if compressor is None else compressor.decompress(bytes(data))
+
+    def _split(self, data: bytes | bytearray) -> tuple[memoryview, bytes]:
+        """fleche's format: the pickle stream (a view, not copied) and the signature after it."""
+        stop = data.rfind(pickle.STOP)
+        if stop == -1:
+            raise SignatureError("No STOP opcode found")
+        view = memoryview(data)
+        signature = bytes(view[stop + 1 :])
+        if not signature:
+            raise SignatureError("No signature found")
+        return view[: stop + 1], signature
 
     def _verified(self, data: bytes | bytearray) -> Any:
         """fleche's ``SignedBytes.loads`` over a view: the stream without its signature, not copied."""
         if not self.secret_key:
             return data
-        stop = data.rfind(pickle.STOP)
-        if stop == -1:
-            raise SignatureError("No STOP opcode found")
-        view = memoryview(data)
-        stream, signature = view[: stop + 1], bytes(view[stop + 1 :])
-        if not signature:
-            raise SignatureError("No signature found")
-        for key in self.secret_key:
-            if hmac.compare_digest(self._hex_signature(stream, key), signature):
-                return stream
-        raise SignatureError("Invalid signature")
+        stream, signature = self._split(data)
+        self._key_index(stream, signature, hexed=True)
+        return stream
 
-    def _unframed(self, data: bytes | bytearray) -> tuple[memoryview, list[Any]]:
-        """A framed entry's stream and buffers, views into *data*, once its signature verifies."""
-        view = memoryview(data)
+    def _frame(self, view: memoryview) -> tuple[int, list[tuple[int, int]], int, int]:
+        """A framed entry's head: where its stream starts, its buffers, the stream's length, where the tag starts."""
         if bytes(view[:2]) != FRAMED:
             raise _CorruptFrame(f"unknown format version {bytes(view[:2])!r}")
         if len(view) < _HEAD.size:
@@ -264,15 +285,16 @@ class Codec:
         signed = flags & _SIGNED
         if len(view) != end + (_TAG if signed else 0):
             raise _CorruptFrame("length does not match its head")
+        if self.secret_key and not signed:
+            raise SignatureError("No signature found")
+        return at, specs, size, end
+
+    def _unframed(self, data: bytes | bytearray) -> tuple[memoryview, list[Any]]:
+        """A framed entry's stream and buffers, views into *data*, once its signature verifies."""
+        view = memoryview(data)
+        at, specs, size, end = self._frame(view)
         if self.secret_key:
-            if not signed:
-                raise SignatureError("No signature found")
-            body, tag = view[:end], view[end:]
-            if not any(
-                hmac.compare_digest(hmac.new(k, body, hashlib.sha256).digest(), tag)
-                for k in self.secret_key
-            ):
-                raise SignatureError("Invalid signature")
+            self._key_index(view[:end], bytes(view[end:]), hexed=False)
         stream = view[at : at + size]
         at += size
         buffers: list[Any] = []
@@ -286,6 +308,62 @@ class Codec:
             else:
                 buffers.append(part)
         return stream, buffers
+
+    def _signed(self, data: bytes | bytearray, key: str) -> tuple[int, Callable[[], bytes]]:
+        """Which key signed *data* (see :meth:`_key_index`), and how to sign it with the first instead.
+
+        Whatever fails is :class:`UndecodableEntry`, not logged: maintenance counts them.
+        """
+        try:
+            return self._signed_as(data)
+        except Exception as e:
+            raise UndecodableEntry(key, f"not verified ({type(e).__name__}: {e})") from None
+
+    def _signed_as(self, data: bytes | bytearray) -> tuple[int, Callable[[], bytes]]:
+        if data[:1] == FRAMED[:1]:
+            view = memoryview(data)
+            end = self._frame(view)[3]
+            body = view[:end]
+
+            def tagged() -> bytes:
+                return bytes(body) + hmac.new(self.secret_key[0], body, hashlib.sha256).digest()
+
+            return self._key_index(body, bytes(view[end:]), hexed=False), tagged
+        compressor = self._compressor_of(data)
+        stream, signature = self._split(
+            data if compressor is None else compressor.decompress(bytes(data))
+        )
+
+        def again() -> bytes:
+            fresh = bytes(stream) + self._hex_signature(stream)
+            return fresh if compressor is None else compressor.compress(fresh)
+
+        return self._key_index(stream, signature, hexed=True), again
+
+    def signed_by(self, data: bytes | bytearray, *, key: str = "?") -> int:
+        """Which key signed *data*: its index in ``secret_key`` (0 for a storage without keys).
+
+        0 is the first key, the one that signs; a later one means the entry
+        was signed before a rotation.  Nothing is unpickled; an entry no key
+        verifies is :class:`UndecodableEntry`.
+        """
+        if not self.secret_key:
+            return 0
+        return self._signed(data, key)[0]
+
+    def resigned(self, data: bytes | bytearray, *, key: str = "?") -> bytes | None:
+        """*data* signed with the first key, or ``None`` when it already is (or nothing is signed).
+
+        Only an entry one of the keys verifies is signed again
+        (:class:`UndecodableEntry` otherwise), and nothing is unpickled: the
+        stream stays byte for byte, only its signature changes (a compressed
+        entry is compressed again by the same compressor), so re-signing
+        needs none of the classes the entries hold.
+        """
+        if not self.secret_key:
+            return None
+        index, again = self._signed(data, key)
+        return again() if index else None
 
     def decode(self, data: bytes | bytearray, *, key: str = "?") -> Any:
         """Verify and deserialize; a refusal is :class:`UndecodableEntry`.

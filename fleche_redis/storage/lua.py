@@ -6,6 +6,7 @@ lists it, the shard's references hash and its gc flag.  PUT writes the bytes
 and indexes them; INDEX is PUT without the write, for bytes that a plain
 ``SET`` put in just before (see ``RedisBackend._write``); both share
 ``_INDEX_ENTRY``.  EVICT removes an entry, its index entries and any chunks.
+RESIGN puts the same entry, signed with another key, in place of its bytes.
 Each reads every key it may write before its first write, so a slot
 migration that stops a script midway finds it wrote nothing
 (``transport.health.NOT_HERE_YET``).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from ..transport.scripts import LuaScript
 
-__all__ = ["PUT", "INDEX", "EVICT", "GUARD"]
+__all__ = ["PUT", "INDEX", "EVICT", "RESIGN", "GUARD"]
 
 # Checks every key an entry's write touches before anything is written: a
 # key of the wrong type (a foreign key in the namespace) refuses the whole
@@ -125,5 +126,31 @@ EVICT = LuaScript(
     redis.call('HDEL', KEYS[3], ARGV[1])
     for _, chunk in ipairs(chunks) do redis.call('DEL', chunk) end
     return redis.call('DEL', KEYS[1])
+    """
+)
+
+RESIGN = LuaScript(
+    """
+    -- KEYS[1] the entry's data key (a value's string, a call record's hash)
+    -- ARGV[1] the entry as it was read ('': any bytes, for a value), ARGV[2] the
+    --   same entry signed with the first key, ARGV[3] the hash field of a call
+    --   record ('' for a value)
+    -- Puts ARGV[2] in place, keeping the ttl and a record's other fields (terms,
+    -- result, fence), only where the entry is still there and, when ARGV[1] is
+    -- given, still what was read: a record a writer replaced meanwhile is newer
+    -- and stays.  A value is content-addressed, so any version of it is the same
+    -- value.  Returns 1 if replaced, 0 if not (nothing written).
+    local field = ARGV[3]
+    if redis.call('TYPE', KEYS[1])['ok'] ~= (field == '' and 'string' or 'hash') then
+      return 0
+    end
+    if field == '' then
+      if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+      redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+    else
+      if redis.call('HGET', KEYS[1], field) ~= ARGV[1] then return 0 end
+      redis.call('HSET', KEYS[1], field, ARGV[2])
+    end
+    return 1
     """
 )

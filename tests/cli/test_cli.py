@@ -273,6 +273,26 @@ def test_verify_finds_and_repair_fixes(capsys, filled, redis_server):
     assert code == 0 and json.loads(out)["ok"] is True
 
 
+def test_resign_after_a_rotation(capsys, redis_server, namespace, monkeypatch):
+    old, new = "0a" * 32, "0b" * 32
+    where = {"url": redis_server.url, "namespace": namespace, "secret_key": old}
+    cache = RedisCache(values=ValueRedis(**where), calls=CallRedis(**where))
+    with fleche.cache(cache):
+        area(2, 3)
+    monkeypatch.setenv("FLECHE_SECRET_KEY", f"{new}:{old}")
+    code, out, _ = run(capsys, cache, "verify")
+    assert code == 0 and "1 call record(s) signed by an old key" in out
+    code, out, _ = run(capsys, cache, "resign", "--dry-run")
+    assert code == 1 and out.count("signed by an old key") == 2 and "keep the old key" in out
+    code, out, _ = run(capsys, cache, "resign")
+    assert code == 0 and "1 signed by an old key, 1 re-signed" in out
+    code, out, _ = run(capsys, cache, "resign", "--dry-run")
+    assert code == 0 and "the old key(s) can be dropped" in out
+    monkeypatch.delenv("FLECHE_SECRET_KEY")
+    code, _, err = run(capsys, cache, "resign")
+    assert code == 2 and "no secret key" in err
+
+
 def test_progress_bars_only_on_a_terminal():
     class Terminal(io.StringIO):
         def isatty(self):

@@ -309,3 +309,52 @@ def test_a_value_cloudpickle_must_write_keeps_its_buffers_out_of_band():
     assert sum(p.nbytes for p in data.parts) < value["a"].nbytes + 10_000  # one copy of the array
     back = codec.decode(bytes(data))
     assert back["f"](1) == 2 and np.array_equal(back["a"], value["a"])
+
+
+# -- re-signing after a rotation: the signature changes, nothing is unpickled --
+
+
+def _entry_bytes(data):
+    return bytes(data) if isinstance(data, Gather) else data
+
+
+@pytest.mark.parametrize(
+    "value, options",
+    [({"a": [1, 2]}, {}), ("z" * 5000, {"compress": "zlib"}), (None, {})],
+    ids=["plain", "compressed", "framed"],
+)
+def test_an_old_key_s_entry_is_resigned_with_the_first_key(value, options):
+    value = _array() if value is None else value
+    old = _entry_bytes(Codec(secret_key=(b"old",), **options).encode(value))
+    rotating = Codec(secret_key=(b"new", b"old"), **options)
+    assert rotating.signed_by(old) == 1
+    fresh = rotating.resigned(old)
+    assert rotating.signed_by(fresh) == 0 and rotating.resigned(fresh) is None
+    back = Codec(secret_key=(b"new",)).decode(fresh)
+    assert np.array_equal(back, value) if isinstance(value, np.ndarray) else back == value
+    if options:
+        assert zlib.decompress(fresh)  # compressed again, by the same compressor
+    with pytest.raises(UndecodableEntry):
+        Codec(secret_key=(b"old",)).decode(fresh)
+
+
+def test_resigning_never_unpickles_and_refuses_what_no_key_verifies(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    rotating = Codec("pickle", secret_key=(b"new", b"old"))
+    signed = SignedBytes([b"old"]).dumps(pickle.dumps(Exploit()))
+    assert rotating.resigned(signed) is not None  # its stream is kept as it is, not loaded
+    for planted in (pickle.dumps(Exploit()) + b"0" * 64, SignedBytes([b"x"]).dumps(b"\x80.")):
+        with pytest.raises(UndecodableEntry):
+            rotating.resigned(planted)
+        with pytest.raises(UndecodableEntry):
+            rotating.signed_by(planted)
+    assert not marker.exists()
+
+
+def test_a_codec_without_keys_signs_nothing():
+    assert Codec().resigned(Codec().encode(1)) is None and Codec().signed_by(b"") == 0
