@@ -20,16 +20,26 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from fleche.security import SignatureError, SignedBytes
 
 from ..errors import UndecodableEntry
 from ..transport.gather import Gather
+from . import trust
 
 logger = logging.getLogger("fleche_redis.codec")
 
-__all__ = ["Codec", "UndecodableEntry", "SERIALIZERS", "COMPRESSORS", "FRAMED"]
+__all__ = [
+    "Codec",
+    "UndecodableEntry",
+    "SERIALIZERS",
+    "COMPRESSORS",
+    "FRAMED",
+    "UNSIGNED",
+    "RESTRICTED",
+    "unsigned_by_ends",
+]
 
 Encoded = bytes | Gather
 """What :meth:`Codec.encode` returns: bytes, or buffers to write as one value without joining them."""
@@ -143,6 +153,16 @@ class _CorruptFrame(Exception):
     pass
 
 
+class _Unsigned(SignatureError):
+    """No signature at all, where a key wants one: told apart from a bad one (counted, logged once)."""
+
+
+UNSIGNED = "unsigned entry"
+"""The reason of an :class:`UndecodableEntry` that carries no signature (with a secret key)."""
+RESTRICTED = "refused by the restricted reader"
+"""The reason of an :class:`UndecodableEntry` whose pickle names a global off the allow-list."""
+
+
 @dataclass(frozen=True)
 class Codec:
     """Encodes values for one storage: its serializer, signing keys and compression."""
@@ -151,11 +171,17 @@ class Codec:
     secret_key: tuple[bytes, ...] = ()
     compress: bool | str = False
     compress_min_size: int = 512
+    allowed: trust.Allowed | None = None
+    """The restricted reader's allow-list; ``None`` unpickles with the serializer's own ``loads``."""
+    counts: Any = field(default=None, repr=False, compare=False)
+    """Where refusals are counted (the storage's ``StorageMetrics``), if anywhere."""
     dumps: Dumps = field(init=False, repr=False, compare=False)
     loads: Loads = field(init=False, repr=False, compare=False)
     signer: SignedBytes = field(init=False, repr=False, compare=False)
     compressor: Compressor | None = field(init=False, repr=False, compare=False)
     readers: tuple[Compressor, ...] = field(init=False, repr=False, compare=False)
+    warned: set[tuple[str, str]] = field(init=False, repr=False, compare=False)
+    """Entries refused by policy and logged already (each is logged once)."""
 
     OUT_OF_BAND_MIN: ClassVar[int] = 64 * 1024
     """Buffers this big leave the pickle stream (uncompressed entries): a framed entry."""
@@ -168,7 +194,7 @@ class Codec:
                 f"unknown serializer {self.serializer!r}; choose from {sorted(SERIALIZERS)}"
             ) from None
         object.__setattr__(self, "dumps", dumps)
-        object.__setattr__(self, "loads", loads)
+        object.__setattr__(self, "loads", loads if self.allowed is None else self.allowed.loads)
         object.__setattr__(self, "signer", SignedBytes(self.secret_key))
         name = "zlib" if self.compress is True else self.compress or None
         compressor = None
@@ -184,6 +210,7 @@ class Codec:
                 ) from None
         object.__setattr__(self, "compressor", compressor)
         object.__setattr__(self, "readers", tuple(_available()))
+        object.__setattr__(self, "warned", set())
 
     def encode(self, value: Any) -> Encoded:
         """The entry for *value*: bytes, or a :class:`Gather` of buffers to send without joining."""
@@ -241,7 +268,7 @@ class Codec:
         view = memoryview(data)
         stream, signature = view[: stop + 1], bytes(view[stop + 1 :])
         if not signature:
-            raise SignatureError("No signature found")
+            raise _Unsigned("No signature found")
         for key in self.secret_key:
             if hmac.compare_digest(self._hex_signature(stream, key), signature):
                 return stream
@@ -266,7 +293,7 @@ class Codec:
             raise _CorruptFrame("length does not match its head")
         if self.secret_key:
             if not signed:
-                raise SignatureError("No signature found")
+                raise _Unsigned("No signature found")
             body, tag = view[:end], view[end:]
             if not any(
                 hmac.compare_digest(hmac.new(k, body, hashlib.sha256).digest(), tag)
@@ -298,6 +325,10 @@ class Codec:
                 stream, buffers = self._unframed(data)
             else:
                 stream, buffers = self._verified(self._decompress(data)), []
+        except _Unsigned:
+            self._refused(
+                "unsigned_refused", key, UNSIGNED, "no signature, but a secret key is set"
+            )
         except SignatureError as e:
             logger.warning(
                 "entry %s failed signature verification (%s); treating it as a miss", key, e
@@ -315,6 +346,8 @@ class Codec:
             raise UndecodableEntry(key, "corrupt compressed data") from None
         try:
             return self.loads(stream, buffers)
+        except trust.Refused as e:
+            self._refused("restricted_refused", key, RESTRICTED, str(e))
         except Exception as e:
             logger.warning(
                 "entry %s could not be deserialized (%s: %s); treating it as a miss",
@@ -323,3 +356,36 @@ class Codec:
                 e,
             )
             raise UndecodableEntry(key, "cannot deserialize") from None
+
+    def _refused(self, counter: str, key: str, reason: str, detail: str) -> NoReturn:
+        """Count and log (once per entry) a refusal by policy, and make it a miss."""
+        if self.counts is not None:
+            setattr(self.counts, counter, getattr(self.counts, counter) + 1)
+        trust.warn_once(self.warned, key, reason, detail)
+        raise UndecodableEntry(key, reason) from None
+
+    def unsigned(self, data: bytes | bytearray) -> bool:
+        """Whether *data* is an entry with no signature (read in full; nothing is unpickled).
+
+        A bare or compressed pickle with nothing after its ``STOP``, or a
+        framed entry without the signed flag; a badly signed entry is not.
+        """
+        if data[:2] == FRAMED:
+            return len(data) > len(FRAMED) and not data[len(FRAMED)] & _SIGNED
+        try:
+            plain = self._decompress(data)
+        except Exception:
+            return False  # corrupt, or compressed by what this process lacks
+        return plain[:1] == b"\x80" and plain[-1:] == pickle.STOP
+
+
+def unsigned_by_ends(head: bytes, last: bytes) -> bool | None:
+    """Whether an entry is unsigned, from its first three bytes and its last; ``None``: read it all.
+
+    Lets ``verify`` tell uncompressed entries apart without reading them.
+    """
+    if head[:2] == FRAMED and len(head) > 2:
+        return not head[2] & _SIGNED
+    if head[:1] == b"\x80":
+        return last == pickle.STOP  # a signature ends in a hex digit
+    return None
