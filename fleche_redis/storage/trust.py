@@ -162,7 +162,8 @@ class TrustOptions:
 
     def codec_options(self, keys: tuple[bytes, ...]) -> dict[str, Any]:
         """Check these options against the signing *keys*; the codec's keyword arguments."""
-        if not keys and (self.require_signature or required_by_environment()):
+        by_environment = required_by_environment()  # a value neither on nor off: always an error
+        if not keys and (self.require_signature or by_environment):
             by = "require_signature=True" if self.require_signature else f"{ENVIRONMENT} is set"
             raise ValueError(
                 f"{by}, but there is no secret key: set FLECHE_SECRET_KEY (`fleche-redis keygen` "
