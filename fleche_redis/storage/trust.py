@@ -124,7 +124,8 @@ class Allowed:
 
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file: io.BytesIO, buffers: list[Any], allowed: Allowed) -> None:
-        super().__init__(file, buffers=buffers)
+        # No renaming of Python 2 names (``__builtin__``): what is checked is what is imported.
+        super().__init__(file, buffers=buffers, fix_imports=False)
         self.allowed = allowed
 
     def find_class(self, module: str, name: str) -> Any:
@@ -132,6 +133,8 @@ class _Unpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if not self.allowed.module_allowed(module):
             raise Refused(f"{module}.{name} is not allowed")
+        if any(part.startswith("__") for part in name.split(".")):
+            raise Refused(f"{module}.{name} reaches into internals")  # __globals__, __init__
         found = super().find_class(module, name)
         # ``mypkg`` may have imported ``os``: what is found must live there too.
         if not self.allowed.module_allowed(getattr(found, "__module__", None)):

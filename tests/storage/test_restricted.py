@@ -161,7 +161,12 @@ def test_a_name_reached_through_an_allowed_module_is_refused(monkeypatch):
     pkg = types.ModuleType("mypkg")
     pkg.os = os  # ``import os`` in an allowed module
     monkeypatch.setitem(sys.modules, "mypkg", pkg)
-    refused(restricted(["mypkg"]), global_pickle("mypkg", "os.system", "true"))
+    pkg.Helper = type("Helper", (), {"__init__": lambda self: None, "__module__": "mypkg"})
+    pkg.Helper.__init__.__module__ = "mypkg"
+    codec = restricted(["mypkg"])
+    refused(codec, global_pickle("mypkg", "os.system", "true"))
+    # Internals are out of bounds even where what they lead to was defined there.
+    refused(codec, global_pickle("mypkg", "Helper.__init__"))
 
 
 def test_cloudpickle_s_by_value_functions_are_refused():
