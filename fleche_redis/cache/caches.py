@@ -113,9 +113,10 @@ class RedisCache(Cache):
             default, 0, waits for none).  A commit too few acknowledged is
             refused as any other: the call returns its result uncached (see
             ``docs/cache.md``, Durability).
-        require_signature: ``True`` makes the cache use copies of its Redis
-            storages that require signatures (see ``docs/security.md``);
-            ``None`` (the default) keeps the storages' own setting.
+        require_signature: the cache uses copies of its Redis storages with
+            this setting (``True``: no start without a key, see
+            ``docs/security.md``); ``None`` (the default) keeps the storages'
+            own.  ``FLECHE_REDIS_REQUIRE_SIGNATURE`` applies either way.
     """
 
     single_flight: bool = field(default=True, kw_only=True)
