@@ -271,3 +271,20 @@ def test_a_redis_cache_reads_restricted_and_computes_again(connection, planted, 
         refusals.append(sum(c["restricted_refused"] for c in counts))
     assert refusals == [1, 0]
     assert not marker.exists()
+
+
+def test_the_options_travel_to_worker_processes():
+    storage = ValueRedis(
+        url="redis://127.0.0.1:1/0",
+        secret_key=b"k" * 32,
+        require_signature=True,
+        restricted=True,
+        allowed_modules=["mypkg"],
+    )
+    again = pickle.loads(pickle.dumps(storage))
+    assert (again.require_signature, again.restricted, again.allowed_modules) == (
+        True,
+        True,
+        ("mypkg",),
+    )
+    assert again.codec.allowed == Allowed(("mypkg",))
