@@ -43,6 +43,8 @@ COUNTERS: tuple[str, ...] = (
     "lock_waits",
     "lock_wait_seconds",
     "lock_failures",
+    "unsigned_refused",
+    "restricted_refused",
 )
 """Every counter of a snapshot, in order; each only ever grows."""
 
@@ -69,6 +71,8 @@ _HELP = {
     "lock_waits": "Acquisitions that had to wait for another holder",
     "lock_wait_seconds": "Seconds spent acquiring the locks that had to wait",
     "lock_failures": "Locks that could not be acquired (timeout, no quorum)",
+    "unsigned_refused": "Entries read without a signature where a secret key wants one (misses)",
+    "restricted_refused": "Entries the restricted reader refused to unpickle (misses)",
     "near_hits": "Reads served by the near cache, without a request",
     "near_misses": "Reads the near cache could not serve",
     "near_evictions": "Near-cache entries dropped to stay within near_cache_bytes",
@@ -113,6 +117,7 @@ class StorageMetrics:
         self.requests = self.errors = self.short_circuited = self.retries = 0
         self.hits = self.misses = self.saves = self.bytes_in = self.bytes_out = 0
         self.lock_acquires = self.lock_waits = self.lock_failures = 0
+        self.unsigned_refused = self.restricted_refused = 0
         self.lock_wait_seconds = 0.0
         self.next_check = CHECK_EVERY
         # Entries unsigned on a server beyond this host (see storage/exposure.py).

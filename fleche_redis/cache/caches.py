@@ -113,6 +113,10 @@ class RedisCache(Cache):
             default, 0, waits for none).  A commit too few acknowledged is
             refused as any other: the call returns its result uncached (see
             ``docs/cache.md``, Durability).
+        require_signature: the cache uses copies of its Redis storages with
+            this setting (``True``: no start without a key, see
+            ``docs/security.md``); ``None`` (the default) keeps the storages'
+            own.  ``FLECHE_REDIS_REQUIRE_SIGNATURE`` applies either way.
     """
 
     single_flight: bool = field(default=True, kw_only=True)
@@ -123,6 +127,7 @@ class RedisCache(Cache):
     near_cache_bytes: int | None = field(default=None, kw_only=True)
     wait_replicas: int | None = field(default=None, kw_only=True)
     wait_replicas_timeout: float | None = field(default=None, kw_only=True)
+    require_signature: bool | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.near_cache_bytes is not None:
@@ -134,7 +139,7 @@ class RedisCache(Cache):
         # The storages own their near caches and their writes; the simplest
         # coherent rule is that the cache's settings are theirs (copies, as
         # storages are frozen).
-        names = ("near_cache_bytes", "wait_replicas", "wait_replicas_timeout")
+        names = ("near_cache_bytes", "wait_replicas", "wait_replicas_timeout", "require_signature")
         settings = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
         for name in ("values", "calls"):
             storage = getattr(self, name)
@@ -408,8 +413,9 @@ def redis_cache(
 ) -> RedisCache:
     """A ready :class:`RedisCache` over a ``ValueRedis`` and a ``CallRedis`` in *namespace*.
 
-    *storage_options* go to both storages (``secret_key``, ``compress``,
-    ``ttl``, ``on_error``, ...); *url* defaults to the storages' default.
+    *storage_options* go to both storages (``secret_key``, ``require_signature``,
+    ``restricted``, ``compress``, ``ttl``, ``on_error``, ...); *url* defaults to the
+    storages' default.
     *near_cache_bytes* bounds each storage's near cache (0: off);
     *wait_replicas* replicas must acknowledge every commit within
     *wait_replicas_timeout* seconds (0: none; see ``docs/cache.md``).

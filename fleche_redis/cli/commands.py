@@ -11,7 +11,7 @@ import sys
 
 import redis
 
-from ..errors import FlecheRedisError
+from ..errors import FlecheRedisError, UndecodableEntry
 from .connect import redacted, url_of
 from .errors import (
     EXIT_BROKEN_PIPE,
@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
             message, code = str(e), e.code
         except FlecheRedisError as e:
             message, code = explain(e, getattr(e, "server", "?")), EXIT_ERROR
+        except UndecodableEntry as e:  # unsigned, refused, corrupt: never unpickled
+            key, reason = (*e.args, "?")[:2]
+            message = (
+                f"entry {key} is not readable here: {reason} (`fleche-redis verify` counts them)"
+            )
+            code = EXIT_FOUND
         except redis.exceptions.RedisClusterException as e:
             message, code = explain(e, redacted(url_of(args))), EXIT_ERROR
         except redis.RedisError as e:  # maintenance talks to Redis directly: no traceback either

@@ -55,7 +55,7 @@ def bad_url(url: str, error: Exception) -> CliError:
     return CliError(message)
 
 
-def storages(url: str, namespace: str) -> tuple[Any, Any]:
+def storages(url: str, namespace: str, *, restricted: bool = False) -> tuple[Any, Any]:
     from ..storage.backend import CallRedis, ValueRedis
     from ..transport.connection import client_from_url, redact_url
 
@@ -66,9 +66,13 @@ def storages(url: str, namespace: str) -> tuple[Any, Any]:
     except redis.RedisError as e:
         raise CliError(explain(e, redact_url(url))) from None
     # A command line fails fast: no retry, and a breaker that never opens.
-    options: dict[str, Any] = {"retries": 0, "breaker_threshold": 10**9}
-    values = ValueRedis(url=url, namespace=namespace, **options)
-    calls = CallRedis(url=url, namespace=namespace, **options)
+    # FLECHE_SECRET_KEY and FLECHE_REDIS_REQUIRE_SIGNATURE apply as to any storage.
+    options: dict[str, Any] = {"retries": 0, "breaker_threshold": 10**9, "restricted": restricted}
+    try:
+        values = ValueRedis(url=url, namespace=namespace, **options)
+        calls = CallRedis(url=url, namespace=namespace, **options)
+    except ValueError as e:  # FLECHE_REDIS_REQUIRE_SIGNATURE without a key, say
+        raise CliError(str(e)) from None
     calls.channel.run("ping", lambda client: client.ping())
     return values, calls
 
@@ -81,7 +85,8 @@ def open_cache(args: argparse.Namespace, *, need_entries: bool = True) -> Any:
     """
     from ..cache.caches import RedisCache
 
-    values, calls = storages(url_of(args), namespace_of(args))
+    restricted = getattr(args, "restricted", False)
+    values, calls = storages(url_of(args), namespace_of(args), restricted=restricted)
     if need_entries and calls.count() == 0 and values.count() == 0:
         raise CliError(_holds_nothing(calls), EXIT_FOUND)
     return RedisCache(values=values, calls=calls)

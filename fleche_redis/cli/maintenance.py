@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from .connect import open_cache
 from .errors import EXIT_FOUND, EXIT_OK, CliError
@@ -33,47 +34,74 @@ def gc_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+PROBLEMS = (
+    "dangling_index",
+    "unindexed",
+    "stale_terms",
+    "missing_terms",
+    "stale_references",
+    "orphan_chunks",
+    "wrong_type",
+)
+"""What ``repair`` fixes; unsigned entries only go with ``--drop-unsigned``."""
+
+
 def _check(args: argparse.Namespace, fix: bool) -> int:
     from ..admin.maintenance import repair, verify
 
     cache = open_cache(args)
-    run = repair if fix else verify
+    drop = fix and getattr(args, "drop_unsigned", False)
+    if drop and not cache.calls.codec.secret_key:
+        raise CliError(
+            "--drop-unsigned needs the secret key (FLECHE_SECRET_KEY): without one every entry "
+            "is unsigned"
+        )
     with progress_bar(args) as bar:
-        reports = [run(store, progress=bar) for store in (cache.calls, cache.values)]
-    problems = [
-        "dangling_index",
-        "unindexed",
-        "stale_terms",
-        "missing_terms",
-        "stale_references",
-        "orphan_chunks",
-        "wrong_type",
-    ]
+        if fix:
+            reports = [repair(s, progress=bar, drop_unsigned=drop) for s in _stores(cache)]
+        else:
+            reports = [verify(s, progress=bar) for s in _stores(cache)]
     ok = all(r.ok for r in reports)
     data = {"ok": ok, "repaired": fix, "reports": [r.to_dict() for r in reports]}
-
-    def text() -> Iterator[str]:
-        for r in reports:
-            found = [(p, getattr(r, p)) for p in problems if getattr(r, p)]
-            if not found:
-                yield f"{r.storage}: ok, {r.entries:,} entries"
-                continue
-            verb = "fixed" if fix else "found"
-            yield f"{r.storage}: {verb} " + ", ".join(f"{n:,} {p}" for p, n in found)
-            for p, _ in found:
-                if p == "wrong_type":  # each by name: repair removes them
-                    yield from (f"  {p}: {name}" for name in r.examples.get(p, []))
-                else:
-                    yield f"  {p}, e.g. " + ", ".join(r.examples.get(p, []))
-            if r.undecodable:
-                yield f"  {r.undecodable:,} undecodable entries left in place"
-        if old := sum(r.old_key for r in reports):
-            yield f"{old:,} call record(s) signed by an old key: `fleche-redis resign` re-signs them"
-        if not ok and not fix:
-            yield "run `fleche-redis repair` to fix these"
-
-    emit(args, data, text)
+    emit(args, data, lambda: _lines(reports, fix=fix, drop=drop))
     return EXIT_OK if ok or fix else EXIT_FOUND
+
+
+def _stores(cache: Any) -> tuple[Any, Any]:
+    return (cache.calls, cache.values)
+
+
+def _lines(reports: list[Any], *, fix: bool, drop: bool) -> Iterator[str]:
+    verb = "fixed" if fix else "found"
+    for r in reports:
+        found = [(p, getattr(r, p)) for p in PROBLEMS if getattr(r, p)]
+        if drop and r.unsigned:
+            found.append(("unsigned", r.unsigned))
+        if not found and not r.unsigned:
+            yield f"{r.storage}: ok, {r.entries:,} entries"
+            continue
+        if found:
+            yield f"{r.storage}: {verb} " + ", ".join(f"{n:,} {p}" for p, n in found)
+        else:
+            yield f"{r.storage}: {r.entries:,} entries"
+        for p, _ in found:
+            if p == "wrong_type":  # each by name: repair removes them
+                yield from (f"  {p}: {name}" for name in r.examples.get(p, []))
+            else:
+                yield f"  {p}, e.g. " + ", ".join(r.examples.get(p, []))
+        if r.unsigned and not drop:
+            yield (
+                f"  {r.unsigned:,} unsigned entries (misses to every reader with a key), e.g. "
+                + ", ".join(r.examples.get("unsigned", []))
+            )
+        if r.undecodable:
+            yield f"  {r.undecodable:,} undecodable entries left in place"
+    if old := sum(r.old_key for r in reports):
+        yield f"{old:,} call record(s) signed by an old key: `fleche-redis resign` re-signs them"
+    if any(r.unsigned for r in reports) and not drop:
+        yield "run `fleche-redis repair --drop-unsigned` to delete the unsigned entries"
+    if any(getattr(r, p) for r in reports for p in PROBLEMS) and not fix:
+        yield "run `fleche-redis repair` to fix these"
 
 
 def verify_command(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ Adder = Callable[..., argparse.ArgumentParser]
 
 
 def _where() -> argparse.ArgumentParser:
-    """--url, --namespace and -v, accepted before or after the command."""
+    """--url, --namespace, --restricted and -v, accepted before or after the command."""
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument(
         "--url",
@@ -31,6 +31,12 @@ def _where() -> argparse.ArgumentParser:
         "--namespace",
         default=argparse.SUPPRESS,
         help=f"key namespace (default: $FLECHE_REDIS_NAMESPACE, else {DEFAULT_NAMESPACE!r})",
+    )
+    where.add_argument(
+        "--restricted",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="unpickle entries with the restricted reader (see docs/security.md)",
     )
     where.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output"
@@ -90,7 +96,12 @@ def _add_store_commands(command: Adder, as_json: argparse.ArgumentParser) -> Non
 def _add_maintenance_commands(command: Adder, as_json: argparse.ArgumentParser) -> None:
     command("gc", gc_command, "evict values no call record uses", as_json)
     command("verify", verify_command, "check index and data agree", as_json)
-    command("repair", repair_command, "fix what verify finds", as_json)
+    repair = command("repair", repair_command, "fix what verify finds", as_json)
+    repair.add_argument(
+        "--drop-unsigned",
+        action="store_true",
+        help="also delete entries with no signature (needs FLECHE_SECRET_KEY)",
+    )
     resign = command(
         "resign",
         resign_command,

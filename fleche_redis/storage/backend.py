@@ -26,7 +26,7 @@ from ..transport.health import Breaker
 from ..transport.replicas import DEFAULT_TIMEOUT, Replicas
 from ..transport.request import Command, call, send
 from ..transport.scripts import LuaScript
-from . import check, chunks, config, exposure, nested, snapshot
+from . import check, chunks, config, exposure, nested, snapshot, trust
 from . import lua as entry_lua
 from .calls import IndexedCallsMixin
 from .codec import Codec, Encoded
@@ -47,7 +47,7 @@ def _restore(cls: type, kwargs: dict[str, Any], secret_explicit: bool) -> RedisB
 
 
 @dataclass(frozen=True, kw_only=True)
-class RedisBackend(PrefixIndexMixin, StorageBackend):
+class RedisBackend(trust.TrustOptions, PrefixIndexMixin, StorageBackend):
     """Entries under digest keys in Redis, plus a sorted-set index per shard.
 
     Configuration is the dataclass fields; the connection is built lazily in
@@ -68,7 +68,8 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         secret_key: HMAC signing key(s) with fleche's semantics (bytes, hex
             string, ``:``-separated hex keys, or a list); when omitted,
             ``FLECHE_SECRET_KEY`` is used.  Entries that fail verification are
-            misses and are never unpickled.
+            misses and are never unpickled.  ``require_signature``,
+            ``restricted``, ``allowed_modules``: see :class:`~.trust.TrustOptions`.
         chunk_size: entries larger than this many bytes are stored as chunks
             (see :mod:`fleche_redis.storage.chunks`); Redis strings end at 512 MB.
         ttl: seconds an entry lives after it was written (``None``: until
@@ -150,11 +151,7 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         keys = signing_keys(self.secret_key)
         set_(self, "secret_key", keys)
         set_(self, "_secret_explicit", explicit)
-        set_(
-            self,
-            "codec",
-            Codec(self.serializer, self.secret_key, self.compress, self.compress_min_size),
-        )
+        trusted = self.codec_options(self.secret_key)
         set_(self, "layout", KeyLayout(self.namespace, self.keyspace))
         set_(self, "server", redact_url(self.url))
         config.check(self)
@@ -169,7 +166,14 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         breaker = Breaker(self.breaker_threshold, self.breaker_cooldown, self.server)
         # Process-local: rebuilt by __post_init__ wherever the storage is unpickled.
         metrics = StorageMetrics(type(self).__name__, self.server, self.namespace, breaker, near)
-        metrics.unsigned_network = exposure.check(url, self.server, self.namespace, bool(keys))
+        metrics.unsigned_network = exposure.check(
+            url, self.server, self.namespace, bool(keys), restricted=self.restricted
+        )
+        opts = {**trusted, "counts": metrics}
+        codec = Codec(
+            self.serializer, self.secret_key, self.compress, self.compress_min_size, **opts
+        )
+        set_(self, "codec", codec)
         set_(
             self,
             "channel",
@@ -368,9 +372,10 @@ class RedisBackend(PrefixIndexMixin, StorageBackend):
         """Check the storage's invariants; see :func:`fleche_redis.maintenance.verify`."""
         return check.verify(self, **({"progress": progress} if progress else {}))
 
-    def repair(self, *, progress: Any = None) -> check.Report:
+    def repair(self, *, progress: Any = None, drop_unsigned: bool = False) -> check.Report:
         """Restore the storage's invariants; see :func:`fleche_redis.maintenance.repair`."""
-        return check.repair(self, **({"progress": progress} if progress else {}))
+        options = {"progress": progress} if progress else {}
+        return check.repair(self, drop_unsigned=drop_unsigned, **options)
 
     # -- maintenance --------------------------------------------------------
 

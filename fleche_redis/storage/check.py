@@ -17,6 +17,7 @@ from ..errors import UndecodableEntry
 from ..transport.request import send
 from . import chunks, scan
 from .calls import IndexedCallsMixin
+from .codec import unsigned_by_ends
 from .keys import SHARDS
 from .keytypes import wrong_types
 from .query import TERM_BYTES, record_terms
@@ -52,6 +53,9 @@ class Report:
     old_key: int = 0
     """Call records signed by a key after the first (before a rotation): not a problem, but
     ``resign`` must sign them with the first key before the old one is dropped."""
+    unsigned: int = 0
+    """Entries with no signature, where the storage has a key: misses to every reader of it.
+    Counted only with a key; ``repair(drop_unsigned=True)`` deletes them."""
     wrong_type: int = 0
     """Keys of the layout holding another Redis type (a foreign key): every command on them fails."""
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -66,6 +70,7 @@ class Report:
             or self.stale_references
             or self.orphan_chunks
             or self.wrong_type
+            or self.unsigned
         )
 
     def note(self, kind: str, digest: str, n: int = 1) -> None:
@@ -87,6 +92,7 @@ class Report:
             "orphan_chunks": self.orphan_chunks,
             "undecodable": self.undecodable,
             "old_key": self.old_key,
+            "unsigned": self.unsigned,
             "wrong_type": self.wrong_type,
             "examples": self.examples,
         }
@@ -97,7 +103,9 @@ def verify(storage: Store, *, progress: Progress = scan.quiet) -> Report:
     return _check(storage, fix=False, progress=progress)
 
 
-def repair(storage: Store, *, progress: Progress = scan.quiet) -> Report:
+def repair(
+    storage: Store, *, progress: Progress = scan.quiet, drop_unsigned: bool = False
+) -> Report:
     """Restore the invariants :func:`verify` checks; the report says what was fixed.
 
     Keys holding a foreign type are removed first (only keys of the
@@ -105,12 +113,20 @@ def repair(storage: Store, *, progress: Progress = scan.quiet) -> Report:
     stale index terms are removed, unindexed data is indexed again, and call
     records get their query terms back.
     Undecodable entries are counted, not deleted: they may be another
-    deployment's (different secret key).
+    deployment's (different secret key).  Unsigned ones too, unless
+    *drop_unsigned*: then they are evicted as ``evict`` would (index, query
+    terms and references with them).  That needs the storage's secret key,
+    without which every entry is unsigned.
     """
-    return _check(storage, fix=True, progress=progress)
+    if drop_unsigned and not storage.codec.secret_key:
+        raise ValueError(
+            "drop_unsigned needs the secret key (FLECHE_SECRET_KEY): without one every entry "
+            "is unsigned"
+        )
+    return _check(storage, fix=True, progress=progress, drop_unsigned=drop_unsigned)
 
 
-def _check(storage: Store, *, fix: bool, progress: Progress) -> Report:
+def _check(storage: Store, *, fix: bool, progress: Progress, drop_unsigned: bool = False) -> Report:
     report = Report(
         storage=f"{type(storage).__name__}({storage.server}, namespace={storage.namespace!r})"
     )
@@ -118,6 +134,7 @@ def _check(storage: Store, *, fix: bool, progress: Progress) -> Report:
     _check_index(storage, report, fix=fix, progress=progress)
     _check_data(storage, report, bad, fix=fix, progress=progress)
     _check_chunks(storage, report, fix=fix)
+    _check_signatures(storage, report, bad, drop=drop_unsigned, progress=progress)
     layout = storage.layout
     if isinstance(storage, IndexedCallsMixin):
         for i, shard in enumerate(SHARDS):
@@ -200,6 +217,67 @@ def _check_chunks(storage: Store, report: Report, *, fix: bool) -> None:
             send(client, [("DEL", k) for k in orphans])
 
 
+def _check_signatures(
+    storage: Store, report: Report, bad: set[str], *, drop: bool, progress: Progress
+) -> None:
+    """Entries with no signature, where the storage has a key; evicted when *drop*."""
+    if not storage.codec.secret_key:
+        return  # every entry is unsigned, and readable
+    client, layout = storage.redis(), storage.layout
+    find = _unsigned_records if isinstance(storage, IndexedCallsMixin) else _unsigned_values
+    seen = 0
+    for batch in batches(scan.data_keys(storage)):
+        found = find(storage, client, [k for k in batch if layout.data(k) not in bad])
+        for k in found:
+            report.note("unsigned", k)
+        if drop and found:
+            storage.evict_many(found)
+        seen += len(batch)
+        progress("signatures", seen, None)
+
+
+def _unsigned_records(storage: Store, client: Any, keys: list[Digest]) -> list[Digest]:
+    fetched = send(client, [("HGET", storage.layout.data(k), "v") for k in keys])
+    return [
+        k for k, data in zip(keys, fetched, strict=True) if data and storage.codec.unsigned(data)
+    ]
+
+
+def _unsigned_values(storage: Store, client: Any, keys: list[Digest]) -> list[Digest]:
+    """Told by an entry's ends where they say (no value is read whole), else by the whole entry."""
+    layout = storage.layout
+    ends = send(
+        client,
+        [
+            command
+            for k in keys
+            for command in (
+                ("GETRANGE", layout.data(k), 0, 2),
+                ("GETRANGE", layout.data(k), -1, -1),
+            )
+        ],
+    )
+    found = []
+    for i, key in enumerate(keys):
+        verdict = unsigned_by_ends(ends[2 * i], ends[2 * i + 1])
+        if verdict is None:  # compressed, or in chunks
+            verdict = _whole_unsigned(storage, client, key)
+        if verdict:
+            found.append(key)
+    return found
+
+
+def _whole_unsigned(storage: Store, client: Any, key: Digest) -> bool:
+    data_key = storage.layout.data(key)
+    (data,) = send(client, [("GET", data_key)])
+    if data is not None and chunks.is_manifest(data):
+        try:
+            data = chunks.read(client, data_key, data, key)
+        except UndecodableEntry:
+            return False  # a chunk is gone: not a question of signatures
+    return data is not None and storage.codec.unsigned(data)
+
+
 def _check_terms(storage: Store, shard: str, report: Report, *, fix: bool) -> None:
     """One shard's query index against the terms of the records it holds."""
     client, terms_key = storage.redis(), storage.layout.terms(shard)
@@ -244,8 +322,8 @@ def _record_terms(
         if isinstance(reply, Exception):
             continue  # a foreign type at the record's key: reported by the type check
         data, stored = reply
-        if data is None:
-            continue
+        if data is None or (storage.codec.secret_key and storage.codec.unsigned(data)):
+            continue  # an unsigned record is counted by the signature check
         try:
             record = storage.codec.decode(data, key=key)
             if storage.codec.signed_by(data, key=key):

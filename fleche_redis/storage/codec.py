@@ -17,19 +17,29 @@ import hmac
 import logging
 import pickle
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from fleche.security import SignatureError, SignedBytes
 
 from ..errors import UndecodableEntry
 from ..transport.gather import Gather
+from . import trust
+from .formats import COMPRESSORS, SERIALIZERS, Compressor, Dumps, Loads, available
 
 logger = logging.getLogger("fleche_redis.codec")
 
-__all__ = ["Codec", "UndecodableEntry", "SERIALIZERS", "COMPRESSORS", "FRAMED"]
+__all__ = [
+    "Codec",
+    "UndecodableEntry",
+    "SERIALIZERS",
+    "COMPRESSORS",
+    "FRAMED",
+    "UNSIGNED",
+    "RESTRICTED",
+    "unsigned_by_ends",
+]
 
 Encoded = bytes | Gather
 """What :meth:`Codec.encode` returns: bytes, or buffers to write as one value without joining them."""
@@ -45,102 +55,22 @@ _READONLY = 1  # buffer flag: the pickled object's memory was read-only
 _TAG = hashlib.sha256().digest_size
 
 
-@dataclass(frozen=True)
-class Compressor:
-    name: str
-    magic: tuple[bytes, ...]
-    compress: Callable[[bytes], bytes]
-    decompress: Callable[[bytes], bytes]
-
-
-def _zlib() -> Compressor:
-    return Compressor(
-        "zlib",
-        (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda"),
-        lambda b: zlib.compress(b, 1),
-        zlib.decompress,
-    )
-
-
-def _zstd() -> Compressor:
-    import zstandard
-
-    return Compressor(
-        "zstd",
-        (b"\x28\xb5\x2f\xfd",),
-        zstandard.ZstdCompressor(level=3).compress,
-        lambda b: zstandard.ZstdDecompressor().decompress(b),
-    )
-
-
-def _lz4() -> Compressor:
-    import lz4.frame
-
-    return Compressor("lz4", (b"\x04\x22\x4d\x18",), lz4.frame.compress, lz4.frame.decompress)
-
-
-COMPRESSORS: dict[str, Callable[[], Compressor]] = {"zlib": _zlib, "zstd": _zstd, "lz4": _lz4}
-"""Compressor name -> loader; zstd and lz4 need the ``zstandard`` / ``lz4`` packages."""
-
-
-def _available() -> list[Compressor]:
-    found = []
-    for loader in COMPRESSORS.values():
-        try:
-            found.append(loader())
-        except ImportError:
-            pass
-    return found
-
-
-Dumps = Callable[[Any, int | None], tuple[bytes, list[memoryview]]]
-"""``dumps(value, min_size)``: the stream, and the buffers of *min_size* bytes or more it left out."""
-Loads = Callable[[Any, list[Any]], Any]
-"""``loads(stream, buffers)``: the value, its out-of-band buffers taken from *buffers*."""
-
-
-def _pickle() -> tuple[Dumps, Loads]:
-    from .pickling import with_buffers
-
-    return (
-        lambda value, min_size: with_buffers(pickle.dumps, value, min_size),
-        lambda data, buffers: pickle.loads(data, buffers=buffers),
-    )
-
-
-def _cloudpickle() -> tuple[Dumps, Loads]:
-    from . import pickling
-
-    return pickling.dumps_buffers, lambda data, buffers: pickle.loads(data, buffers=buffers)
-
-
-def _dill() -> tuple[Dumps, Loads]:
-    try:
-        import dill
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ValueError("serializer 'dill' needs the dill package: pip install dill") from None
-    from .pickling import with_buffers
-
-    return (
-        lambda value, min_size: with_buffers(dill.dumps, value, min_size),
-        lambda data, buffers: dill.loads(data, buffers=buffers),
-    )
-
-
-SERIALIZERS: dict[str, Callable[[], tuple[Dumps, Loads]]] = {
-    "pickle": _pickle,
-    "cloudpickle": _cloudpickle,
-    "dill": _dill,
-}
-"""Serializer name -> loader of its ``(dumps, loads)`` pair, imported only when chosen."""
-
-
 class _CompressionError(Exception):
     pass
 
 
 class _CorruptFrame(Exception):
     pass
+
+
+class _Unsigned(SignatureError):
+    """No signature at all, where a key wants one: told apart from a bad one (counted, logged once)."""
+
+
+UNSIGNED = "unsigned entry"
+"""The reason of an :class:`UndecodableEntry` that carries no signature (with a secret key)."""
+RESTRICTED = "refused by the restricted reader"
+"""The reason of an :class:`UndecodableEntry` whose pickle names a global off the allow-list."""
 
 
 @dataclass(frozen=True)
@@ -151,11 +81,17 @@ class Codec:
     secret_key: tuple[bytes, ...] = ()
     compress: bool | str = False
     compress_min_size: int = 512
+    allowed: trust.Allowed | None = None
+    """The restricted reader's allow-list; ``None`` unpickles with the serializer's own ``loads``."""
+    counts: Any = field(default=None, repr=False, compare=False)
+    """Where refusals are counted (the storage's ``StorageMetrics``), if anywhere."""
     dumps: Dumps = field(init=False, repr=False, compare=False)
     loads: Loads = field(init=False, repr=False, compare=False)
     signer: SignedBytes = field(init=False, repr=False, compare=False)
     compressor: Compressor | None = field(init=False, repr=False, compare=False)
     readers: tuple[Compressor, ...] = field(init=False, repr=False, compare=False)
+    warned: set[tuple[str, str]] = field(init=False, repr=False, compare=False)
+    """Entries refused by policy and logged already (each is logged once)."""
 
     OUT_OF_BAND_MIN: ClassVar[int] = 64 * 1024
     """Buffers this big leave the pickle stream (uncompressed entries): a framed entry."""
@@ -168,7 +104,7 @@ class Codec:
                 f"unknown serializer {self.serializer!r}; choose from {sorted(SERIALIZERS)}"
             ) from None
         object.__setattr__(self, "dumps", dumps)
-        object.__setattr__(self, "loads", loads)
+        object.__setattr__(self, "loads", loads if self.allowed is None else self.allowed.loads)
         object.__setattr__(self, "signer", SignedBytes(self.secret_key))
         name = "zlib" if self.compress is True else self.compress or None
         compressor = None
@@ -183,7 +119,8 @@ class Codec:
                     f"compress={name!r} needs the {package} package: pip install {package}"
                 ) from None
         object.__setattr__(self, "compressor", compressor)
-        object.__setattr__(self, "readers", tuple(_available()))
+        object.__setattr__(self, "readers", tuple(available()))
+        object.__setattr__(self, "warned", set())
 
     def encode(self, value: Any) -> Encoded:
         """The entry for *value*: bytes, or a :class:`Gather` of buffers to send without joining."""
@@ -258,7 +195,7 @@ class Codec:
         view = memoryview(data)
         signature = bytes(view[stop + 1 :])
         if not signature:
-            raise SignatureError("No signature found")
+            raise _Unsigned("No signature found")
         return view[: stop + 1], signature
 
     def _verified(self, data: bytes | bytearray) -> Any:
@@ -286,7 +223,7 @@ class Codec:
         if len(view) != end + (_TAG if signed else 0):
             raise _CorruptFrame("length does not match its head")
         if self.secret_key and not signed:
-            raise SignatureError("No signature found")
+            raise _Unsigned("No signature found")
         return at, specs, size, end
 
     def _unframed(self, data: bytes | bytearray) -> tuple[memoryview, list[Any]]:
@@ -376,6 +313,10 @@ class Codec:
                 stream, buffers = self._unframed(data)
             else:
                 stream, buffers = self._verified(self._decompress(data)), []
+        except _Unsigned:
+            self._refused(
+                "unsigned_refused", key, UNSIGNED, "no signature, but a secret key is set"
+            )
         except SignatureError as e:
             logger.warning(
                 "entry %s failed signature verification (%s); treating it as a miss", key, e
@@ -393,6 +334,8 @@ class Codec:
             raise UndecodableEntry(key, "corrupt compressed data") from None
         try:
             return self.loads(stream, buffers)
+        except trust.Refused as e:
+            self._refused("restricted_refused", key, RESTRICTED, str(e))
         except Exception as e:
             logger.warning(
                 "entry %s could not be deserialized (%s: %s); treating it as a miss",
@@ -401,3 +344,36 @@ class Codec:
                 e,
             )
             raise UndecodableEntry(key, "cannot deserialize") from None
+
+    def _refused(self, counter: str, key: str, reason: str, detail: str) -> NoReturn:
+        """Count and log (once per entry) a refusal by policy, and make it a miss."""
+        if self.counts is not None:
+            setattr(self.counts, counter, getattr(self.counts, counter) + 1)
+        trust.warn_once(self.warned, key, reason, detail)
+        raise UndecodableEntry(key, reason) from None
+
+    def unsigned(self, data: bytes | bytearray) -> bool:
+        """Whether *data* is an entry with no signature (read in full; nothing is unpickled).
+
+        A bare or compressed pickle with nothing after its ``STOP``, or a
+        framed entry without the signed flag; a badly signed entry is not.
+        """
+        if data[:2] == FRAMED:
+            return len(data) > len(FRAMED) and not data[len(FRAMED)] & _SIGNED
+        try:
+            plain = self._decompress(data)
+        except Exception:
+            return False  # corrupt, or compressed by what this process lacks
+        return plain[:1] == b"\x80" and plain[-1:] == pickle.STOP
+
+
+def unsigned_by_ends(head: bytes, last: bytes) -> bool | None:
+    """Whether an entry is unsigned, from its first three bytes and its last; ``None``: read it all.
+
+    Lets ``verify`` tell uncompressed entries apart without reading them.
+    """
+    if head[:2] == FRAMED and len(head) > 2:
+        return not head[2] & _SIGNED
+    if head[:1] == b"\x80":
+        return last == pickle.STOP  # a signature ends in a hex digit
+    return None

@@ -41,6 +41,8 @@ TUNING = (
     "near_cache_bytes",
     "wait_replicas",
     "wait_replicas_timeout",
+    "require_signature",
+    "restricted",
 )
 """Fields written by ``to_config`` only when they differ from their default."""
 
@@ -117,4 +119,6 @@ def describe(storage: Any, *, secret_explicit: bool) -> dict[str, Any]:
             value = getattr(storage, f.name)
             if value != f.default and value is not None:
                 config[f.name] = value
+    if storage.allowed_modules:
+        config["allowed_modules"] = list(storage.allowed_modules)  # TOML has no tuples
     return config

@@ -44,8 +44,12 @@ def _loopback(hostport: str) -> bool:
         return False
 
 
-def check(url: str, server: str, namespace: str, signed: bool) -> bool:
-    """Whether a storage on *url* is exposed (unsigned, on a network); warn once per process and server."""
+def check(url: str, server: str, namespace: str, signed: bool, *, restricted: bool = False) -> bool:
+    """Whether a storage on *url* is exposed (unsigned, on a network); warn once per process and server.
+
+    With the *restricted* reader the warning stays (anyone who can write can
+    still change every result) but says that what their pickles can run is limited.
+    """
     exposed = not signed and on_network(url)
     if exposed:
         warned: set[str] = runtime.per_process("exposure.warned", set)
@@ -53,10 +57,17 @@ def check(url: str, server: str, namespace: str, signed: bool) -> bool:
             warned.add(server)
             logger.warning(
                 "fleche-redis: entries on %s (namespace %r) are unsigned pickles on a network "
-                "server: anyone who can write to it can run code in every process that reads "
-                "the cache. Set FLECHE_SECRET_KEY (`fleche-redis keygen` makes one) or pass "
-                "secret_key=...; see docs/security.md",
+                "server: anyone who can write to it %s. Set FLECHE_SECRET_KEY (`fleche-redis "
+                "keygen` makes one) or pass secret_key=...; see docs/security.md",
                 server,
                 namespace,
+                _RESTRICTED_RISK if restricted else _RISK,
             )
     return exposed
+
+
+_RISK = "can run code in every process that reads the cache"
+_RESTRICTED_RISK = (
+    "can change the results every process reads (the restricted reader limits what their "
+    "pickles can run to its allow-list, not what they return)"
+)

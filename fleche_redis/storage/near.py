@@ -112,12 +112,14 @@ class NearCache:
             old = self._entries.pop(key, None)
             if old is not None:
                 self.size -= len(old) + ENTRY_OVERHEAD
-            self._entries[key] = data
-            self.size += size
-            while self.size > self.capacity:
+            # Room first, then the entry: the count never passes the bound,
+            # even for a reader that looks without the lock (metrics).
+            while self.size + size > self.capacity:
                 _, dropped = self._entries.popitem(last=False)
                 self.size -= len(dropped) + ENTRY_OVERHEAD
                 self.evictions += 1
+            self._entries[key] = data
+            self.size += size
 
     def began(self) -> int:
         """Call before a read whose bytes may be kept; pass the result to :meth:`keep`."""

@@ -38,6 +38,8 @@ class Store(Protocol):
 
     def list(self) -> Iterator[Digest]: ...
 
+    def evict_many(self, keys: Iterable[Digest]) -> None: ...
+
 
 def quiet(stage: str, done: int, total: int | None) -> None:
     """The default progress callback: reports nothing."""

@@ -8,7 +8,8 @@ import pytest
 from fleche.security import SignedBytes
 
 from fleche_redis.storage import chunks
-from fleche_redis.storage.codec import FRAMED, Codec, UndecodableEntry, _available
+from fleche_redis.storage.codec import FRAMED, Codec, UndecodableEntry
+from fleche_redis.storage.formats import available
 from fleche_redis.transport.gather import Gather
 
 
@@ -202,7 +203,7 @@ def test_compressed_entries_keep_the_old_format():
 
 def test_the_marker_collides_with_no_other_first_byte():
     marker = FRAMED[:1]
-    starts = {b"\x80", chunks.MAGIC[:1]} | {m[:1] for c in _available() for m in c.magic}
+    starts = {b"\x80", chunks.MAGIC[:1]} | {m[:1] for c in available() for m in c.magic}
     assert marker not in starts
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         assert pickle.dumps({"a": 1}, protocol=protocol)[:1] != marker
