@@ -76,8 +76,8 @@ class Report:
     def note(self, kind: str, digest: str, n: int = 1) -> None:
         setattr(self, kind, getattr(self, kind) + n)
         samples = self.examples.setdefault(kind, [])
-        if len(samples) < (1000 if kind == "wrong_type" else 5):  # foreign keys: every one
-            samples.append(digest)
+        if digest not in samples and len(samples) < (1000 if kind == "wrong_type" else 5):
+            samples.append(digest)  # foreign keys (wrong_type): every one
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -283,7 +283,7 @@ def _check_terms(storage: Store, shard: str, report: Report, *, fix: bool) -> No
     client, terms_key = storage.redis(), storage.layout.terms(shard)
     expected: set[bytes] = set()
     for batch in batches(shard_members(client, storage.layout.index(shard))):
-        records = _record_terms(storage, batch, report)
+        records = _record_terms(storage, batch, report, expected)
         for _, wanted, _ in records:
             expected.update(wanted)
         queried = [("ZMSCORE", terms_key, *wanted) for _, wanted, _ in records if wanted]
@@ -310,9 +310,15 @@ def _check_terms(storage: Store, shard: str, report: Report, *, fix: bool) -> No
 
 
 def _record_terms(
-    storage: Store, keys: list[Digest], report: Report
+    storage: Store, keys: list[Digest], report: Report, unread: set[bytes]
 ) -> list[tuple[Digest, list[bytes], bool]]:
-    """``(key, index members it should have, whether its stored terms are right)`` per record."""
+    """``(key, index members it should have, whether its stored terms are right)`` per record.
+
+    A record this storage cannot read (unsigned, another key's, corrupt) is
+    not judged: the index members its writer stored (field ``t``) go to
+    *unread*, kept as they are, so a repair run with the wrong key never
+    strips the query index of records it could not read.
+    """
     layout = storage.layout
     fetched = send(
         storage.redis(), [("HMGET", layout.data(k), "v", "t") for k in keys], raise_errors=False
@@ -322,20 +328,30 @@ def _record_terms(
         if isinstance(reply, Exception):
             continue  # a foreign type at the record's key: reported by the type check
         data, stored = reply
-        if data is None or (storage.codec.secret_key and storage.codec.unsigned(data)):
-            continue  # an unsigned record is counted by the signature check
+        member = bytes.fromhex(key)
+        if data is None:
+            continue
+        if storage.codec.secret_key and storage.codec.unsigned(data):
+            unread.update(_stored_members(stored, member))  # counted by the signature check
+            continue
         try:
             record = storage.codec.decode(data, key=key)
             if storage.codec.signed_by(data, key=key):
                 report.old_key += 1  # an HMAC or two more, and no read
         except UndecodableEntry:
             report.undecodable += 1
+            unread.update(_stored_members(stored, member))
             continue
         terms = record_terms(record) if isinstance(record, DigestedCall) else []
-        member = bytes.fromhex(key)
         wanted = [t + member for t in terms]
         records.append((key, wanted, (stored or b"") == b"".join(terms)))
     return records
+
+
+def _stored_members(stored: bytes | None, member: bytes) -> list[bytes]:
+    """The index members a record's stored terms (field ``t``, 12 bytes each) name."""
+    stored = stored or b""
+    return [stored[i : i + TERM_BYTES] + member for i in range(0, len(stored), TERM_BYTES)]
 
 
 def _scored(members: list[bytes]) -> list[Any]:
