@@ -41,3 +41,12 @@ def plant_value(storage, key: str, data: bytes) -> None:
 def plant_record(storage, key: str, data: bytes) -> None:
     """Overwrite the record at *key*, keeping its index and query terms, with *data*."""
     storage.redis().hset(storage.layout.data(key), "v", data)
+
+
+def plant_in_cache(cache, what: str, data: bytes) -> None:
+    """*data* in place of the only record of *cache* (*what* ``"record"``) or of its result."""
+    (key,) = cache.calls.list()
+    if what == "record":
+        plant_record(cache.calls, key, data)
+    else:
+        plant_value(cache.values, cache.calls.load(key).result, data)

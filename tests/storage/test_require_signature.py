@@ -18,7 +18,7 @@ from fleche.call import Call, QueryCall
 from fleche_redis import CallRedis, RedisCache, UndecodableEntry, ValueRedis, redis_cache
 from fleche_redis.storage import codec, trust
 
-from .planted import plant_record, plant_value, unsigned_forms
+from .planted import plant_in_cache, plant_record, plant_value, unsigned_forms
 
 KEY = b"k" * 32
 
@@ -163,11 +163,7 @@ def test_a_redis_cache_computes_again_instead_of_unpickling(connection, planted,
 
     with fleche.cache(first := cache()):
         assert triple(4)["triple"] == 12
-    (key,) = first.calls.list()
-    if what == "record":
-        plant_record(first.calls, key, data)
-    else:
-        plant_value(first.values, first.calls.load(key).result, data)
+    plant_in_cache(first, what, data)
     refusals = []
     for _ in range(2):
         with fleche.cache(again := cache()):

@@ -28,7 +28,7 @@ from fleche_redis.storage import codec as codec_module
 from fleche_redis.storage.codec import Codec
 from fleche_redis.storage.trust import Allowed
 
-from .planted import CreatesFile, plant_record, plant_value, unsigned_forms
+from .planted import CreatesFile, plant_in_cache, plant_record, plant_value, unsigned_forms
 
 
 @fleche.fleche
@@ -258,11 +258,7 @@ def test_a_redis_cache_reads_restricted_and_computes_again(connection, planted, 
 
     with fleche.cache(first := cache()):
         assert stats(4)["mean"] == 1.5
-    (key,) = first.calls.list()
-    if what == "record":
-        plant_record(first.calls, key, data)
-    else:
-        plant_value(first.values, first.calls.load(key).result, data)
+    plant_in_cache(first, what, data)
     refusals = []
     for _ in range(2):
         with fleche.cache(again := cache()):
