@@ -22,6 +22,7 @@ from ..errors import (
     NotReplicated,
     RedisStorageError,
     SaveRefused,
+    ServerTooOld,
     StorageUnavailable,
     UnavailableMiss,
 )
@@ -103,6 +104,9 @@ class Channel:
             result = self.ride(operation, e, client, request, *args)
         except NotReplicated:
             counts.errors += 1  # stored on the primary: no fault of its, so not the breaker's
+            raise
+        except ServerTooOld:
+            counts.errors += 1  # no retry, breaker or miss helps before an upgrade
             raise
         if breaker.failures:
             breaker.succeeded()
