@@ -10,9 +10,11 @@ same URL with the same password.  The choices are explained in docs/cli.md.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shlex
 import socket
+import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from ..testing.process import free_port, redis_server_binary
 from ..transport.connection import redact_url
 from .errors import CliError
 
-__all__ = ["ServeConfig", "new_secret_key", "server_binary", "LOOPBACK", "POLICIES"]
+__all__ = ["ServeConfig", "Recorded", "new_secret_key", "server_binary", "LOOPBACK", "POLICIES"]
 
 CONF, SECRET_KEY, ENV, LOG, PIDFILE = (
     "redis.conf",
@@ -192,12 +194,85 @@ class ServeConfig:
         return self.directory / ENV
 
     def running_pid(self) -> int | None:
-        """The pid in the pidfile when that process is alive (a stale file says nothing)."""
+        """The pid in the pidfile when that process is this directory's server, else ``None``."""
+        recorded = self.recorded()
+        return recorded.pid if recorded is not None and recorded.ours else None
+
+    def recorded(self) -> Recorded | None:
+        """What the pidfile says, checked against the process table; ``None`` without one.
+
+        A pid outlives its process: after a crash or a reboot the file names a
+        process that is gone, or one that reused the number.
+        """
         try:
-            pid = int(self.pid_path.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+            text = self.pid_path.read_text().strip()
+        except FileNotFoundError:
             return None
-        except PermissionError:
-            pass  # alive, but someone else's
-        return pid
+        try:
+            pid = int(text)
+        except ValueError:
+            return Recorded(None, False, f"it holds no pid ({text[:20]!r})")
+        return Recorded(pid, *_serves(pid, self))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The pid in a served directory's pidfile and whether it is that directory's server."""
+
+    pid: int | None
+    ours: bool
+    why: str
+    """What the process is, for the message about a stale pidfile."""
+
+
+SERVER_NAMES = ("redis", "valkey")
+
+
+def _serves(pid: int, config: ServeConfig) -> tuple[bool, str]:
+    """Whether process *pid* is *config*'s server, and what it is otherwise.
+
+    Its command line must name a server binary, and say it is this one: the
+    config path it started with, the port its process title shows
+    (``redis-server 127.0.0.1:PORT``), or its working directory, which the
+    ``dir`` setting makes the served directory.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, f"no process has pid {pid}"
+    except PermissionError:
+        return False, f"pid {pid} is another user's process"
+    args = _command_line(pid)
+    if args is None:
+        return False, f"no process has pid {pid}"
+    program = Path(args.split(" ", 1)[0]).name
+    if not any(name in program for name in SERVER_NAMES):
+        return False, f"pid {pid} is another program ({program})"
+    if (
+        str(config.conf) in args
+        or re.search(rf":{config.port}\b", args)
+        or (_cwd(pid) == config.directory)
+    ):
+        return True, f"pid {pid} serves {config.directory}"
+    return False, f"pid {pid} is another server ({args})"
+
+
+def _command_line(pid: int) -> str | None:
+    """Process *pid*'s command line (a server's shows its process title); ``None`` if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return raw.replace(b"\0", b" ").decode(errors="replace").strip() or None
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return None  # gone, or a zombie's empty command line
+    except OSError:
+        return None
+    shown = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True)
+    return shown.stdout.strip() or None
+
+
+def _cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:  # no /proc (macOS), or not ours to read
+        return None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import stat
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -187,6 +189,77 @@ def test_binding_beyond_loopback_warns(tmp_path):
         assert "WARNING: listening on 0.0.0.0 without TLS" in started.stderr
     finally:
         subprocess.run([*CLI, "serve", "--dir", str(directory), "--stop"], timeout=30)
+
+
+def _serve(directory: Path, *more: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, "serve", "--dir", str(directory), *more], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.server
+def test_a_stale_pidfile_is_removed_with_a_note(tmp_path, redis_server):
+    """After a crash or a reboot the pid names a process that is gone, or one that reused it."""
+    directory = tmp_path / "d"
+    assert _serve(directory, "--detach").returncode == 0
+    assert _serve(directory, "--stop").returncode == 0
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        for pid, why in [
+            (finished.pid, f"no process has pid {finished.pid}"),
+            (other.pid, f"pid {other.pid} is another program (sleep)"),
+            (redis_server.process.pid, f"pid {redis_server.process.pid} is another server"),
+        ]:
+            (directory / "redis-server.pid").write_text(f"{pid}\n")
+            started = _serve(directory, "--detach")
+            assert started.returncode == 0, started.stderr
+            assert f"removed the stale pidfile {directory / 'redis-server.pid'}: {why}" in (
+                started.stderr
+            )
+            assert _pid(directory) not in (pid, other.pid) and "redis" in _args_of(_pid(directory))
+            assert _serve(directory, "--stop").returncode == 0
+        assert other.poll() is None  # nothing was done to the process that reused the pid
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.server
+def test_stop_with_a_stale_pidfile_says_nothing_runs_and_removes_it(tmp_path):
+    directory = tmp_path / "d"
+    assert _serve(directory, "--detach").returncode == 0
+    assert _serve(directory, "--stop").returncode == 0
+    (directory / "redis-server.pid").write_text(f"{os.getpid()}\n")  # this test's python
+    stopped = _serve(directory, "--stop")
+    assert stopped.returncode == 1
+    assert f"nothing is running from {directory}" in stopped.stderr
+    assert "removed the stale pidfile" in stopped.stderr and f"pid {os.getpid()}" in stopped.stderr
+    assert not (directory / "redis-server.pid").exists()
+
+
+@pytest.mark.server
+def test_a_live_server_whose_pidfile_is_gone_is_not_started_twice(tmp_path):
+    directory = tmp_path / "d"
+    started = _serve(directory, "--detach")
+    assert started.returncode == 0, started.stderr
+    pid = _pid(directory)
+    (directory / "redis-server.pid").unlink()
+    try:
+        again = _serve(directory, "--detach")
+        assert again.returncode == 2
+        assert f"a server already runs from {directory}" in again.stderr
+        assert "pidfile" in again.stderr and "is gone" in again.stderr
+        assert not _gone(pid)
+    finally:
+        stopped = _serve(directory, "--stop")  # SHUTDOWN through its port and password
+    assert stopped.returncode == 0, stopped.stderr
+    for _ in range(200):
+        if _gone(pid):
+            break
+        time.sleep(0.05)
+    assert _gone(pid)
 
 
 # -- keygen and the server binary: no server ---------------------------------------------
