@@ -99,6 +99,8 @@ def server_version(client: Client) -> str | None:
     ``@dangerous``, which confined users lack): an unknown ``HELLO`` means
     a server older than 6.0.
     """
+    if redispy.is_pipeline(type(client)):
+        return None  # a command on it would be queued, not answered
     try:
         if isinstance(client, redis.RedisCluster):
             nodes = client.info("server", target_nodes=redis.RedisCluster.PRIMARIES).values()
