@@ -27,7 +27,7 @@ import redis
 
 from ..testing.process import log_tail
 from .errors import EXIT_FOUND, EXIT_OK, CliError
-from .served import Recorded, ServeConfig, new_secret_key, server_binary
+from .served import Recorded, ServeConfig, env_name, new_secret_key, server_binary
 
 __all__ = ["keygen_command", "serve_command"]
 
@@ -56,6 +56,7 @@ def serve_command(args: argparse.Namespace) -> int:
         policy=args.maxmemory_policy,
         pidfile=Path(args.pidfile).resolve() if args.pidfile else None,
     )
+    config, added = config.with_users(_namespaces(args))
     _refuse_a_second_server(config, stored)
     binary = server_binary()  # before writing anything: a first start stays a first start
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -65,7 +66,7 @@ def serve_command(args: argparse.Namespace) -> int:
         process = _launch(config, binary)
         try:
             _wait_ready(config, process)
-            _announce(config, binary, process.pid, first=stored is None or new_key)
+            _announce(config, binary, process.pid, first=stored is None or new_key or bool(added))
             if args.detach:
                 return EXIT_OK
             return _wait_until_stopped(config, process)
@@ -112,6 +113,12 @@ def _answers(config: ServeConfig) -> bool:
             return bool(c.ping())
     except redis.RedisError:
         return False
+
+
+def _namespaces(args: argparse.Namespace) -> list[str]:
+    """serve's repeatable ``--namespace`` (one given before the command comes as a string)."""
+    given = getattr(args, "namespace", None) or []
+    return [given] if isinstance(given, str) else list(given)
 
 
 @contextlib.contextmanager
@@ -181,13 +188,15 @@ def _announce(config: ServeConfig, binary: str, pid: int, *, first: bool) -> Non
     say(f"  URL        {config.url(redact=True)}")
     say(f"  memory     maxmemory {config.maxmemory}, policy {config.policy}")
     say(f"  files      {config.conf}, {config.logfile}, {config.pid_path}")
+    for namespace, _ in config.users:
+        say(f"  user       {namespace}, confined to {namespace}:* (${env_name(namespace)})")
     if config.beyond_loopback:
         say(
             f"fleche-redis: WARNING: listening on {config.bind} without TLS: the password and "
             "every cached value cross the network in clear; use it only on a trusted network"
         )
     if first:
-        say(f"The password and signing key, shown once (kept in {config.env_file}, mode 0600):")
+        say(f"The passwords and signing key, shown once (kept in {config.env_file}, mode 0600):")
         print(config.env_file.read_text(), end="", flush=True)
     else:
         say(f"The password and signing key are in {config.env_file} (mode 0600):")

@@ -23,11 +23,21 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..storage.keys import check_namespace
 from ..testing.process import free_port, redis_server_binary
 from ..transport.connection import redact_url
+from .acl import rules, user_url
 from .errors import CliError
 
-__all__ = ["ServeConfig", "Recorded", "new_secret_key", "server_binary", "LOOPBACK", "POLICIES"]
+__all__ = [
+    "ServeConfig",
+    "Recorded",
+    "env_name",
+    "new_secret_key",
+    "server_binary",
+    "LOOPBACK",
+    "POLICIES",
+]
 
 CONF, SECRET_KEY, ENV, LOG, PIDFILE = (
     "redis.conf",
@@ -91,6 +101,8 @@ class ServeConfig:
     policy: str = "noeviction"
     pidfile: Path | None = None
     password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """``(namespace, password)`` of each user confined to its namespace (``--namespace``)."""
 
     @property
     def conf(self) -> Path:
@@ -112,10 +124,13 @@ class ServeConfig:
         except FileNotFoundError:
             return None
         stored: dict[str, str] = {}
+        users = []
         for line in text.splitlines():
             words = shlex.split(line, comments=True)
             if len(words) == 2:
                 stored[words[0].lower()] = words[1]
+            elif len(words) > 2 and words[0] == "user":
+                users.append((words[1], next(w[1:] for w in words if w.startswith(">"))))
         if "requirepass" not in stored or "port" not in stored:
             raise CliError(f"{directory / CONF} was not written by fleche-redis serve")
         return cls(
@@ -126,12 +141,30 @@ class ServeConfig:
             policy=stored.get("maxmemory-policy", "noeviction"),
             pidfile=Path(stored["pidfile"]) if "pidfile" in stored else None,
             password=stored["requirepass"],
+            users=tuple(users),
         )
 
     def resolved(self, **given: Any) -> ServeConfig:
         """These settings with the options given on this start, and a port chosen."""
         config = replace(self, **{k: v for k, v in given.items() if v is not None})
         return config if config.port else replace(config, port=free_port())
+
+    def with_users(self, namespaces: list[str]) -> tuple[ServeConfig, list[str]]:
+        """These settings with a user for each of *namespaces*, and the namespaces new here.
+
+        A user made on an earlier start keeps its password; a new one gets a
+        generated one (URL-safe: no escaping in its URL).
+        """
+        have = dict(self.users)
+        added = [ns for ns in dict.fromkeys(namespaces) if ns not in have]
+        for namespace in added:
+            _check_user(namespace, have)
+            have[namespace] = secrets.token_urlsafe(24)
+        return replace(self, users=tuple(have.items())), added
+
+    def user_urls(self) -> dict[str, str]:
+        """``REDIS_URL_<NAMESPACE>`` -> the URL of the namespace's user."""
+        return {env_name(ns): user_url(self.url(), ns, pw) for ns, pw in self.users}
 
     def render(self) -> str:
         lines = [
@@ -150,6 +183,9 @@ class ServeConfig:
             f"maxmemory {self.maxmemory}",
             f"maxmemory-policy {self.policy}",
         ]
+        if self.users:
+            lines.append("# One user per namespace, confined to it (fleche-redis acl's rules).")
+            lines += [" ".join(["user", ns, *rules(ns, pw)]) for ns, pw in self.users]
         return "\n".join(lines) + "\n"
 
     @property
@@ -187,6 +223,7 @@ class ServeConfig:
         """``redis.conf`` and ``fleche.env``, both 0600: they hold the password and key."""
         write_private(self.conf, self.render())
         exports = f"export REDIS_URL={self.url()}\nexport FLECHE_SECRET_KEY={secret_key}\n"
+        exports += "".join(f"export {name}={url}\n" for name, url in self.user_urls().items())
         write_private(self.directory / ENV, exports)
 
     @property
@@ -213,6 +250,24 @@ class ServeConfig:
         except ValueError:
             return Recorded(None, False, f"it holds no pid ({text[:20]!r})")
         return Recorded(pid, *_serves(pid, self))
+
+
+def env_name(namespace: str) -> str:
+    """The variable that holds the URL of *namespace*'s user: ``team-a`` -> ``REDIS_URL_TEAM_A``."""
+    return "REDIS_URL_" + re.sub(r"[^A-Za-z0-9]+", "_", namespace).strip("_").upper()
+
+
+def _check_user(namespace: str, have: dict[str, str]) -> None:
+    """A namespace that can name a user and a variable of its own, or a :class:`CliError`."""
+    try:
+        check_namespace(namespace)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if namespace == "default":
+        raise CliError("--namespace default would replace Redis's default user (the admin's)")
+    clash = [ns for ns in have if env_name(ns) == env_name(namespace)]
+    if clash:
+        raise CliError(f"--namespace {namespace} and {clash[0]} would share {env_name(namespace)}")
 
 
 @dataclass(frozen=True)
