@@ -21,6 +21,7 @@ from .errors import (
     LockUnavailable,
     NotReplicated,
     RedisStorageError,
+    ServerTooOld,
     StorageUnavailable,
     UndecodableEntry,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "FlecheRedisError",
     "RedisStorageError",
     "StorageUnavailable",
+    "ServerTooOld",
     "NotReplicated",
     "InvalidDigestError",
     "UndecodableEntry",

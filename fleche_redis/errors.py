@@ -14,6 +14,7 @@ __all__ = [
     "FlecheRedisError",
     "RedisStorageError",
     "StorageUnavailable",
+    "ServerTooOld",
     "UnavailableMiss",
     "SaveRefused",
     "NotReplicated",
@@ -59,6 +60,32 @@ class RedisStorageError(FlecheRedisError):
 
 class StorageUnavailable(RedisStorageError):
     """Redis could not be reached: connection refused or reset, a timeout, or an open circuit."""
+
+
+class ServerTooOld(RedisStorageError):
+    """The server is older than fleche-redis needs (Redis 6.2) and refused a command it lacks.
+
+    The message names the server's version, the command and the version it
+    needs.  Never turned into a miss or a refused write, whatever
+    ``on_error`` says: no retry or fallback helps until the server is
+    upgraded.  ``version`` is what the server reported, ``needed`` the
+    version the command needs, ``command`` the command refused.
+    """
+
+    # Defaults keep the exception picklable (see RedisStorageError).
+    def __init__(
+        self,
+        message: str,
+        *,
+        version: str = "?",
+        needed: str = "?",
+        command: str = "?",
+        server: str = "?",
+    ) -> None:
+        super().__init__(message, operation=command, server=server)
+        self.version = version
+        self.needed = needed
+        self.command = command
 
 
 class UnavailableMiss(KeyError):

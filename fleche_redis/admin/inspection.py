@@ -19,6 +19,7 @@ from fleche.digest import Digest
 from ..errors import RedisStorageError
 from ..storage.backend import CallRedis, RedisBackend, ValueRedis
 from ..storage.keys import SHARDS, check_prefix
+from ..transport import compat
 from ..transport.redispy import Client
 from ..transport.request import send
 
@@ -86,7 +87,11 @@ def namespace_info(values: ValueRedis, calls: CallRedis, *, sample: int = SAMPLE
 
 
 def server_info(storage: RedisBackend) -> dict[str, Any]:
-    """Version and memory figures of the server, or ``None`` where an ACL forbids ``INFO``."""
+    """Version and memory figures of the server, or ``None`` where an ACL forbids ``INFO``.
+
+    ``redis_version`` is the oldest node's; ``below_floor`` says whether it is
+    older than the oldest Redis fleche-redis supports (:data:`.compat.FLOOR`).
+    """
 
     def info(client: Client) -> dict[str, Any]:
         if isinstance(client, redis.RedisCluster):
@@ -95,8 +100,14 @@ def server_info(storage: RedisBackend) -> dict[str, Any]:
         else:
             nodes = [client.info()]
         first = nodes[0]
+        version = min(
+            (str(n["redis_version"]) for n in nodes if n.get("redis_version")),
+            key=lambda v: compat.parse_version(v) or (0,),
+            default=None,
+        )
         return {
-            "redis_version": first.get("redis_version"),
+            "redis_version": version,
+            "below_floor": compat.below_floor(version),
             "nodes": len(nodes),
             "used_memory": sum(n.get("used_memory", 0) for n in nodes),
             "maxmemory": sum(n.get("maxmemory", 0) for n in nodes),
@@ -108,7 +119,14 @@ def server_info(storage: RedisBackend) -> dict[str, Any]:
     except RedisStorageError as e:
         if isinstance(e.__cause__, redis.exceptions.NoPermissionError):
             return dict.fromkeys(
-                ("redis_version", "nodes", "used_memory", "maxmemory", "maxmemory_policy")
+                (
+                    "redis_version",
+                    "below_floor",
+                    "nodes",
+                    "used_memory",
+                    "maxmemory",
+                    "maxmemory_policy",
+                )
             )
         raise
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import redis
 
+from ..errors import ServerTooOld
+from ..transport import compat
 from ..transport.connection import check_url, client_from_url, redact_url
 from .connect import bad_url, namespace_of, url_of
 from .errors import EXIT_OK, CliError, explain
@@ -81,6 +83,9 @@ def _apply(url: str, user: str, password: str, setuser: list[str]) -> None:
     except (ValueError, TypeError, IndexError) as e:
         raise bad_url(url, e) from None
     except redis.RedisError as e:
+        refused = compat.explained(client, e, "ACL") if client is not None else e
+        if isinstance(refused, ServerTooOld):
+            raise CliError(str(refused)) from None
         raise CliError(explain(e, redact_url(url))) from None
     finally:
         if client is not None:

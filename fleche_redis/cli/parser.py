@@ -50,9 +50,24 @@ def _as_json() -> argparse.ArgumentParser:
     return as_json
 
 
+def _verbose() -> argparse.ArgumentParser:
+    """-v alone, for a command whose --namespace means something else (serve)."""
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output"
+    )
+    return verbose
+
+
 def _adder(sub: Any, where: argparse.ArgumentParser) -> Adder:
-    def command(name: str, func: Any, help: str, *parents: argparse.ArgumentParser) -> Any:
-        p = sub.add_parser(name, help=help, description=help, parents=[where, *parents])
+    def command(
+        name: str,
+        func: Any,
+        help: str,
+        *parents: argparse.ArgumentParser,
+        shared: argparse.ArgumentParser = where,
+    ) -> Any:
+        p = sub.add_parser(name, help=help, description=help, parents=[shared, *parents])
         p.set_defaults(func=func)
         return p
 
@@ -128,6 +143,7 @@ def _add_serve(command: Adder) -> None:
         "serve",
         serve_command,
         "run a persistent, password-protected Redis for a team or a job (AOF in --dir)",
+        shared=_verbose(),
     )
     serve.add_argument("--dir", required=True, help="its config, password, key, AOF and log")
     serve.add_argument("--bind", help="address to listen on (default: 127.0.0.1, or as before)")
@@ -139,6 +155,14 @@ def _add_serve(command: Adder) -> None:
     serve.add_argument("--detach", action="store_true", help="start it in the background")
     serve.add_argument("--pidfile", help="(default: DIR/redis-server.pid)")
     serve.add_argument("--stop", action="store_true", help="stop the server of --dir")
+    serve.add_argument(
+        "--namespace",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="NAMESPACE",
+        help="also a user confined to NAMESPACE:* with its own password and "
+        "$REDIS_URL_<NAMESPACE> (repeatable; kept across starts)",
+    )
     serve.epilog = (
         'Shell lines go to stdout: eval "$(fleche-redis serve --dir DIR --detach)" sets '
         "REDIS_URL and FLECHE_SECRET_KEY. Later starts on DIR reuse its password and port."

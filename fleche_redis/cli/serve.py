@@ -27,7 +27,7 @@ import redis
 
 from ..testing.process import log_tail
 from .errors import EXIT_FOUND, EXIT_OK, CliError
-from .served import ServeConfig, new_secret_key, server_binary
+from .served import Recorded, ServeConfig, env_name, new_secret_key, server_binary
 
 __all__ = ["keygen_command", "serve_command"]
 
@@ -56,12 +56,8 @@ def serve_command(args: argparse.Namespace) -> int:
         policy=args.maxmemory_policy,
         pidfile=Path(args.pidfile).resolve() if args.pidfile else None,
     )
-    pid = config.running_pid()
-    if pid is not None:
-        raise CliError(
-            f"a server already runs from {directory} (pid {pid}); "
-            f"stop it with: fleche-redis serve --dir {shlex.quote(str(directory))} --stop"
-        )
+    config, added = config.with_users(_namespaces(args))
+    _refuse_a_second_server(config, stored)
     binary = server_binary()  # before writing anything: a first start stays a first start
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     key, new_key = config.secret_key()
@@ -70,7 +66,7 @@ def serve_command(args: argparse.Namespace) -> int:
         process = _launch(config, binary)
         try:
             _wait_ready(config, process)
-            _announce(config, binary, process.pid, first=stored is None or new_key)
+            _announce(config, binary, process.pid, first=stored is None or new_key or bool(added))
             if args.detach:
                 return EXIT_OK
             return _wait_until_stopped(config, process)
@@ -78,6 +74,51 @@ def serve_command(args: argparse.Namespace) -> int:
             _shutdown(config, process)
             print("fleche-redis: stopped; the data is in the AOF", file=sys.stderr)
             return EXIT_OK
+
+
+def _refuse_a_second_server(config: ServeConfig, stored: ServeConfig | None) -> None:
+    """A clear error while the directory's server runs; a stale pidfile is removed, with a note.
+
+    Without a pidfile (deleted by hand) a server that answers on the
+    directory's port with its password is still the directory's server.
+    """
+    stop = f"fleche-redis serve --dir {shlex.quote(str(config.directory))} --stop"
+    recorded = config.recorded()
+    if recorded is not None and recorded.ours:
+        raise CliError(
+            f"a server already runs from {config.directory} (pid {recorded.pid}); "
+            f"stop it with: {stop}"
+        )
+    if recorded is not None:
+        _remove_stale(config, recorded)
+    if stored is not None and _answers(stored):
+        raise CliError(
+            f"a server already runs from {config.directory} (it answers on port "
+            f"{stored.port}; its pidfile {stored.pid_path} is gone); stop it with: {stop}"
+        )
+
+
+def _remove_stale(config: ServeConfig, recorded: Recorded) -> None:
+    config.pid_path.unlink(missing_ok=True)
+    print(
+        f"fleche-redis: removed the stale pidfile {config.pid_path}: {recorded.why}",
+        file=sys.stderr,
+    )
+
+
+def _answers(config: ServeConfig) -> bool:
+    """Whether a server answers ``PING`` on the directory's port with its password."""
+    try:
+        with contextlib.closing(config.client(socket_timeout=2, socket_connect_timeout=2)) as c:
+            return bool(c.ping())
+    except redis.RedisError:
+        return False
+
+
+def _namespaces(args: argparse.Namespace) -> list[str]:
+    """serve's repeatable ``--namespace`` (one given before the command comes as a string)."""
+    given = getattr(args, "namespace", None) or []
+    return [given] if isinstance(given, str) else list(given)
 
 
 @contextlib.contextmanager
@@ -147,13 +188,15 @@ def _announce(config: ServeConfig, binary: str, pid: int, *, first: bool) -> Non
     say(f"  URL        {config.url(redact=True)}")
     say(f"  memory     maxmemory {config.maxmemory}, policy {config.policy}")
     say(f"  files      {config.conf}, {config.logfile}, {config.pid_path}")
+    for namespace, _ in config.users:
+        say(f"  user       {namespace}, confined to {namespace}:* (${env_name(namespace)})")
     if config.beyond_loopback:
         say(
             f"fleche-redis: WARNING: listening on {config.bind} without TLS: the password and "
             "every cached value cross the network in clear; use it only on a trusted network"
         )
     if first:
-        say(f"The password and signing key, shown once (kept in {config.env_file}, mode 0600):")
+        say(f"The passwords and signing key, shown once (kept in {config.env_file}, mode 0600):")
         print(config.env_file.read_text(), end="", flush=True)
     else:
         say(f"The password and signing key are in {config.env_file} (mode 0600):")
@@ -192,9 +235,17 @@ def _shutdown(config: ServeConfig, process: subprocess.Popen | None = None) -> N
 
 def _stop(config: ServeConfig) -> int:
     """Stop the server that runs from the directory and wait until its process is gone."""
-    pid = config.running_pid()
-    if pid is None:
-        raise CliError(f"no server is running from {config.directory}", EXIT_FOUND)
+    recorded = config.recorded()
+    if recorded is not None and not recorded.ours:
+        _remove_stale(config, recorded)
+    if recorded is None or not recorded.ours:
+        if _answers(config):  # its pidfile is gone, but the server is there
+            _shutdown(config)
+            print(f"fleche-redis: stopped the server of {config.directory}", file=sys.stderr)
+            return EXIT_OK
+        raise CliError(f"nothing is running from {config.directory}", EXIT_FOUND)
+    pid = recorded.pid
+    assert pid is not None  # ours, so a pid was read
     try:
         with contextlib.closing(config.client(socket_timeout=STOP_TIMEOUT)) as client:
             client.shutdown()

@@ -10,9 +10,11 @@ same URL with the same password.  The choices are explained in docs/cli.md.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shlex
 import socket
+import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,21 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..storage.keys import check_namespace
 from ..testing.process import free_port, redis_server_binary
 from ..transport.connection import redact_url
+from .acl import rules, user_url
 from .errors import CliError
 
-__all__ = ["ServeConfig", "new_secret_key", "server_binary", "LOOPBACK", "POLICIES"]
+__all__ = [
+    "ServeConfig",
+    "Recorded",
+    "env_name",
+    "new_secret_key",
+    "server_binary",
+    "LOOPBACK",
+    "POLICIES",
+]
 
 CONF, SECRET_KEY, ENV, LOG, PIDFILE = (
     "redis.conf",
@@ -89,6 +101,8 @@ class ServeConfig:
     policy: str = "noeviction"
     pidfile: Path | None = None
     password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """``(namespace, password)`` of each user confined to its namespace (``--namespace``)."""
 
     @property
     def conf(self) -> Path:
@@ -110,10 +124,13 @@ class ServeConfig:
         except FileNotFoundError:
             return None
         stored: dict[str, str] = {}
+        users = []
         for line in text.splitlines():
             words = shlex.split(line, comments=True)
             if len(words) == 2:
                 stored[words[0].lower()] = words[1]
+            elif len(words) > 2 and words[0] == "user":
+                users.append((words[1], next(w[1:] for w in words if w.startswith(">"))))
         if "requirepass" not in stored or "port" not in stored:
             raise CliError(f"{directory / CONF} was not written by fleche-redis serve")
         return cls(
@@ -124,12 +141,30 @@ class ServeConfig:
             policy=stored.get("maxmemory-policy", "noeviction"),
             pidfile=Path(stored["pidfile"]) if "pidfile" in stored else None,
             password=stored["requirepass"],
+            users=tuple(users),
         )
 
     def resolved(self, **given: Any) -> ServeConfig:
         """These settings with the options given on this start, and a port chosen."""
         config = replace(self, **{k: v for k, v in given.items() if v is not None})
         return config if config.port else replace(config, port=free_port())
+
+    def with_users(self, namespaces: list[str]) -> tuple[ServeConfig, list[str]]:
+        """These settings with a user for each of *namespaces*, and the namespaces new here.
+
+        A user made on an earlier start keeps its password; a new one gets a
+        generated one (URL-safe: no escaping in its URL).
+        """
+        have = dict(self.users)
+        added = [ns for ns in dict.fromkeys(namespaces) if ns not in have]
+        for namespace in added:
+            _check_user(namespace, have)
+            have[namespace] = secrets.token_urlsafe(24)
+        return replace(self, users=tuple(have.items())), added
+
+    def user_urls(self) -> dict[str, str]:
+        """``REDIS_URL_<NAMESPACE>`` -> the URL of the namespace's user."""
+        return {env_name(ns): user_url(self.url(), ns, pw) for ns, pw in self.users}
 
     def render(self) -> str:
         lines = [
@@ -148,6 +183,9 @@ class ServeConfig:
             f"maxmemory {self.maxmemory}",
             f"maxmemory-policy {self.policy}",
         ]
+        if self.users:
+            lines.append("# One user per namespace, confined to it (fleche-redis acl's rules).")
+            lines += [" ".join(["user", ns, *rules(ns, pw)]) for ns, pw in self.users]
         return "\n".join(lines) + "\n"
 
     @property
@@ -185,6 +223,7 @@ class ServeConfig:
         """``redis.conf`` and ``fleche.env``, both 0600: they hold the password and key."""
         write_private(self.conf, self.render())
         exports = f"export REDIS_URL={self.url()}\nexport FLECHE_SECRET_KEY={secret_key}\n"
+        exports += "".join(f"export {name}={url}\n" for name, url in self.user_urls().items())
         write_private(self.directory / ENV, exports)
 
     @property
@@ -192,12 +231,103 @@ class ServeConfig:
         return self.directory / ENV
 
     def running_pid(self) -> int | None:
-        """The pid in the pidfile when that process is alive (a stale file says nothing)."""
+        """The pid in the pidfile when that process is this directory's server, else ``None``."""
+        recorded = self.recorded()
+        return recorded.pid if recorded is not None and recorded.ours else None
+
+    def recorded(self) -> Recorded | None:
+        """What the pidfile says, checked against the process table; ``None`` without one.
+
+        A pid outlives its process: after a crash or a reboot the file names a
+        process that is gone, or one that reused the number.
+        """
         try:
-            pid = int(self.pid_path.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+            text = self.pid_path.read_text().strip()
+        except FileNotFoundError:
             return None
-        except PermissionError:
-            pass  # alive, but someone else's
-        return pid
+        try:
+            pid = int(text)
+        except ValueError:
+            return Recorded(None, False, f"it holds no pid ({text[:20]!r})")
+        return Recorded(pid, *_serves(pid, self))
+
+
+def env_name(namespace: str) -> str:
+    """The variable that holds the URL of *namespace*'s user: ``team-a`` -> ``REDIS_URL_TEAM_A``."""
+    return "REDIS_URL_" + re.sub(r"[^A-Za-z0-9]+", "_", namespace).strip("_").upper()
+
+
+def _check_user(namespace: str, have: dict[str, str]) -> None:
+    """A namespace that can name a user and a variable of its own, or a :class:`CliError`."""
+    try:
+        check_namespace(namespace)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if namespace == "default":
+        raise CliError("--namespace default would replace Redis's default user (the admin's)")
+    clash = [ns for ns in have if env_name(ns) == env_name(namespace)]
+    if clash:
+        raise CliError(f"--namespace {namespace} and {clash[0]} would share {env_name(namespace)}")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The pid in a served directory's pidfile and whether it is that directory's server."""
+
+    pid: int | None
+    ours: bool
+    why: str
+    """What the process is, for the message about a stale pidfile."""
+
+
+SERVER_NAMES = ("redis", "valkey")
+
+
+def _serves(pid: int, config: ServeConfig) -> tuple[bool, str]:
+    """Whether process *pid* is *config*'s server, and what it is otherwise.
+
+    Its command line must name a server binary, and say it is this one: the
+    config path it started with, the port its process title shows
+    (``redis-server 127.0.0.1:PORT``), or its working directory, which the
+    ``dir`` setting makes the served directory.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, f"no process has pid {pid}"
+    except PermissionError:
+        return False, f"pid {pid} is another user's process"
+    args = _command_line(pid)
+    if args is None:
+        return False, f"no process has pid {pid}"
+    program = Path(args.split(" ", 1)[0]).name
+    if not any(name in program for name in SERVER_NAMES):
+        return False, f"pid {pid} is another program ({program})"
+    if (
+        str(config.conf) in args
+        or re.search(rf":{config.port}\b", args)
+        or (_cwd(pid) == config.directory)
+    ):
+        return True, f"pid {pid} serves {config.directory}"
+    return False, f"pid {pid} is another server ({args})"
+
+
+def _command_line(pid: int) -> str | None:
+    """Process *pid*'s command line (a server's shows its process title); ``None`` if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return raw.replace(b"\0", b" ").decode(errors="replace").strip() or None
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return None  # gone, or a zombie's empty command line
+    except OSError:
+        return None
+    shown = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True)
+    return shown.stdout.strip() or None
+
+
+def _cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:  # no /proc (macOS), or not ours to read
+        return None

@@ -13,11 +13,14 @@ from fleche.digest import DIGEST_LENGTH, Digest
 from fleche.storage.base import AmbiguousDigestError
 
 from ..storage.keys import InvalidDigestError, check_prefix
+from ..transport.compat import FLOOR
 from .connect import open_cache, url_of
 from .errors import EXIT_FOUND, EXIT_OK, CliError
 from .output import emit, human_bytes
 
 __all__ = ["info_command", "ls_command", "show_command", "evict_command"]
+
+FLOOR_TEXT = ".".join(map(str, FLOOR))
 
 
 def info_command(args: argparse.Namespace) -> int:
@@ -45,6 +48,12 @@ def info_command(args: argparse.Namespace) -> int:
             f"server     {server['url']}  Redis {server['redis_version'] or 'n/a'}, used memory "
             f"{used}, maxmemory {limit}, policy {server['maxmemory_policy'] or 'n/a'}"
         )
+        if server["below_floor"]:
+            yield (
+                f"WARNING    Redis {server['redis_version']} is older than {FLOOR_TEXT}, the "
+                "oldest fleche-redis supports: what needs a newer command fails with ServerTooOld "
+                "(docs/errors.md)"
+            )
         if not reports:
             yield "no fleche-redis namespaces on this server"
         for r in reports:

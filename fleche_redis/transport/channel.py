@@ -22,6 +22,7 @@ from ..errors import (
     NotReplicated,
     RedisStorageError,
     SaveRefused,
+    ServerTooOld,
     StorageUnavailable,
     UnavailableMiss,
 )
@@ -106,6 +107,9 @@ class Channel:
             # Stored on the primary: no fault of its, so not the breaker's; an
             # error all the same, whether the first attempt or a retry met it.
             counts.errors += 1
+            raise
+        except ServerTooOld:
+            counts.errors += 1  # no retry, breaker or miss helps before an upgrade
             raise
         if breaker.failures:
             breaker.succeeded()

@@ -20,7 +20,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from . import redispy, wire
+from . import compat, redispy, wire
 from . import scripts as _scripts
 from .redispy import Client
 from .replicas import Replicas
@@ -86,9 +86,10 @@ def send(
                 client.script_load(script.source)
         replies, unacknowledged = _outcome(wire.request(client, sent), atomic, replicas, client)
     if raise_errors:
-        for reply in replies:
+        aligned = not atomic and len(replies) == len(commands)
+        for i, reply in enumerate(replies):
             if isinstance(reply, Exception):
-                raise reply
+                raise compat.explained(client, reply, commands[i][0] if aligned else None)
     if unacknowledged is not None:
         raise unacknowledged
     return replies
@@ -286,10 +287,15 @@ def _cluster(
                     replies.append(client.execute_command("EVAL", script.source, *command[2:]))
             except ResponseError as e:
                 if raise_errors:
+                    compat.check(client, e, command[0])
                     raise
                 replies.append(e)
         return replies
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)
-    return pipe.execute(raise_on_error=raise_errors)
+    try:
+        return pipe.execute(raise_on_error=raise_errors)
+    except ResponseError as e:
+        compat.check(client, e)
+        raise

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import redis
 
 from .. import runtime
-from . import redispy
+from . import compat, redispy
 from .connection import ClientSlot
 
 __all__ = ["Subscriber", "Listener", "watch"]
@@ -147,7 +147,7 @@ class Listener:
                 logger.warning(
                     "Redis refused client tracking for %s (%s); call records are not near-cached",
                     self.prefix,
-                    e,
+                    compat.explained(self.slot.get(), e, "CLIENT"),  # names an old server's version
                 )
                 self._stop()
                 return

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fakeredis
 import fleche
 import pytest
 from fleche.call import DigestedCall
@@ -16,7 +17,10 @@ from fleche.digest import Digest
 
 from fleche_redis import CallRedis, RedisCache, ValueRedis, cli
 from fleche_redis.admin.progress import ProgressBar
+from fleche_redis.cli import connect
 from fleche_redis.testing import RedisServer
+
+from ..older_server import older_server
 
 
 @fleche.fleche
@@ -66,11 +70,28 @@ def test_info_counts_entries_and_memory(capsys, filled):
     assert "index health ok" in out and "not running" in out
 
     code, out, _ = run(capsys, filled, "info", "--json")
+    assert json.loads(out)["server"]["below_floor"] is False
     (report,) = json.loads(out)["namespaces"]
     assert report["calls"]["entries"] == 6
     assert report["values"]["entries"] == 7  # 1, 2, 3 and the results 4, 6, 8, 10
     assert report["calls"]["data_bytes_estimate"] > 0 and report["calls"]["index_bytes"] > 0
     assert report["index_healthy"] and not report["gc_running"]
+
+
+def test_info_warns_of_a_server_below_the_floor(capsys, monkeypatch, namespace):
+    server = older_server(monkeypatch, (6, 0, 9))
+    values, calls = (
+        kind(client=fakeredis.FakeRedis(server=server), namespace=namespace)
+        for kind in (ValueRedis, CallRedis)
+    )
+    with fleche.cache(RedisCache(values=values, calls=calls)):
+        area(1, 2)
+    monkeypatch.setattr(connect, "storages", lambda url, ns: (values, calls))
+    code, out, err = run(capsys, "redis://localhost:1/0", "info", namespace=namespace)
+    assert code == 0, err
+    assert "Redis 6.0.9" in out and "WARNING    Redis 6.0.9 is older than 6.2" in out
+    code, out, _ = run(capsys, "redis://localhost:1/0", "info", "--json", namespace=namespace)
+    assert json.loads(out)["server"]["below_floor"] is True
 
 
 def test_info_sees_dangling_index_entries(capsys, filled, redis_server):

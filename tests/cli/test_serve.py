@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import stat
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -75,9 +77,9 @@ def square(x: int, run: fleche.Ignored[str] = "") -> dict:
     return {"square": x * x, "run": run}
 
 
-def _workload(url: str, run: str) -> tuple[int, list[int]]:
+def _workload(url: str, run: str, namespace: str = "team") -> tuple[int, list[int]]:
     """Memoize 8 calls on 2 worker processes: how many *run* computed, and the results."""
-    cache = redis_cache(url=url, namespace="team")
+    cache = redis_cache(url=url, namespace=namespace)
     with fleche.cache(cache), fleche.meta():
         task = fleche.BoundWrapper.bind(square)
     try:
@@ -189,6 +191,120 @@ def test_binding_beyond_loopback_warns(tmp_path):
         subprocess.run([*CLI, "serve", "--dir", str(directory), "--stop"], timeout=30)
 
 
+def _serve(directory: Path, *more: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, "serve", "--dir", str(directory), *more], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.server
+def test_a_stale_pidfile_is_removed_with_a_note(tmp_path, redis_server):
+    """After a crash or a reboot the pid names a process that is gone, or one that reused it."""
+    directory = tmp_path / "d"
+    assert _serve(directory, "--detach").returncode == 0
+    assert _serve(directory, "--stop").returncode == 0
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        for pid, why in [
+            (finished.pid, f"no process has pid {finished.pid}"),
+            (other.pid, f"pid {other.pid} is another program (sleep)"),
+            (redis_server.process.pid, f"pid {redis_server.process.pid} is another server"),
+        ]:
+            (directory / "redis-server.pid").write_text(f"{pid}\n")
+            started = _serve(directory, "--detach")
+            assert started.returncode == 0, started.stderr
+            assert f"removed the stale pidfile {directory / 'redis-server.pid'}: {why}" in (
+                started.stderr
+            )
+            assert _pid(directory) not in (pid, other.pid) and "redis" in _args_of(_pid(directory))
+            assert _serve(directory, "--stop").returncode == 0
+        assert other.poll() is None  # nothing was done to the process that reused the pid
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.server
+def test_stop_with_a_stale_pidfile_says_nothing_runs_and_removes_it(tmp_path):
+    directory = tmp_path / "d"
+    assert _serve(directory, "--detach").returncode == 0
+    assert _serve(directory, "--stop").returncode == 0
+    (directory / "redis-server.pid").write_text(f"{os.getpid()}\n")  # this test's python
+    stopped = _serve(directory, "--stop")
+    assert stopped.returncode == 1
+    assert f"nothing is running from {directory}" in stopped.stderr
+    assert "removed the stale pidfile" in stopped.stderr and f"pid {os.getpid()}" in stopped.stderr
+    assert not (directory / "redis-server.pid").exists()
+
+
+@pytest.mark.server
+def test_a_live_server_whose_pidfile_is_gone_is_not_started_twice(tmp_path):
+    directory = tmp_path / "d"
+    started = _serve(directory, "--detach")
+    assert started.returncode == 0, started.stderr
+    pid = _pid(directory)
+    (directory / "redis-server.pid").unlink()
+    try:
+        again = _serve(directory, "--detach")
+        assert again.returncode == 2
+        assert f"a server already runs from {directory}" in again.stderr
+        assert "pidfile" in again.stderr and "is gone" in again.stderr
+        assert not _gone(pid)
+    finally:
+        stopped = _serve(directory, "--stop")  # SHUTDOWN through its port and password
+    assert stopped.returncode == 0, stopped.stderr
+    for _ in range(200):
+        if _gone(pid):
+            break
+        time.sleep(0.05)
+    assert _gone(pid)
+
+
+@pytest.mark.server
+def test_a_user_per_namespace_confined_to_it(tmp_path, monkeypatch):
+    directory = tmp_path / "d"
+    started = _serve(directory, "--detach", "--namespace", "team-a", "--namespace", "team-b")
+    try:
+        assert started.returncode == 0, started.stderr
+        exports = _exports(started.stdout)
+        admin, team_a = exports["REDIS_URL"], exports["REDIS_URL_TEAM_A"]
+        assert team_a.startswith("redis://team-a:") and "REDIS_URL_TEAM_B" in exports
+        monkeypatch.setenv("FLECHE_SECRET_KEY", exports["FLECHE_SECRET_KEY"])
+        computed, results = _workload(team_a, "first", namespace="team-a")
+        assert computed == 8 and results == [x * x for x in range(8)]
+
+        user = redis.Redis.from_url(team_a)
+        try:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                user.set("team-b:x", 1)  # the other team's keys
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                user.flushall()
+        finally:
+            user.close()
+        with redis.Redis.from_url(admin) as root:  # the default user keeps the admin password
+            assert root.acl_whoami() in ("default", b"default") and root.set("anything", 1)
+
+        passwords = [
+            re.match(r"redis://[^:]*:([^@]+)@", url).group(1)
+            for url in exports.values()
+            if url.startswith("redis://")
+        ]
+        assert len(passwords) == 3 and not any(p in started.stderr for p in passwords)
+        assert stat.S_IMODE((directory / "fleche.env").stat().st_mode) == 0o600
+        assert _serve(directory, "--stop").returncode == 0
+
+        again = _serve(directory, "--detach")  # the users and their passwords stay
+        assert again.returncode == 0, again.stderr
+        assert _exports((directory / "fleche.env").read_text()) == exports
+        assert _workload(team_a, "after the restart", namespace="team-a") == (0, results)
+        bad = _serve(directory, "--detach", "--namespace", "default")
+        assert bad.returncode == 2 and "default user" in bad.stderr
+    finally:
+        _serve(directory, "--stop")
+
+
 # -- keygen and the server binary: no server ---------------------------------------------
 
 
@@ -236,3 +352,21 @@ def test_the_server_extras_binary_is_found(monkeypatch, tmp_path):
         served.server_binary()
     binary.chmod(0o755)
     assert served.server_binary() == str(binary)
+
+
+def test_namespace_users_are_checked_and_read_back(tmp_path):
+    config, added = served.ServeConfig(tmp_path, port=1234).with_users(["team-a", "x/y", "team-a"])
+    assert added == ["team-a", "x/y"] and [ns for ns, _ in config.users] == added
+    (tmp_path / "redis.conf").write_text(config.render())
+    back = served.ServeConfig.load(tmp_path)
+    assert back is not None and back.users == config.users
+    assert back.with_users(["x/y"]) == (back, [])  # kept, password and all
+    assert set(back.user_urls()) == {"REDIS_URL_TEAM_A", "REDIS_URL_X_Y"}
+    for bad, said in [
+        ("team a", "invalid namespace"),
+        ("a*", "invalid namespace"),
+        ("default", "default user"),
+        ("team_a", "would share REDIS_URL_TEAM_A"),
+    ]:
+        with pytest.raises(CliError, match=said):
+            back.with_users([bad])
