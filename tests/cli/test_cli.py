@@ -86,7 +86,7 @@ def test_info_warns_of_a_server_below_the_floor(capsys, monkeypatch, namespace):
     )
     with fleche.cache(RedisCache(values=values, calls=calls)):
         area(1, 2)
-    monkeypatch.setattr(connect, "storages", lambda url, ns: (values, calls))
+    monkeypatch.setattr(connect, "storages", lambda url, ns, **_: (values, calls))
     code, out, err = run(capsys, "redis://localhost:1/0", "info", namespace=namespace)
     assert code == 0, err
     assert "Redis 6.0.9" in out and "WARNING    Redis 6.0.9 is older than 6.2" in out
